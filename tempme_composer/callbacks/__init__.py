@@ -1,0 +1,6 @@
+"""Composer callbacks of the recipe."""
+
+from tempme_composer.callbacks.retrieval_logger import RetrievalLogger
+from tempme_composer.callbacks.train_log_line import TrainLogLine
+
+__all__ = ['RetrievalLogger', 'TrainLogLine']

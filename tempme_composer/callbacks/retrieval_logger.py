@@ -1,0 +1,47 @@
+"""RetrievalLogger: log every retrieval number and print the research codebases' result lines."""
+
+from __future__ import annotations
+
+import logging
+
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+from tempme_composer.metrics import RetrievalMetrics, format_log_lines
+
+__all__ = ['RetrievalLogger']
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalLogger(Callback):
+    """At ``EVAL_END``, log ``metrics/<label>/{t2v,v2t}_{R@1,R@5,R@10,MdR,MnR}`` and the set sizes to every
+    logger, and write the ``Text-to-Video:`` / ``Video-to-Text:`` lines to the Python log on rank 0.
+
+    Composer itself logs only what ``compute()`` returns (text→video R@1); the rest were computed in the same
+    pass and are read from the metric without another collective.
+    """
+
+    def __init__(self) -> None:
+        self.last_results: dict[str, dict[str, float]] = {}
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        label = state.dataloader_label
+        for metric in state.eval_metrics.get(label, {}).values():
+            if not isinstance(metric, RetrievalMetrics):
+                continue
+            metric.compute()  # cached by torchmetrics: no new gather
+            results = dict(metric.results)
+            self.last_results[label] = results
+            logger.log_metrics({f'metrics/{label}/{k}': v for k, v in results.items()})
+            if dist.get_global_rank() == 0:
+                log.info(
+                    'eval %s at %s: %d captions, %d videos',
+                    label,
+                    state.timestamp.epoch,
+                    int(results['num_texts']),
+                    int(results['num_videos']),
+                )
+                for line in format_log_lines(results):
+                    log.info(line)

@@ -1,0 +1,65 @@
+"""RetrievalModel: the thin ComposerModel around `UnifiedModel` (forward, loss, eval, metrics)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from composer.models import ComposerModel
+from torchmetrics import Metric
+
+from tempme_composer.loss import symmetric_infonce
+from tempme_composer.metrics import RetrievalMetrics
+from tempme_composer.model import UnifiedModel
+
+__all__ = ['RetrievalModel', 'PRIMARY_METRIC']
+
+log = logging.getLogger(__name__)
+
+PRIMARY_METRIC = 't2v_R@1'  # model selection everywhere in this field: text→video R@1
+
+
+class RetrievalModel(ComposerModel):
+    """Contrastive text-video retrieval.
+
+    Train batch: ``video [B,T,3,H,W]``, ``video_mask [B,T]``, ``text_ids [B,L]`` (caption i describes video i).
+    Eval batch: the same videos plus every caption ``text_ids [K,L]`` with ``text_video_index [K]``,
+    ``text_caption_index [K]`` and ``video_index [B]`` (global ids used to drop padding duplicates).
+    """
+
+    def __init__(self, model: UnifiedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # logit_scale is consumed here, inside DDP's forward, not in loss() (composer_streaming.md pitfall 6).
+        return {
+            'text': self.model.encode_text(batch['text_ids']),
+            'video': self.model.encode_video(batch['video'], batch['video_mask']),
+            'logit_scale': self.model.clip.logit_scale.exp(),
+        }
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Any, *args, **kwargs) -> torch.Tensor:
+        del batch, args, kwargs  # unused
+        return symmetric_infonce(outputs['text'], outputs['video'], outputs['logit_scale'])
+
+    def eval_forward(self, batch: dict[str, torch.Tensor], outputs: Any | None = None) -> dict[str, torch.Tensor]:
+        del outputs  # eval recomputes: captions and videos are not paired one-to-one here
+        return {
+            'text': self.model.encode_text(batch['text_ids']),
+            'video': self.model.encode_video(batch['video'], batch['video_mask']),
+        }
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        # No train metric: a full-matrix retrieval metric on every train batch is wasted work.
+        return {} if is_train else {PRIMARY_METRIC: RetrievalMetrics()}
+
+    def update_metric(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], metric: Metric) -> None:
+        metric.update(
+            outputs['text'],
+            outputs['video'],
+            batch['text_video_index'],
+            batch['text_caption_index'],
+            batch['video_index'],
+        )

@@ -1,0 +1,345 @@
+"""Typed recipe configuration: YAML + ``key=value`` overrides → validated dataclasses.
+
+One path only (style.md §2.2): ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
+interpolations, then check every key against the dataclass schema below. A typo must fail before any data is
+read, with one message naming the key, where it came from (the YAML file or the command line) and the
+closest valid key. Keys whose feature arrives later are declared so YAMLs stay stable, but any non-default
+value is rejected as "not implemented yet" instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    'ConfigError',
+    'ClipConfig',
+    'DataConfig',
+    'DataSourceConfig',
+    'DemoDataConfig',
+    'ModelConfig',
+    'OptimizerConfig',
+    'TrainConfig',
+    'load_config',
+    'config_from_dict',
+    'config_to_yaml',
+]
+
+log = logging.getLogger(__name__)
+
+_REQUIRED = object()  # sentinel default: the key must be given
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key, its source and a suggestion in the message."""
+
+
+@dataclass
+class ClipConfig:
+    """CLIP backbone: OpenAI weights from a local file, or a random init of a named architecture."""
+
+    checkpoint: str | None = None  # local OpenAI CLIP file (TorchScript archive or state dict); never downloaded
+    preset: str = 'ViT-B/32'  # architecture used when checkpoint is null (tests and the demo use 'tiny')
+
+
+@dataclass
+class LoRAConfig:
+    """TempMe's LoRA on the fused QKV projections (arrives with the TempMe issue)."""
+
+    enabled: bool = False
+    rank: int = 8
+
+
+@dataclass
+class TempMeConfig:
+    """TempMe token merging (arrives with the TempMe issue)."""
+
+    enabled: bool = False
+
+
+@dataclass
+class StopConfig:
+    """STOP spatial-temporal prompts (arrives with the STOP issue)."""
+
+    enabled: bool = False
+
+
+@dataclass
+class ModelConfig:
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    sim_header: Literal['meanP'] = 'meanP'  # CLIP4Clip mean pooling of per-frame embeddings
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    tempme: TempMeConfig = field(default_factory=TempMeConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+
+
+@dataclass
+class DataSourceConfig:
+    """One MDS dataset: a local folder, optionally mirrored from a remote store streaming supports."""
+
+    local: str = _REQUIRED  # type: ignore[assignment]
+    remote: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class DemoDataConfig:
+    """The generated demo dataset (real PyAV-encoded videos → MDS); built on first use."""
+
+    root: str = _REQUIRED  # type: ignore[assignment]
+    num_train: int = 288
+    num_eval: int = 72
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    datatype: Literal['demo', 'msrvtt', 'msvd', 'lsmdc', 'didemo', 'activity', 'vatex'] = 'msrvtt'
+    train: DataSourceConfig | None = None
+    eval: DataSourceConfig | None = None
+    demo: DemoDataConfig | None = None  # required when datatype is 'demo'
+    max_frames: int = 12
+    max_words: int = 32
+    slice_framepos: Literal[0, 1, 2] = 2  # 0 first frames, 1 last frames, 2 evenly spaced (all published recipes)
+    expand_msrvtt_sentences: bool = False  # not implemented yet (dataset issue)
+    num_workers: int = 2
+
+
+@dataclass
+class OptimizerConfig:
+    optim: Literal['AdamW', 'BertAdam'] = 'AdamW'
+    lr: float = 1e-4  # learning rate of new modules; pretrained CLIP parameters get lr * coef_lr
+    coef_lr: float = 1.0
+    weight_decay: float = 0.2  # torch AdamW convention (multiplied by lr)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_proportion: float = 0.1  # linear warmup over this fraction of training, then cosine decay
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _REQUIRED  # type: ignore[assignment]
+    run_name: str | None = None  # defaults to the name of output_dir
+    seed: int = 42
+    do_train: bool = True
+    do_eval: bool = False  # with do_train false: evaluate the checkpoint given by `resume`
+    resume: str | None = None  # checkpoint to resume training from, or to evaluate
+    autoresume: bool = False  # continue from output_dir's latest checkpoint if one exists
+    epochs: int = 5
+    batch_size: int = 128  # global, over all ranks
+    batch_size_val: int = 128  # global, over all ranks
+    gradient_accumulation_steps: int = 1
+    precision: Literal['fp32', 'amp_fp16', 'amp_bf16'] = 'fp32'
+    n_display: int = 50  # log a training line every n_display batches
+    checkpoints_to_keep: int = 1  # Composer's latest resumable checkpoints kept in output_dir/checkpoints
+    freeze_clip: bool = False
+    freeze_substrings: list[str] = field(default_factory=list)
+    keep_substrings: list[str] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+# Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
+_NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = (
+    ('gradient_accumulation_steps', 1, 'the training-controls issue'),
+    ('freeze_clip', False, 'the training-controls issue'),
+    ('freeze_substrings', [], 'the training-controls issue'),
+    ('keep_substrings', [], 'the training-controls issue'),
+    ('optimizer.optim', 'AdamW', 'the training-controls issue (BertAdam)'),
+    ('data.expand_msrvtt_sentences', False, 'the dataset issue'),
+    ('model.lora.enabled', False, 'the TempMe issue'),
+    ('model.tempme.enabled', False, 'the TempMe issue'),
+    ('model.stop.enabled', False, 'the STOP issue'),
+)
+
+
+def load_config(yaml_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML recipe, apply ``key=value`` overrides and validate it.
+
+    Raises:
+        ConfigError: a missing/unparsable file, an unknown key, a wrong type, a missing required value or a
+            non-default value for a feature that is not implemented yet.
+    """
+    yaml_path = Path(yaml_path)
+    if not yaml_path.is_file():
+        raise ConfigError(f'config file {yaml_path} does not exist')
+    try:
+        file_cfg = OmegaConf.load(yaml_path)
+        cli_cfg = OmegaConf.from_cli(list(overrides or []))
+        merged = OmegaConf.merge(file_cfg, cli_cfg)
+        raw = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f'{yaml_path}: cannot parse the config or overrides {overrides}: {e}') from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{yaml_path}: expected a mapping of keys at the top level, got {type(raw).__name__}')
+    cli_keys = set(_dotted_keys(OmegaConf.to_container(cli_cfg)))
+    return config_from_dict(raw, source=str(yaml_path), cli_keys=cli_keys)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = '<dict>', cli_keys: set[str] | None = None) -> TrainConfig:
+    """Validate a plain nested dict into a `TrainConfig` (see `load_config` for the errors)."""
+    cfg = _build(TrainConfig, raw, prefix='', source=source, cli_keys=cli_keys or set())
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, as written next to the checkpoints."""
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str, cli_keys: set[str]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{_where(prefix.rstrip("."), source, cli_keys)}: expected a mapping of keys, got {raw!r}')
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            full = prefix + str(key)
+            valid = [prefix + n for n in names]
+            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ConfigError(
+                f"unknown key '{full}' in {_source(full, source, cli_keys)}{hint} "
+                f'(valid keys here: {", ".join(valid)})'
+            )
+    values = {}
+    for f in dataclasses.fields(cls):
+        full = prefix + f.name
+        if f.name in raw:
+            values[f.name] = _convert(hints[f.name], raw[f.name], full, source, cli_keys)
+        elif f.default is _REQUIRED:
+            raise ConfigError(f"missing required key '{full}' in {source} (set it in the YAML or as {full}=...)")
+    try:
+        return cls(**values)
+    except TypeError as e:  # pragma: no cover - guarded by the checks above
+        raise ConfigError(f'{source}: {e}') from e
+
+
+def _convert(tp: Any, value: Any, key: str, source: str, cli_keys: set[str]) -> Any:
+    origin = typing.get_origin(tp)
+    where = _where(key, source, cli_keys)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, source, cli_keys)
+    if value is None:
+        raise ConfigError(f'{where}: a value is required, got null (expected {_type_name(tp)})')
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + '.', source, cli_keys)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ConfigError(f'{where}: {value!r} is not one of {list(choices)}{hint}')
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f'{where}: expected a list ({_type_name(tp)}), got {value!r}')
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item_tp, v, f'{key}[{i}]', source, cli_keys) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f'{where}: expected true or false, got {value!r}')
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{where}: expected an integer, got {value!r}')
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f'{where}: expected a number, got {value!r}')
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f'{where}: expected a string, got {value!r}')
+        return value
+    raise ConfigError(f'{where}: unsupported type {tp}')  # pragma: no cover - schema bug
+
+
+def _check_semantics(cfg: TrainConfig, source: str) -> None:
+    """Cross-key rules that a type check cannot express."""
+    for key, default, arrives in _NOT_IMPLEMENTED:
+        value = _get(cfg, key)
+        if value != default:
+            raise ConfigError(
+                f"'{key}={value!r}' in {source}: not implemented yet (arrives with {arrives}); "
+                f'remove the key or set it to {default!r}'
+            )
+    positive = {
+        'epochs': cfg.epochs,
+        'batch_size': cfg.batch_size,
+        'batch_size_val': cfg.batch_size_val,
+        'n_display': cfg.n_display,
+        'data.max_frames': cfg.data.max_frames,
+        'optimizer.lr': cfg.optimizer.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"'{key}' in {source} must be positive, got {value}")
+    if cfg.data.max_words < 3:
+        raise ConfigError(f"'data.max_words' in {source} must be at least 3 (start, a word, end), got {cfg.data.max_words}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"'data.num_workers' in {source} must be >= 0, got {cfg.data.num_workers}")
+    if not 0.0 <= cfg.optimizer.warmup_proportion < 1.0:
+        raise ConfigError(f"'optimizer.warmup_proportion' in {source} must be in [0, 1), got {cfg.optimizer.warmup_proportion}")
+    if len(cfg.optimizer.betas) != 2:
+        raise ConfigError(f"'optimizer.betas' in {source} must have two values, got {cfg.optimizer.betas}")
+    if not (cfg.do_train or cfg.do_eval):
+        raise ConfigError(f'{source}: both do_train and do_eval are false, so there is nothing to do')
+    if cfg.do_eval and not cfg.do_train and not cfg.resume:
+        raise ConfigError(f"{source}: do_eval without do_train evaluates a checkpoint: set resume=PATH")
+    if cfg.data.datatype == 'demo':
+        if cfg.data.demo is None:
+            raise ConfigError(f"{source}: data.datatype is 'demo' but the 'data.demo' section (root: ...) is missing")
+    elif cfg.data.demo is not None:
+        raise ConfigError(f"{source}: 'data.demo' is only used with data.datatype=demo (got {cfg.data.datatype!r})")
+    if cfg.do_train and cfg.data.train is None and cfg.data.datatype != 'demo':
+        raise ConfigError(f"{source}: do_train is true but 'data.train' (local: ...) is missing")
+    if cfg.data.eval is None and cfg.data.datatype != 'demo' and (cfg.do_eval or cfg.do_train):
+        raise ConfigError(f"{source}: 'data.eval' (local: ...) is missing; evaluation needs it")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split('.'):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _dotted_keys(tree: Any, prefix: str = '') -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix.rstrip('.')] if prefix else []
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + str(k))
+        keys.extend(_dotted_keys(v, prefix + str(k) + '.'))
+    return keys
+
+
+def _source(key: str, source: str, cli_keys: set[str]) -> str:
+    base = key.split('[')[0]
+    return 'the command-line overrides' if base in cli_keys else source
+
+
+def _where(key: str, source: str, cli_keys: set[str]) -> str:
+    return f"key '{key}' in {_source(key, source, cli_keys)}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+

@@ -1,0 +1,308 @@
+"""MDS video-text samples -> model batches: a StreamingDataset subclass, collates and the DataSpec builder.
+
+One MDS sample is one video (JPEG frames + all its captions), as written by
+:mod:`tempme_composer.data.synthetic` or the converter. Training draws one caption per video and epoch;
+evaluation keeps all captions so that text->video retrieval ranks every caption against every video.
+
+Batch layouts (B videos, T = max_frames, R = image_resolution, L = max_words):
+
+- train: ``video [B,T,3,R,R]`` float32, ``video_mask [B,T]`` int64, ``video_index [B]`` int64,
+  ``text_ids [B,L]`` int64, ``text_mask [B,L]`` int64.
+- eval: the same video keys plus ``text_ids/text_mask [K_total,L]``, ``text_video_index [K_total]`` (the
+  ``video_index`` of each caption's video) and ``text_caption_index [K_total]`` (0..K-1 within the video).
+
+``video_index`` is the global MDS sample index; it lets the metric drop the duplicates that streaming pads
+each rank's eval partition with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from composer.core import DataSpec
+from streaming import StreamingDataset
+from torch.utils.data import DataLoader
+
+from tempme_composer.clip.tokenizer import tokenize
+from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, frames_to_tensor, select_frame_indices
+
+__all__ = [
+    'VIDEO_KEYS',
+    'TEXT_KEYS',
+    'VideoTextDataset',
+    'build_video_text_dataloader',
+    'collate_eval',
+    'collate_train',
+    'split_eval_batch',
+    'split_eval_batch_by_size',
+]
+
+log = logging.getLogger(__name__)
+
+#: Eval-batch keys with one row per video, and with one row per caption.
+VIDEO_KEYS = ('video', 'video_mask', 'video_index')
+TEXT_KEYS = ('text_ids', 'text_mask', 'text_video_index', 'text_caption_index')
+
+
+class VideoTextDataset(StreamingDataset):
+    """StreamingDataset over per-video MDS samples that returns model-ready tensors.
+
+    Args:
+        max_frames: frame budget T; longer videos are reduced with :func:`select_frame_indices`, shorter ones
+            are zero-padded and masked.
+        image_resolution: side R of the square CLIP input.
+        max_words: token length L per caption (SOT/EOT included).
+        train: one caption per sample (drawn per epoch) if True, all captions if False.
+        slice_framepos: 0 first / 1 last / 2 uniform frames (data_metrics.md §2.3).
+        caption_seed: seed of the per-epoch caption draw.
+        **streaming_kwargs: passed to :class:`StreamingDataset` (``local``, ``remote``, ``split``,
+            ``streams``, ``shuffle``, ``shuffle_seed``, ``batch_size`` (required to iterate), ...).
+
+    The training caption of sample ``idx`` in epoch ``e`` is
+    ``np.random.default_rng([caption_seed, e, idx]).integers(K)``: it changes between epochs, does not depend
+    on the worker, rank or shuffle order, and a mid-epoch resumption reproduces it. ``e`` is the epoch the
+    current ``__iter__`` serves, captured in each worker from streaming's own epoch bookkeeping (which
+    also restores the epoch from a checkpoint); for random access outside iteration it is the most recently
+    started epoch (``next_epoch - 1``, at least 0) as stored in streaming's shared memory.
+    """
+
+    def __init__(self, *, max_frames: int, image_resolution: int, max_words: int, train: bool,
+                 slice_framepos: int = 2, caption_seed: int = 0, **streaming_kwargs: Any) -> None:
+        if max_frames < 1:
+            raise ValueError(f'max_frames must be >= 1, got {max_frames}')
+        if image_resolution < 1:
+            raise ValueError(f'image_resolution must be >= 1, got {image_resolution}')
+        if slice_framepos not in SLICE_FRAMEPOS_CHOICES:
+            raise ValueError(
+                f'slice_framepos must be one of {sorted(SLICE_FRAMEPOS_CHOICES)}, got {slice_framepos!r}')
+        if caption_seed < 0:
+            raise ValueError(f'caption_seed must be >= 0, got {caption_seed}')
+        super().__init__(**streaming_kwargs)
+        self.max_frames = max_frames
+        self.image_resolution = image_resolution
+        self.max_words = max_words
+        self.train = train
+        self.slice_framepos = slice_framepos
+        self.caption_seed = caption_seed
+        self._iter_epoch: int | None = None  # set in each worker when __iter__ starts an epoch
+
+    # streaming 0.13 keeps the epoch as a local variable of __iter__; this hook is where it is decided
+    # (fresh epoch or the one restored by load_state_dict), so record it for __getitem__.
+    def _resume_incr_epoch(self) -> tuple[int, int]:
+        epoch, sample_in_epoch = super()._resume_incr_epoch()
+        self._iter_epoch = int(epoch)
+        return epoch, sample_in_epoch
+
+    @property
+    def caption_epoch(self) -> int:
+        """The epoch that seeds the training caption draw (see the class docstring)."""
+        if self._iter_epoch is not None:
+            return self._iter_epoch
+        return max(self.next_epoch - 1, 0)
+
+    def caption_choice(self, idx: int, num_captions: int, epoch: int | None = None) -> int:
+        """Which caption (of ``num_captions``) sample ``idx`` trains on in ``epoch`` (default: current)."""
+        epoch = self.caption_epoch if epoch is None else epoch
+        return int(np.random.default_rng([self.caption_seed, epoch, idx]).integers(num_captions))
+
+    def _video_id_for_error(self, idx: int) -> str:
+        """Best-effort ``video_id`` of a sample whose full decode failed (for the error message only)."""
+        try:
+            shard_id, shard_sample_id = self.spanner[idx]
+            shard = self.shards[shard_id]
+            data = shard.get_sample_data(shard_sample_id)
+            offset, sizes = 0, []
+            for size in shard.column_sizes:
+                if size:
+                    sizes.append(size)
+                else:
+                    sizes.append(int(np.frombuffer(data[offset:offset + 4], np.uint32)[0]))
+                    offset += 4
+            for name, size in zip(shard.column_names, sizes, strict=True):
+                if name == 'video_id':
+                    return data[offset:offset + size].decode('utf-8')
+                offset += size
+        except Exception as e:  # only used to improve an error message
+            log.debug('could not recover the video_id of sample %d: %s', idx, e)
+        return '<unknown>'
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        idx = int(idx)
+        try:
+            sample = super().__getitem__(idx)
+        except ValueError as e:
+            # e.g. a jpegarray column with zero frames fails inside MDS decoding without naming the sample.
+            video_id = self._video_id_for_error(idx)
+            raise ValueError(f'sample {idx} (video_id {video_id!r}) cannot be decoded: {e}. '
+                             'Every sample needs at least one frame.') from e
+        video_id = sample.get('video_id', '<unknown>')
+        frames = sample['frames']
+        if not frames:
+            raise ValueError(f'sample {idx} (video_id {video_id!r}) has zero frames')
+        if 'num_frames' in sample and int(sample['num_frames']) != len(frames):
+            raise ValueError(f'sample {idx} (video_id {video_id!r}): num_frames={sample["num_frames"]} but '
+                             f'{len(frames)} frames are stored')
+        captions = sample['captions']
+        if isinstance(captions, str):
+            captions = [captions]
+        if not captions:
+            raise ValueError(f'sample {idx} (video_id {video_id!r}) has zero captions')
+
+        keep = select_frame_indices(len(frames), self.max_frames, self.slice_framepos)
+        clip = frames_to_tensor([frames[i] for i in keep], self.image_resolution)  # [n, 3, R, R]
+        video = torch.zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # [T, 3, R, R]
+        video[: len(keep)] = clip
+        video_mask = torch.zeros(self.max_frames, dtype=torch.long)  # [T]
+        video_mask[: len(keep)] = 1
+
+        if self.train:
+            ids, mask = tokenize(captions[self.caption_choice(idx, len(captions))], self.max_words)
+            ids, mask = ids[0], mask[0]  # [L]
+        else:
+            ids, mask = tokenize(list(captions), self.max_words)  # [K, L]
+        return {
+            'video': video,
+            'video_mask': video_mask,
+            'video_index': torch.tensor(idx, dtype=torch.long),
+            'text_ids': ids,
+            'text_mask': mask,
+        }
+
+
+def collate_train(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack training samples: every key gets a leading batch dimension B."""
+    if not samples:
+        raise ValueError('collate_train got an empty list of samples')
+    keys = ('video', 'video_mask', 'video_index', 'text_ids', 'text_mask')
+    return {k: torch.stack([s[k] for s in samples]) for k in keys}
+
+
+def collate_eval(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack videos ([B, ...]) and concatenate every caption ([K_total, L]) with its video's index."""
+    if not samples:
+        raise ValueError('collate_eval got an empty list of samples')
+    batch = {k: torch.stack([s[k] for s in samples]) for k in VIDEO_KEYS}
+    counts = torch.tensor([s['text_ids'].shape[0] for s in samples], dtype=torch.long)  # [B]
+    batch['text_ids'] = torch.cat([s['text_ids'] for s in samples])  # [K_total, L]
+    batch['text_mask'] = torch.cat([s['text_mask'] for s in samples])  # [K_total, L]
+    batch['text_video_index'] = torch.repeat_interleave(batch['video_index'], counts)  # [K_total]
+    batch['text_caption_index'] = torch.cat([torch.arange(int(k), dtype=torch.long) for k in counts])
+    return batch
+
+
+def _split_eval(batch: Mapping[str, torch.Tensor], bounds: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+    """Cut an eval batch at video positions ``bounds`` (0 = b0 < b1 < ... = B); captions follow videos."""
+    unknown = sorted(set(batch) - set(VIDEO_KEYS) - set(TEXT_KEYS))
+    if unknown:
+        raise ValueError(
+            f'split_eval_batch does not know how to split keys {unknown}; expected {VIDEO_KEYS + TEXT_KEYS}')
+    num_videos = batch['video'].shape[0]
+    # collate_eval lays captions out video by video, each block starting at caption index 0. Using the block
+    # starts (not video_index values) stays correct when a padded batch holds the same video twice.
+    starts = torch.nonzero(batch['text_caption_index'] == 0).flatten().tolist()
+    if len(starts) != num_videos:
+        raise ValueError(f'eval batch has {num_videos} videos but {len(starts)} caption blocks; '
+                         'was it built by collate_eval?')
+    text_bounds = starts + [batch['text_ids'].shape[0]]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        part = {k: batch[k][lo:hi] for k in VIDEO_KEYS}
+        part.update({k: batch[k][text_bounds[lo]:text_bounds[hi]] for k in TEXT_KEYS})
+        out.append(part)
+    return out
+
+
+def split_eval_batch(batch: Mapping[str, torch.Tensor],
+                     num_microbatches: int) -> list[dict[str, torch.Tensor]]:
+    """Split an eval batch into ``min(num_microbatches, B)`` parts by video, each video keeping its captions.
+
+    Composer's default split would cut the ``[B, ...]`` video rows and the ``[K_total, ...]`` caption rows
+    at the same row numbers, separating captions from their videos. Part sizes differ by at most one.
+    """
+    if num_microbatches < 1:
+        raise ValueError(f'num_microbatches must be >= 1, got {num_microbatches}')
+    num_videos = batch['video'].shape[0]
+    parts = min(num_microbatches, num_videos)
+    bounds = [round(i * num_videos / parts) for i in range(parts + 1)] if parts else [0, 0]
+    return _split_eval(batch, bounds)
+
+
+def split_eval_batch_by_size(batch: Mapping[str, torch.Tensor],
+                             microbatch_size: int | float) -> list[dict[str, torch.Tensor]]:
+    """Composer's ``DataSpec.split_batch`` signature: microbatches of ``microbatch_size`` videos each."""
+    if isinstance(microbatch_size, float):
+        if not microbatch_size.is_integer():
+            raise ValueError(f'eval batches split by whole videos; got microbatch_size={microbatch_size}')
+        microbatch_size = int(microbatch_size)
+    if microbatch_size < 1:
+        raise ValueError(f'microbatch_size must be >= 1, got {microbatch_size}')
+    num_videos = batch['video'].shape[0]
+    bounds = list(range(0, num_videos, microbatch_size)) + [num_videos]
+    return _split_eval(batch, bounds)
+
+
+def _num_videos(batch: Mapping[str, torch.Tensor]) -> int:
+    return int(batch['video'].shape[0])
+
+
+def build_video_text_dataloader(*, local: str | None, remote: str | None = None, split: str | None = None,
+                                batch_size: int, train: bool, max_frames: int, image_resolution: int,
+                                max_words: int, num_workers: int = 0, shuffle_seed: int = 0,
+                                slice_framepos: int = 2, drop_last: bool | None = None,
+                                caption_seed: int | None = None, **streaming_kwargs: Any) -> DataSpec:
+    """Build the train or eval :class:`DataSpec` over an MDS video-text dataset.
+
+    Args:
+        local: MDS directory (holding ``index.json``, or ``<split>/index.json`` when ``split`` is given); with
+            ``remote`` set it is the download cache and may not exist yet.
+        batch_size: videos per batch **per rank** (also passed to StreamingDataset, which needs it).
+        train: shuffled, ``drop_last=True``, one caption per video; else ordered, ``drop_last=False``, all
+            captions, split into microbatches by video.
+        shuffle_seed: StreamingDataset's shuffle seed (the order changes every epoch with ``seed + epoch``).
+        caption_seed: seed of the per-epoch caption draw; ``None`` uses ``shuffle_seed``.
+        **streaming_kwargs: any other StreamingDataset argument (``shuffle``, ``streams``, ``epoch_size``...).
+
+    Raises:
+        FileNotFoundError: a local-only dataset whose folder or ``index.json`` is missing.
+    """
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1 (per rank), got {batch_size}')
+    if remote is None and 'streams' not in streaming_kwargs:
+        if local is None:
+            raise ValueError('build_video_text_dataloader needs `local` (or `remote`, or `streams`)')
+        folder = Path(local) / split if split else Path(local)
+        if not (folder / 'index.json').is_file():
+            what = 'does not exist' if not folder.exists() else 'has no index.json (not an MDS dataset)'
+            raise FileNotFoundError(
+                f'MDS dataset folder {str(folder)!r} {what}. Create the demo dataset with '
+                '`python -m tempme_composer.data.synthetic --out DIR` (then use DIR/mds/train and '
+                'DIR/mds/eval), '
+                'or convert a real dataset with the tempme-convert converter.')
+    dataset_kwargs: dict[str, Any] = {'shuffle': train, **streaming_kwargs}
+    if local is not None:
+        dataset_kwargs['local'] = local
+    dataset = VideoTextDataset(
+        max_frames=max_frames, image_resolution=image_resolution, max_words=max_words, train=train,
+        slice_framepos=slice_framepos, caption_seed=shuffle_seed if caption_seed is None else caption_seed,
+        remote=remote, split=split, batch_size=batch_size, shuffle_seed=shuffle_seed, **dataset_kwargs)
+    dataloader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_train if train else collate_eval,
+        drop_last=train if drop_last is None else drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+    log.info('%s loader over %s: %d samples per rank, batch_size=%d, num_workers=%d',
+             'train' if train else 'eval', remote or local, len(dataset), batch_size, num_workers)
+    return DataSpec(
+        dataloader,
+        get_num_samples_in_batch=_num_videos,
+        split_batch=None if train else split_eval_batch_by_size,
+    )

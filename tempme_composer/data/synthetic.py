@@ -1,0 +1,439 @@
+"""Embedded demo dataset: tiny synthetic text-video pairs produced through the *real* data path.
+
+Each video shows one coloured shape moving in one direction over a plain, slightly noisy background. The
+videos are rendered with numpy, encoded to real ``.mp4`` files (H.264 via PyAV's ``libx264`` when available,
+else MPEG-4 part 2), decoded back with :func:`~tempme_composer.data.video.decode_video` and written to MDS
+exactly like a converted real dataset would be. This exercises decoding, JPEG storage, streaming, frame
+selection and tokenisation end to end without downloading anything.
+
+The baseline CLIP model mean-pools per-frame features, so frame order is invisible to it. Every frame
+therefore shows the direction by itself: the object drags a fading "comet tail" of ghost copies behind it.
+
+Factors: 6 colours x 3 shapes x 4 directions = 72 classes. Random per video: start position, size, speed,
+background shade/tint and pixel noise. Each video gets 3-5 caption paraphrases built from templates and
+synonyms ("a red circle moves to the left", "something red and round heading left", ...).
+
+Run ``python -m tempme_composer.data.synthetic --out DIR`` to create it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from tempme_composer.data.video import decode_video, encode_jpeg
+
+__all__ = [
+    'COLOURS',
+    'SHAPES',
+    'DIRECTIONS',
+    'MDS_COLUMNS',
+    'DemoDataset',
+    'generate_demo_dataset',
+    'make_captions',
+    'render_clip',
+    'main',
+]
+
+log = logging.getLogger(__name__)
+
+#: RGB of each colour factor (chosen to stay distinguishable after yuv420p chroma subsampling).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    'red': (225, 35, 35),
+    'green': (35, 195, 60),
+    'blue': (40, 85, 240),
+    'yellow': (240, 220, 40),
+    'white': (245, 245, 245),
+    'purple': (155, 55, 215),
+}
+SHAPES: tuple[str, ...] = ('square', 'circle', 'triangle')
+#: Unit motion vector (dx, dy) in image coordinates (y grows downwards).
+DIRECTIONS: dict[str, tuple[int, int]] = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1)}
+NUM_CLASSES = len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
+
+#: MDS schema of every split written here (what :class:`~.streaming.VideoTextDataset` reads).
+MDS_COLUMNS = {'video_id': 'str', 'captions': 'json', 'frames': 'jpegarray', 'num_frames': 'int',
+               'fps': 'float32'}
+
+_META_NAME = 'demo_dataset.json'
+_FORMAT_VERSION = 1
+
+# ------------------------------------------------------------------------------------------------------------
+# Captions
+# ------------------------------------------------------------------------------------------------------------
+
+_COLOUR_WORDS = {
+    'red': ['red', 'red', 'bright red', 'scarlet'],
+    'green': ['green', 'green', 'bright green', 'emerald'],
+    'blue': ['blue', 'blue', 'deep blue', 'cobalt blue'],
+    'yellow': ['yellow', 'yellow', 'bright yellow', 'golden yellow'],
+    'white': ['white', 'white', 'pure white', 'snow-white'],
+    'purple': ['purple', 'purple', 'violet', 'bright purple'],
+}
+_SHAPE_NOUNS = {
+    'square': ['square', 'box', 'block', 'square shape'],
+    'circle': ['circle', 'ball', 'disc', 'dot', 'round shape'],
+    'triangle': ['triangle', 'triangular shape', 'three-sided shape'],
+}
+_SHAPE_ADJS = {
+    'square': ['square', 'boxy', 'four-sided'],
+    'circle': ['round', 'circular'],
+    'triangle': ['triangular', 'three-cornered', 'pointy'],
+}
+_DIR_PHRASES = {
+    'left': ['to the left', 'leftwards', 'towards the left edge', 'from right to left'],
+    'right': ['to the right', 'rightwards', 'towards the right edge', 'from left to right'],
+    'up': ['upwards', 'up', 'towards the top', 'from bottom to top'],
+    'down': ['downwards', 'down', 'towards the bottom', 'from top to bottom'],
+}
+_DIR_SHORT = {'left': ['left', 'leftwards'], 'right': ['right', 'rightwards'], 'up': ['up', 'upward'],
+              'down': ['down', 'downward']}
+_VERBS = ['moves', 'travels', 'slides', 'glides', 'drifts']
+_GERUNDS = ['moving', 'travelling', 'sliding', 'gliding', 'drifting']
+_TEMPLATES = [
+    '{a_colour} {noun} {verb} {dir}',
+    '{a_adj} {colour} object {verb} {dir}',
+    'something {colour} and {adj} heading {short}',
+    'the {colour} {noun} is {gerund} {dir}',
+    '{a_colour} {noun} {gerund} {dir} across a plain background',
+    'video of {a_adj} {colour} shape {gerund} {dir}',
+    '{a_colour} {noun} going {short}',
+    'a single {colour} {noun} that {verb} {dir}',
+]
+
+
+def _with_article(word: str) -> str:
+    """'a red' / 'an emerald': the article must agree with the word that follows it."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def make_captions(colour: str, shape: str, direction: str, rng: np.random.Generator,
+                  num_captions: int) -> list[str]:
+    """``num_captions`` distinct paraphrases of one (colour, shape, direction) video.
+
+    The first caption is always the canonical ``"a <colour> <shape> moves <direction phrase>"`` so that every
+    video has at least one plain description; the others use random templates and synonyms.
+    """
+    if not 1 <= num_captions <= len(_TEMPLATES):
+        raise ValueError(f'num_captions must be in [1, {len(_TEMPLATES)}], got {num_captions}')
+    captions = [f'{_with_article(colour)} {shape} moves {_DIR_PHRASES[direction][0]}']
+    for template_id in rng.permutation(len(_TEMPLATES)):
+        if len(captions) == num_captions:
+            break
+        colour_word = str(rng.choice(_COLOUR_WORDS[colour]))
+        adj = str(rng.choice(_SHAPE_ADJS[shape]))
+        text = _TEMPLATES[template_id].format(
+            colour=colour_word, a_colour=_with_article(colour_word), noun=rng.choice(_SHAPE_NOUNS[shape]),
+            adj=adj, a_adj=_with_article(adj), verb=rng.choice(_VERBS), gerund=rng.choice(_GERUNDS),
+            dir=rng.choice(_DIR_PHRASES[direction]), short=rng.choice(_DIR_SHORT[direction]))
+        if text not in captions:
+            captions.append(text)
+    return captions
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _coverage(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of a shape of half-size ``half`` at offsets (dx, dy) from its centre.
+
+    Soft edges keep sub-pixel motion smooth, so speed is not quantised to whole pixels.
+    """
+    if shape == 'circle':
+        return np.clip(half + 0.5 - np.hypot(dx, dy), 0.0, 1.0)
+    if shape == 'square':
+        return np.clip(half + 0.5 - np.abs(dx), 0.0, 1.0) * np.clip(half + 0.5 - np.abs(dy), 0.0, 1.0)
+    if shape == 'triangle':
+        # Upward-pointing isosceles triangle, apex (0, -half), base corners (+-half, half); the orientation
+        # does not depend on the motion direction. Inside distance to each edge, then a 1-px soft edge.
+        norm = math.sqrt(5.0)
+        dist = np.minimum(half - dy, np.minimum((dy + half - 2.0 * dx) / norm, (dy + half + 2.0 * dx) / norm))
+        return np.clip(dist + 0.5, 0.0, 1.0)
+    raise ValueError(f'unknown shape {shape!r}; expected one of {SHAPES}')
+
+
+def render_clip(colour: str, shape: str, direction: str, rng: np.random.Generator, *, frame_size: int = 48,
+                num_frames: int = 16) -> list[np.ndarray]:
+    """Render one demo clip as ``num_frames`` uint8 RGB arrays ``[frame_size, frame_size, 3]``.
+
+    The object travels 30-45% of the frame width along ``direction``; a trail of four fading ghost copies
+    behind it (also drawn in the first frame) makes the direction visible in every single frame.
+    """
+    size = frame_size
+    half = float(rng.uniform(0.09, 0.13)) * size  # half side / radius, px
+    travel = float(rng.uniform(0.30, 0.45)) * size  # total path length over the clip, px
+    speed = travel / max(num_frames - 1, 1)  # px per frame
+    spacing = max(speed, 0.75 * half)  # distance between ghost copies, px
+    ux, uy = DIRECTIONS[direction]
+
+    # Start on the motion axis so that the whole path and at least 1.5 ghosts of the trail stay inside.
+    lo = half + 1.0 + 1.5 * spacing
+    hi = size - half - 1.0 - travel
+    along = float(rng.uniform(lo, hi)) if hi > lo else 0.5 * (lo + hi)
+    across = float(rng.uniform(half + 1.0, size - half - 1.0))
+    if ux:  # horizontal motion: 'along' is the distance from the edge the object starts at
+        x0, y0 = (along if ux > 0 else size - along), across
+    else:
+        x0, y0 = across, (along if uy > 0 else size - along)
+
+    shade = float(rng.uniform(15.0, 95.0))
+    background = np.clip(shade + rng.uniform(-12.0, 12.0, size=3), 0.0, 255.0)  # [3] slightly tinted grey
+    colour_rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+    ghost_alpha = (0.12, 0.25, 0.4, 0.55)  # far -> near
+
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # pixel centres
+    frames = []
+    for t in range(num_frames):
+        cx, cy = x0 + ux * speed * t, y0 + uy * speed * t
+        image = np.broadcast_to(background, (size, size, 3)).copy()
+        image += rng.normal(0.0, 3.0, size=image.shape)  # mild sensor-like noise
+        for k, alpha in zip(range(len(ghost_alpha), 0, -1), ghost_alpha, strict=True):
+            cov = alpha * _coverage(shape, xs - (cx - ux * spacing * k), ys - (cy - uy * spacing * k), half)
+            image = image * (1.0 - cov[..., None]) + colour_rgb * cov[..., None]
+        cov = _coverage(shape, xs - cx, ys - cy, half)
+        image = image * (1.0 - cov[..., None]) + colour_rgb * cov[..., None]
+        frames.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+    return frames
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Encoding
+# ------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _video_codec() -> str:
+    """H.264 when this PyAV build has libx264, else MPEG-4 part 2 (always bundled)."""
+    import av
+
+    for name in ('libx264', 'mpeg4'):
+        try:
+            av.codec.Codec(name, 'w')
+            return name
+        except Exception:  # PyAV raises different types for unknown codecs across versions
+            continue
+    raise RuntimeError('this PyAV build has neither libx264 nor mpeg4 encoders; cannot write demo videos')
+
+
+def _write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
+    """Encode RGB frames to an mp4 file, byte-for-byte reproducibly.
+
+    x264's lookahead/macroblock-tree path gave run-to-run different bitstreams for these tiny frames
+    (measured: 4 of 24 clips), so it is disabled with ``tune=zerolatency`` (no lookahead, no B-frames);
+    single thread.
+    """
+    import av
+
+    codec = _video_codec()
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode='w', format='mp4') as container:
+        if codec == 'libx264':
+            options = {'crf': '18', 'preset': 'veryfast', 'tune': 'zerolatency', 'threads': '1'}
+        else:
+            options = {'threads': '1'}
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000), options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        if codec != 'libx264':
+            stream.bit_rate = 1_000_000
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(array, format='rgb24')
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():  # flush delayed frames
+            container.mux(packet)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dataset
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """Where a generated demo dataset lives.
+
+    ``train_dir``/``eval_dir`` are MDS directories (``index.json`` + shards); equivalently use
+    ``local=mds_dir`` with ``split='train'`` / ``split='eval'``.
+    """
+
+    root: Path
+    videos_dir: Path  # <root>/videos/{train,eval}/<video_id>.mp4
+    mds_dir: Path  # <root>/mds
+    train_dir: Path  # <root>/mds/train
+    eval_dir: Path  # <root>/mds/eval
+    num_train: int
+    num_eval: int
+    reused: bool  # True when an existing complete dataset was returned without regenerating
+
+
+def _paths(root: Path) -> dict[str, Path]:
+    return {'root': root, 'videos_dir': root / 'videos', 'mds_dir': root / 'mds',
+            'train_dir': root / 'mds' / 'train', 'eval_dir': root / 'mds' / 'eval'}
+
+
+def _is_complete(root: Path) -> bool:
+    p = _paths(root)
+    return ((root / _META_NAME).is_file() and (p['train_dir'] / 'index.json').is_file()
+            and (p['eval_dir'] / 'index.json').is_file())
+
+
+def _combos(split: str, count: int, seed: int) -> list[tuple[str, str, str]]:
+    """(colour, shape, direction) per video: balanced repeats of all 72 classes, shuffled per split.
+
+    With ``count <= 72`` every class appears at most once, so each caption has exactly one correct video.
+    """
+    rng = np.random.default_rng([seed, 1 if split == 'train' else 2, 0])
+    classes = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+    out: list[tuple[str, str, str]] = []
+    while len(out) < count:
+        out.extend(classes[i] for i in rng.permutation(len(classes)))
+    return out[:count]
+
+
+def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: int, num_frames: int,
+                 video_fps: float, jpeg_quality: int) -> None:
+    """Render, encode, decode back and write one split's MDS shards."""
+    from streaming import MDSWriter
+
+    videos_dir = root / 'videos' / split
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    split_code = 1 if split == 'train' else 2
+    with MDSWriter(out=str(root / 'mds' / split), columns=MDS_COLUMNS, compression=None, hashes=None,
+                   size_limit='64mb', progress_bar=False) as writer:
+        for i, (colour, shape, direction) in enumerate(_combos(split, count, seed)):
+            rng = np.random.default_rng([seed, split_code, i + 1])
+            video_id = f'demo_{split}_{i:05d}'
+            path = videos_dir / f'{video_id}.mp4'
+            _write_mp4(path, render_clip(colour, shape, direction, rng, frame_size=frame_size,
+                                         num_frames=num_frames), video_fps)
+            decoded = decode_video(path, fps=None, short_side=None)  # real path: frames come from the file
+            if len(decoded.frames) != num_frames:
+                raise RuntimeError(f'{path}: encoded {num_frames} frames but decoded {len(decoded.frames)}')
+            captions = make_captions(colour, shape, direction, rng, int(rng.integers(3, 6)))
+            writer.write({
+                'video_id': video_id,
+                'captions': captions,
+                'frames': [encode_jpeg(f, quality=jpeg_quality) for f in decoded.frames],
+                'num_frames': len(decoded.frames),
+                'fps': float(decoded.source_fps),
+            })
+
+
+def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, num_eval: int = 72,
+                          seed: int = 0, frame_size: int = 48, num_frames: int = 16, video_fps: float = 8.0,
+                          jpeg_quality: int = 90, overwrite: bool = False) -> DemoDataset:
+    """Create (or reuse) the demo dataset under ``out_dir``.
+
+    Layout: ``out_dir/videos/{train,eval}/<video_id>.mp4`` and MDS splits ``out_dir/mds/{train,eval}`` with
+    columns :data:`MDS_COLUMNS`. Train classes are balanced (288 = 4 videos per class by default); with
+    ``num_eval <= 72`` every eval video has a distinct (colour, shape, direction), so each eval caption has
+    exactly one correct video and text-to-video chance level is R@1 = 1/num_eval (1/72 ~ 1.4%, R@5 ~ 6.9%,
+    R@10 ~ 13.9% at the default). With ``num_eval > 72`` classes repeat and retrieval becomes ambiguous.
+
+    Generation is deterministic for a given seed and parameters (byte-identical MDS shards). Everything is
+    written to a temporary sibling directory first and renamed into place, so an interrupted run never
+    leaves a directory that looks complete. A complete dataset with the same parameters is reused unless
+    ``overwrite=True``; one with different parameters raises ``ValueError``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty and was not made by this function (never deleted).
+        ValueError: bad parameters, or an existing dataset with other parameters and ``overwrite=False``.
+    """
+    if num_train < 1 or num_eval < 1:
+        raise ValueError(f'num_train and num_eval must be >= 1, got {num_train} and {num_eval}')
+    if frame_size < 16 or frame_size % 2:
+        raise ValueError(f'frame_size must be an even number >= 16 (yuv420p), got {frame_size}')
+    if num_frames < 1 or not video_fps > 0:
+        raise ValueError(f'num_frames must be >= 1 and video_fps > 0, got {num_frames} and {video_fps}')
+    root = Path(out_dir).absolute()
+    params = {'format_version': _FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
+              'frame_size': frame_size, 'num_frames': num_frames, 'video_fps': video_fps,
+              'jpeg_quality': jpeg_quality}
+
+    def result(reused: bool) -> DemoDataset:
+        return DemoDataset(**_paths(root), num_train=num_train, num_eval=num_eval, reused=reused)
+
+    def existing_params() -> dict:
+        meta = json.loads((root / _META_NAME).read_text())
+        return {k: meta.get(k) for k in params}
+
+    if _is_complete(root) and not overwrite:
+        if existing_params() != params:
+            raise ValueError(f'{root} already holds a demo dataset made with {existing_params()}, not '
+                             f'{params}; pass overwrite=True (--overwrite) or choose another directory')
+        log.info('reusing the complete demo dataset at %s', root)
+        return result(reused=True)
+    if root.exists() and any(root.iterdir()) and not (root / _META_NAME).is_file():
+        raise FileExistsError(f'{root} exists and is not a demo dataset directory; refusing to overwrite it. '
+                              'Choose an empty or new directory.')
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    start = time.perf_counter()
+    try:
+        common = dict(seed=seed, frame_size=frame_size, num_frames=num_frames, video_fps=video_fps,
+                      jpeg_quality=jpeg_quality)
+        _write_split(tmp, 'train', num_train, **common)
+        _write_split(tmp, 'eval', num_eval, **common)
+        meta = {**params, 'codec': _video_codec(), 'num_classes': NUM_CLASSES, 'columns': MDS_COLUMNS,
+                'chance_t2v_r1': 1.0 / num_eval}
+        (tmp / _META_NAME).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
+
+        if _is_complete(root) and not overwrite and existing_params() == params:
+            log.info('another process finished %s first; reusing it', root)  # e.g. several ranks racing
+            return result(reused=True)
+        trash = None
+        if root.exists():
+            trash = root.parent / f'.{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+            os.replace(root, trash)
+        os.replace(tmp, root)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info('wrote demo dataset (%d train, %d eval videos, codec %s) to %s in %.1fs', num_train, num_eval,
+             _video_codec(), root, time.perf_counter() - start)
+    return result(reused=False)
+
+
+def main(argv: Sequence[str] | None = None) -> DemoDataset:
+    """CLI: ``python -m tempme_composer.data.synthetic --out DIR [--num-train N --num-eval N --seed S]``."""
+    parser = argparse.ArgumentParser(prog='python -m tempme_composer.data.synthetic',
+                                     description=__doc__.split('\n')[0])
+    parser.add_argument('--out', required=True, help='output directory (videos/ and mds/{train,eval} inside)')
+    parser.add_argument('--num-train', type=int, default=288)
+    parser.add_argument('--num-eval', type=int, default=72)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--frame-size', type=int, default=48)
+    parser.add_argument('--num-frames', type=int, default=16)
+    parser.add_argument('--overwrite', action='store_true', help='regenerate even if a dataset exists')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    start = time.perf_counter()
+    ds = generate_demo_dataset(args.out, num_train=args.num_train, num_eval=args.num_eval, seed=args.seed,
+                               frame_size=args.frame_size, num_frames=args.num_frames,
+                               overwrite=args.overwrite)
+    summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(ds).items()}
+    summary['seconds'] = round(time.perf_counter() - start, 2)
+    print(json.dumps(summary, indent=2))
+    return ds
+
+
+if __name__ == '__main__':
+    main()

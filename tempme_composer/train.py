@@ -1,0 +1,230 @@
+"""train(cfg) -> Trainer: build the model, data, optimizer, callbacks and Composer Trainer from a config.
+
+`recipes/train.py` only parses the command line and calls `main`; everything lives here so tests can drive
+the same code path (style.md §2.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from composer import Trainer
+from composer.algorithms import GradientClipping
+from composer.core import Algorithm, DataSpec, Evaluator
+from composer.loggers import TensorboardLogger
+from composer.optim import CosineAnnealingWithWarmupScheduler
+from composer.utils import dist, get_device, reproducibility
+
+from tempme_composer.callbacks import RetrievalLogger, TrainLogLine
+from tempme_composer.clip import CLIP, CLIP_PRESETS, load_clip
+from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
+from tempme_composer.config import ConfigError, TrainConfig, config_to_yaml, load_config
+from tempme_composer.model import UnifiedModel
+
+__all__ = ['train', 'main', 'build_model', 'build_optimizer', 'build_dataloaders', 'configure_logging']
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``composer recipes/train.py CONFIG.yaml [key=value ...]``; a config error exits with status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ('-h', '--help'):
+        print('usage: composer recipes/train.py CONFIG.yaml [key=value ...]', file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(argv[0], argv[1:])
+    except ConfigError as e:
+        print(f'config error: {e}', file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+def train(cfg: TrainConfig) -> Trainer:
+    """Run what the config asks (train, and/or evaluate a checkpoint) and return the Trainer."""
+    from streaming.base.util import clean_stale_shared_memory
+
+    configure_logging()
+    device = 'gpu' if torch.cuda.is_available() else 'cpu'
+    dist.initialize_dist(get_device(device))  # before data prep, so rank 0 can build shared data first
+    clean_stale_shared_memory()  # once, before any StreamingDataset (composer_streaming.md §6.8)
+    if device == 'cpu' and cfg.precision != 'fp32':
+        raise ConfigError(f'precision={cfg.precision} needs a GPU; this machine has none, use precision=fp32')
+    if cfg.resume and not Path(cfg.resume).is_file():
+        raise ConfigError(f'resume={cfg.resume}: no such checkpoint file')
+    output_dir = Path(cfg.output_dir)
+    run_name = cfg.run_name or output_dir.resolve().name
+    if dist.get_global_rank() == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / 'config.yaml').write_text(config_to_yaml(cfg))
+    log.info('run %s: output in %s, device %s, %d rank(s)', run_name, output_dir, device, dist.get_world_size())
+
+    reproducibility.seed_all(cfg.seed)  # identical initial weights on every rank
+    model = RetrievalModel(build_model(cfg))
+    train_spec, eval_spec = build_dataloaders(cfg, model.model.clip)
+    evaluator = Evaluator(
+        label=cfg.data.datatype,
+        dataloader=eval_spec,
+        metric_names=[PRIMARY_METRIC],
+        device_eval_microbatch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
+    )
+    callbacks = [RetrievalLogger(), TrainLogLine(cfg.n_display)]
+    loggers = [TensorboardLogger(log_dir=str(output_dir / 'tensorboard'))]
+
+    if not cfg.do_train:
+        trainer = Trainer(
+            model=model,
+            eval_dataloader=evaluator,
+            callbacks=callbacks,
+            loggers=loggers,
+            run_name=run_name,
+            seed=cfg.seed,
+            device=device,
+            precision=cfg.precision,
+            load_path=cfg.resume,
+            load_weights_only=True,
+            progress_bar=False,
+        )
+        trainer.eval()
+        return trainer
+
+    optimizer = build_optimizer(model, cfg)
+    algorithms: list[Algorithm] = []
+    if cfg.optimizer.clip_grad_norm is not None:
+        algorithms.append(GradientClipping(clipping_type='norm', clipping_threshold=cfg.optimizer.clip_grad_norm))
+    trainer = Trainer(
+        model=model,
+        train_dataloader=train_spec,
+        eval_dataloader=evaluator,
+        eval_interval='1ep',
+        max_duration=f'{cfg.epochs}ep',
+        optimizers=optimizer,
+        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=f'{cfg.optimizer.warmup_proportion}dur', alpha_f=0.0),
+        algorithms=algorithms,
+        callbacks=callbacks,
+        loggers=loggers,
+        run_name=run_name,
+        seed=cfg.seed,
+        device=device,
+        precision=cfg.precision,
+        device_train_microbatch_size=_per_rank(cfg.batch_size, 'batch_size'),
+        save_folder=str(output_dir / 'checkpoints'),
+        save_interval='1ep',
+        save_num_checkpoints_to_keep=cfg.checkpoints_to_keep,
+        save_overwrite=not cfg.autoresume,
+        autoresume=cfg.autoresume,
+        load_path=cfg.resume,
+        progress_bar=True,
+    )
+    trainer.fit()
+    return trainer
+
+
+def build_model(cfg: TrainConfig) -> UnifiedModel:
+    """CLIP from the local checkpoint (or a random init of the preset) wrapped as the retrieval network."""
+    clip_cfg = cfg.model.clip
+    if clip_cfg.checkpoint:
+        clip = load_clip(clip_cfg.checkpoint)
+    else:
+        if clip_cfg.preset not in CLIP_PRESETS:
+            raise ConfigError(f"model.clip.preset={clip_cfg.preset!r} is not one of {sorted(CLIP_PRESETS)}")
+        log.warning('model.clip.checkpoint is null: CLIP %s starts from random weights', clip_cfg.preset)
+        clip = CLIP(CLIP_PRESETS[clip_cfg.preset])
+    if cfg.data.max_words > clip.config.context_length:
+        raise ConfigError(
+            f'data.max_words={cfg.data.max_words} exceeds the CLIP text context length {clip.config.context_length}'
+        )
+    return UnifiedModel(clip)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """torch AdamW with the references' groups: no weight decay on biases, norms, embeddings and logit_scale;
+    pretrained CLIP parameters at ``lr * coef_lr``, new modules at ``lr``."""
+    opt = cfg.optimizer
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        pretrained = '.clip.' in f'.{name}' and not _is_new_module(name)
+        no_decay = param.ndim < 2 or 'embedding' in name or 'logit_scale' in name
+        groups.setdefault((pretrained, no_decay), []).append(param)
+    param_groups = [
+        {
+            'params': params,
+            'lr': opt.lr * (opt.coef_lr if pretrained else 1.0),
+            'weight_decay': 0.0 if no_decay else opt.weight_decay,
+        }
+        for (pretrained, no_decay), params in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+
+
+def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, DataSpec]:
+    """Train and eval loaders over MDS shards; the demo dataset is generated on first use."""
+    from tempme_composer.data import build_video_text_dataloader
+
+    data = cfg.data
+    train_src, eval_src = data.train, data.eval
+    if data.datatype == 'demo':
+        from tempme_composer.config import DataSourceConfig
+        from tempme_composer.data.synthetic import generate_demo_dataset
+
+        demo = data.demo
+        with dist.run_local_rank_zero_first():
+            paths = generate_demo_dataset(demo.root, num_train=demo.num_train, num_eval=demo.num_eval, seed=demo.seed)
+        train_src = train_src or DataSourceConfig(local=str(paths.train_dir))
+        eval_src = eval_src or DataSourceConfig(local=str(paths.eval_dir))
+    common = dict(
+        max_frames=data.max_frames,
+        image_resolution=clip.config.image_resolution,
+        max_words=data.max_words,
+        num_workers=data.num_workers,
+        shuffle_seed=cfg.seed,
+        slice_framepos=data.slice_framepos,
+    )
+    train_spec = None
+    if cfg.do_train:
+        train_spec = build_video_text_dataloader(
+            local=train_src.local,
+            remote=train_src.remote,
+            split=train_src.split,
+            batch_size=_per_rank(cfg.batch_size, 'batch_size'),
+            train=True,
+            **common,
+        )
+    eval_spec = build_video_text_dataloader(
+        local=eval_src.local,
+        remote=eval_src.remote,
+        split=eval_src.split,
+        batch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
+        train=False,
+        **common,
+    )
+    return train_spec, eval_spec
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Python logging to stdout with the rank in every line (library code never prints)."""
+    rank = dist.get_global_rank()
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f'%(asctime)s rank{rank} %(name)s: %(message)s', '%H:%M:%S'))
+    root = logging.getLogger('tempme_composer')
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _per_rank(global_batch: int, key: str) -> int:
+    world = dist.get_world_size()
+    if global_batch % world:
+        raise ConfigError(f'{key}={global_batch} is global and must be divisible by the number of ranks ({world})')
+    return global_batch // world
+
+
+def _is_new_module(name: str) -> bool:
+    """Parameters added on top of CLIP (LoRA, prompts) train at the full learning rate."""
+    return 'LoRA' in name or 'prompt' in name or 'TemporalPrompt' in name

@@ -1,0 +1,39 @@
+"""Compute the training loss and DDP-averaged gradients of a tiny model on this rank's slice of a batch.
+
+Run with ``composer -n N tests/scripts/loss_on_ranks.py OUT.pt GLOBAL_BATCH``; rank 0 writes
+``{'loss': float, 'grads': {name: tensor}}`` to OUT.pt. With N=1 it is the single-process reference.
+"""
+
+import sys
+
+import torch
+from composer.utils import dist, get_device
+from torch.nn.parallel import DistributedDataParallel
+
+from tempme_composer.clip import CLIP, CLIP_PRESETS
+from tempme_composer.composer_model import RetrievalModel
+from tempme_composer.model import UnifiedModel
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+from batches import random_train_batch  # noqa: E402
+
+
+def main(out: str, global_batch: int) -> None:
+    dist.initialize_dist(get_device('cpu'))
+    rank, world = dist.get_global_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = RetrievalModel(UnifiedModel(CLIP(CLIP_PRESETS['tiny'])))
+    batch = random_train_batch(global_batch, model.model.clip.config, seed=1)
+    b = global_batch // world
+    local = {k: v[rank * b : (rank + 1) * b] for k, v in batch.items()}
+    wrapped = DistributedDataParallel(model) if world > 1 else model
+    loss = model.loss(wrapped(local), local)
+    loss.backward()
+    if rank == 0:
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        torch.save({'loss': float(loss), 'grads': grads}, out)
+    dist.barrier()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,89 @@
+"""Config loading: YAML + overrides → typed dataclasses, with errors a user can act on."""
+
+from pathlib import Path
+
+import pytest
+
+from tempme_composer.config import ConfigError, TrainConfig, config_to_yaml, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / 'yamls' / 'demo.yaml'
+
+
+def test_every_shipped_yaml_parses():
+    yamls = sorted((REPO / 'yamls').glob('*.yaml'))
+    assert yamls, 'no yamls shipped'
+    for path in yamls:
+        assert isinstance(load_config(path), TrainConfig)
+
+
+def test_overrides_are_merged_and_typed():
+    cfg = load_config(DEMO, ['epochs=2', 'optimizer.lr=3e-4', 'data.max_frames=4', 'model.clip.preset=ViT-B/16'])
+    assert cfg.epochs == 2
+    assert cfg.optimizer.lr == pytest.approx(3e-4) and isinstance(cfg.optimizer.lr, float)
+    assert cfg.data.max_frames == 4
+    assert cfg.model.clip.preset == 'ViT-B/16'
+
+
+def test_int_is_accepted_for_a_float_key():
+    cfg = load_config(DEMO, ['optimizer.lr=1'])
+    assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
+
+
+def test_unknown_key_names_key_source_and_closest_valid_key():
+    with pytest.raises(ConfigError) as e:
+        load_config(DEMO, ['optimizer.lrr=0.1'])
+    msg = str(e.value)
+    assert "'optimizer.lrr'" in msg and 'command-line' in msg and "did you mean 'optimizer.lr'" in msg
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text(DEMO.read_text().replace('batch_size: 32', 'batch_sise: 32'))
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    msg = str(e.value)
+    assert "'batch_sise'" in msg and str(bad) in msg and "did you mean 'batch_size'" in msg
+
+
+def test_wrong_type_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"key 'epochs'.*expected an integer.*'two'"):
+        load_config(DEMO, ['epochs=two'])
+    with pytest.raises(ConfigError, match=r"key 'do_train'.*expected true or false"):
+        load_config(DEMO, ['do_train=1'])
+    with pytest.raises(ConfigError, match=r"key 'precision'.*'amp_bf61' is not one of.*did you mean 'amp_bf16'"):
+        load_config(DEMO, ['precision=amp_bf61'])
+
+
+def test_missing_required_value(tmp_path):
+    cfg_file = tmp_path / 'no_output.yaml'
+    cfg_file.write_text('\n'.join(line for line in DEMO.read_text().splitlines() if not line.startswith('output_dir')))
+    with pytest.raises(ConfigError, match=r"missing required key 'output_dir' in .*no_output.yaml"):
+        load_config(cfg_file)
+
+
+def test_missing_file_is_named():
+    with pytest.raises(ConfigError, match='nope.yaml does not exist'):
+        load_config('nope.yaml')
+
+
+@pytest.mark.parametrize(
+    'override',
+    ['freeze_clip=true', 'gradient_accumulation_steps=2', 'optimizer.optim=BertAdam', 'model.tempme.enabled=true',
+     'data.expand_msrvtt_sentences=true', "keep_substrings=[LoRA]"],
+)
+def test_declared_but_unimplemented_features_are_rejected_not_ignored(override):
+    with pytest.raises(ConfigError, match='not implemented yet'):
+        load_config(DEMO, [override])
+
+
+def test_eval_only_needs_a_checkpoint():
+    with pytest.raises(ConfigError, match='resume=PATH'):
+        load_config(DEMO, ['do_train=false', 'do_eval=true'])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(DEMO, ['epochs=3'])
+    dumped = tmp_path / 'resolved.yaml'
+    dumped.write_text(config_to_yaml(cfg))
+    assert load_config(dumped) == cfg
