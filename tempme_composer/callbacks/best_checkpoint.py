@@ -1,0 +1,89 @@
+"""BestCheckpoint: keep the weights of the best evaluation so far (text→video R@1), written atomically.
+
+Composer has no best-metric checkpointing (composer#2303), and a second CheckpointSaver would silently
+replace the Trainer's own (composer_streaming.md §3.4), so this callback saves with
+`composer.utils.checkpoint.save_checkpoint` — a collective that every rank calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import checkpoint, dist
+
+from tempme_composer.metrics import RetrievalMetrics
+
+__all__ = ['BestCheckpoint', 'BEST_WEIGHTS', 'BEST_RECORD']
+
+log = logging.getLogger(__name__)
+
+BEST_WEIGHTS = 'best.pt'
+BEST_RECORD = 'best.json'
+
+
+class BestCheckpoint(Callback):
+    """At ``EVAL_END`` of evaluator ``eval_label``: if ``metric_name`` improved, write ``folder/best.pt``
+    (a Composer weights-only checkpoint: ``load_path`` + ``load_weights_only`` loads it) and
+    ``folder/best.json`` (metric, value, epoch, batch, every retrieval number and the resolved config).
+
+    Each file is written to a temporary name and renamed into place, so a crash never leaves a torn file;
+    the JSON is written after the weights and names the batch they come from. The best value and when it
+    was reached are part of the callback's state, so autoresume keeps comparing against the true best.
+    Logs ``best/<label>/<metric_name>``. YAML: always on in training runs (no key).
+    """
+
+    def __init__(self, folder: str | Path, eval_label: str, metric_name: str, config: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.eval_label = eval_label
+        self.metric_name = metric_name
+        self.config = config
+        self.best = -math.inf
+        self.best_epoch: int | None = None
+        self.best_batch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'best': self.best, 'best_epoch': self.best_epoch, 'best_batch': self.best_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state['best']
+        self.best_epoch = state['best_epoch']
+        self.best_batch = state['best_batch']
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        if state.dataloader_label != self.eval_label:
+            return
+        metric = state.eval_metrics[self.eval_label][self.metric_name]
+        value = float(metric.compute())  # cached: the same number on every rank, no new collective
+        if not value > self.best:
+            return
+        self.best = value
+        self.best_epoch = int(state.timestamp.epoch)
+        self.best_batch = int(state.timestamp.batch)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp_name = str(self.folder / f'.tmp-{BEST_WEIGHTS}')
+        written = checkpoint.save_checkpoint(state, filename=tmp_name, weights_only=True)  # collective
+        if dist.get_global_rank() == 0:
+            os.replace(written, self.folder / BEST_WEIGHTS)
+            record = {
+                'metric': self.metric_name,
+                'value': value,
+                'eval_label': self.eval_label,
+                'epoch': self.best_epoch,
+                'batch': self.best_batch,
+                'results': dict(metric.results) if isinstance(metric, RetrievalMetrics) else {},
+                'config': self.config,
+            }
+            tmp_json = self.folder / f'.tmp-{BEST_RECORD}'
+            tmp_json.write_text(json.dumps(record, indent=2))
+            os.replace(tmp_json, self.folder / BEST_RECORD)
+            log.info('new best %s=%.2f at epoch %d, batch %d: %s', self.metric_name, value, self.best_epoch,
+                     self.best_batch, self.folder / BEST_WEIGHTS)
+        dist.barrier()
+        logger.log_metrics({f'best/{self.eval_label}/{self.metric_name}': value})
