@@ -28,9 +28,10 @@ class RetrievalModel(ComposerModel):
     ``text_caption_index [K]`` and ``video_index [B]`` (global ids used to drop padding duplicates).
     """
 
-    def __init__(self, model: UnifiedModel) -> None:
+    def __init__(self, model: UnifiedModel, **metric_kwargs: Any) -> None:
         super().__init__()
         self.model = model
+        self.metric_kwargs = metric_kwargs  # RetrievalMetrics options: tie_mode, dsl
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # logit_scale is consumed here, inside DDP's forward, not in loss() (composer_streaming.md pitfall 6).
@@ -53,7 +54,7 @@ class RetrievalModel(ComposerModel):
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         # No train metric: a full-matrix retrieval metric on every train batch is wasted work.
-        return {} if is_train else {PRIMARY_METRIC: RetrievalMetrics()}
+        return {} if is_train else {PRIMARY_METRIC: RetrievalMetrics(**self.metric_kwargs)}
 
     def update_metric(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], metric: Metric) -> None:
         metric.update(

@@ -27,6 +27,7 @@ __all__ = [
     'DataConfig',
     'DataSourceConfig',
     'DemoDataConfig',
+    'EvaluationConfig',
     'ModelConfig',
     'OptimizerConfig',
     'TrainConfig',
@@ -116,6 +117,16 @@ class DataConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """How retrieval is scored and what analysis is written (see metrics.py for the conventions)."""
+
+    tie_mode: Literal['pessimistic', 'optimistic', 'reference'] = 'pessimistic'  # reference = research code
+    dsl: bool = False  # also report dual-softmax re-ranked metrics (raw ones are always reported)
+    save_ranks: bool = False  # per-caption rank and top-5 videos as JSONL in output_dir/analysis
+    save_similarity: bool = False  # the caption x video similarity matrix as .npy in output_dir/analysis
+
+
+@dataclass
 class OptimizerConfig:
     optim: Literal['AdamW', 'BertAdam'] = 'AdamW'
     lr: float = 1e-4  # learning rate of new modules; pretrained CLIP parameters get lr * coef_lr
@@ -148,6 +159,7 @@ class TrainConfig:
     keep_substrings: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 

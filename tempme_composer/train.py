@@ -6,6 +6,7 @@ the same code path (style.md §2.1).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -13,12 +14,12 @@ from pathlib import Path
 import torch
 from composer import Trainer
 from composer.algorithms import GradientClipping
-from composer.core import Algorithm, DataSpec, Evaluator
+from composer.core import Algorithm, Callback, DataSpec, Evaluator
 from composer.loggers import TensorboardLogger
 from composer.optim import CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, get_device, reproducibility
 
-from tempme_composer.callbacks import RetrievalLogger, TrainLogLine
+from tempme_composer.callbacks import BestCheckpoint, RetrievalAnalysis, RetrievalLogger, TrainLogLine
 from tempme_composer.clip import CLIP, CLIP_PRESETS, load_clip
 from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
 from tempme_composer.config import ConfigError, TrainConfig, config_to_yaml, load_config
@@ -64,15 +65,18 @@ def train(cfg: TrainConfig) -> Trainer:
     log.info('run %s: output in %s, device %s, %d rank(s)', run_name, output_dir, device, dist.get_world_size())
 
     reproducibility.seed_all(cfg.seed)  # identical initial weights on every rank
-    model = RetrievalModel(build_model(cfg))
+    model = RetrievalModel(build_model(cfg), tie_mode=cfg.evaluation.tie_mode, dsl=cfg.evaluation.dsl)
     train_spec, eval_spec = build_dataloaders(cfg, model.model.clip)
+    label = cfg.data.datatype  # metrics are logged as metrics/<label>/...
     evaluator = Evaluator(
-        label=cfg.data.datatype,
+        label=label,
         dataloader=eval_spec,
         metric_names=[PRIMARY_METRIC],
         device_eval_microbatch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
     )
-    callbacks = [RetrievalLogger(), TrainLogLine(cfg.n_display)]
+    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir), TrainLogLine(cfg.n_display)]
+    if cfg.evaluation.save_ranks or cfg.evaluation.save_similarity:
+        callbacks.append(RetrievalAnalysis(output_dir / 'analysis', cfg.evaluation.save_ranks, cfg.evaluation.save_similarity))
     loggers = [TensorboardLogger(log_dir=str(output_dir / 'tensorboard'))]
 
     if not cfg.do_train:
@@ -92,6 +96,7 @@ def train(cfg: TrainConfig) -> Trainer:
         trainer.eval()
         return trainer
 
+    callbacks.append(BestCheckpoint(output_dir / 'checkpoints', label, PRIMARY_METRIC, dataclasses.asdict(cfg)))
     optimizer = build_optimizer(model, cfg)
     algorithms: list[Algorithm] = []
     if cfg.optimizer.clip_grad_norm is not None:
@@ -120,6 +125,9 @@ def train(cfg: TrainConfig) -> Trainer:
         load_path=cfg.resume,
         progress_bar=True,
     )
+    if int(trainer.state.timestamp.epoch) >= cfg.epochs:  # autoresumed a finished run: Composer would refuse
+        log.info('%s already trained for %d epochs; raise epochs= to continue', run_name, cfg.epochs)
+        return trainer
     trainer.fit()
     return trainer
 

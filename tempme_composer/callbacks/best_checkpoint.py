@@ -61,6 +61,8 @@ class BestCheckpoint(Callback):
             return
         metric = state.eval_metrics[self.eval_label][self.metric_name]
         value = float(metric.compute())  # cached: the same number on every rank, no new collective
+        if isinstance(metric, RetrievalMetrics):
+            value = metric.results.get(self.metric_name, value)  # float64, as in the JSON record
         if not value > self.best:
             return
         self.best = value

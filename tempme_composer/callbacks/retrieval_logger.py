@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from pathlib import Path
 
 from composer.core import Callback, State
 from composer.loggers import Logger
@@ -17,13 +20,15 @@ log = logging.getLogger(__name__)
 
 class RetrievalLogger(Callback):
     """At ``EVAL_END``, log ``metrics/<label>/{t2v,v2t}_{R@1,R@5,R@10,MdR,MnR}`` and the set sizes to every
-    logger, and write the ``Text-to-Video:`` / ``Video-to-Text:`` lines to the Python log on rank 0.
+    logger, and write the ``Text-to-Video:`` / ``Video-to-Text:`` lines to the Python log on rank 0. With
+    ``results_dir``, rank 0 also writes the latest numbers to ``results_dir/eval-<label>.json``.
 
     Composer itself logs only what ``compute()`` returns (text→video R@1); the rest were computed in the same
     pass and are read from the metric without another collective.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, results_dir: str | Path | None = None) -> None:
+        self.results_dir = Path(results_dir) if results_dir is not None else None
         self.last_results: dict[str, dict[str, float]] = {}
 
     def eval_end(self, state: State, logger: Logger) -> None:
@@ -43,5 +48,15 @@ class RetrievalLogger(Callback):
                     int(results['num_texts']),
                     int(results['num_videos']),
                 )
-                for line in format_log_lines(results):
+                lines = format_log_lines(results)
+                if 'dsl_t2v_R@1' in results:  # re-ranked numbers are shown beside the raw ones, never instead
+                    lines += format_log_lines(results, prefix='dsl_')
+                for line in lines:
                     log.info(line)
+                if self.results_dir is not None:
+                    record = {'eval_label': label, 'epoch': int(state.timestamp.epoch),
+                              'batch': int(state.timestamp.batch), 'results': results}
+                    path = self.results_dir / f'eval-{label}.json'
+                    tmp = path.with_name(f'.tmp-{path.name}')
+                    tmp.write_text(json.dumps(record, indent=2))
+                    os.replace(tmp, path)

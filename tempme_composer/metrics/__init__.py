@@ -1,0 +1,46 @@
+"""Retrieval metrics: pure ranking (`ranking`) and summaries (`summary`), and the torchmetrics Metric (`retrieval`).
+
+Conventions (ties, medians, group-level video→text, DSL) are documented in `tempme_composer.metrics.ranking`.
+"""
+
+from tempme_composer.metrics.ranking import (
+    TIE_MODES,
+    NonFiniteScoreError,
+    RankCounts,
+    TieMode,
+    caption_topk,
+    dual_softmax,
+    embedding_rank_counts,
+    rank_counts,
+    retrieval_ranks,
+)
+from tempme_composer.metrics.retrieval import RetrievalMetrics
+from tempme_composer.metrics.summary import (
+    METRIC_NAMES,
+    embedding_metrics,
+    format_log_lines,
+    retrieval_metrics,
+    similarity_metrics,
+    summarize_counts,
+    summarize_ranks,
+)
+
+__all__ = [
+    'METRIC_NAMES',
+    'TIE_MODES',
+    'NonFiniteScoreError',
+    'RankCounts',
+    'RetrievalMetrics',
+    'TieMode',
+    'caption_topk',
+    'dual_softmax',
+    'embedding_metrics',
+    'embedding_rank_counts',
+    'format_log_lines',
+    'rank_counts',
+    'retrieval_metrics',
+    'retrieval_ranks',
+    'similarity_metrics',
+    'summarize_counts',
+    'summarize_ranks',
+]
