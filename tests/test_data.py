@@ -410,3 +410,51 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match='index.json'):
         build_video_text_dataloader(local=str(tmp_path / 'empty'), batch_size=2, train=False,
                                     **loader_kwargs())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loader options added with the converter: frame order, paragraph mode, streams, format version
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _eval_videos(demo, **kwargs):
+    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False,
+                                       **loader_kwargs(max_frames=6, **kwargs))
+    return next(iter(spec.dataloader))
+
+
+def test_frame_order_reversed_and_random(demo):
+    base = _eval_videos(demo)
+    rev = _eval_videos(demo, frame_order=1)
+    torch.testing.assert_close(rev['video'], base['video'].flip(1))  # 16 frames -> 6 kept, reversed
+    rnd = _eval_videos(demo, frame_order=2)
+    again = _eval_videos(demo, frame_order=2)
+    torch.testing.assert_close(rnd['video'], again['video'])  # reproducible for a seed/epoch/sample
+    for i in range(3):
+        frames = [base['video'][i, t] for t in range(6)]
+        perm = [next(t for t in range(6) if torch.equal(rnd['video'][i, k], frames[t])) for k in range(6)]
+        assert sorted(perm) == list(range(6))
+    assert not torch.equal(rnd['video'], base['video'])
+    with pytest.raises(ValueError, match='frame_order'):
+        _eval_videos(demo, frame_order=3)
+
+
+def test_paragraph_mode_joins_captions(demo):
+    b = _eval_videos(demo, paragraph=True)
+    assert b['text_ids'].shape[0] == 3 and b['text_video_index'].tolist() == b['video_index'].tolist()
+    ds = StreamingDataset(local=str(demo.eval_dir), batch_size=1)
+    caps = ds[int(b['video_index'][0])]['captions']
+    torch.testing.assert_close(b['text_ids'][0], tokenize(' '.join(caps), 16)[0][0])
+
+
+def test_streams_option_mixes_datasets(demo):
+    spec = build_video_text_dataloader(
+        local=None, streams=[{'local': str(demo.train_dir)}, {'local': str(demo.eval_dir), 'choose': 10}],
+        batch_size=2, train=True, **loader_kwargs())
+    assert len(spec.dataloader.dataset) == demo.num_train + 10
+    with pytest.raises(ValueError, match='unknown stream keys'):
+        build_video_text_dataloader(local=None, streams=[{'local': str(demo.train_dir), 'weight': 2}],
+                                    batch_size=2, train=True, **loader_kwargs())
+    with pytest.raises(FileNotFoundError, match='caption index'):  # demo data has no <split>_pairs
+        build_video_text_dataloader(local=str(demo.mds_dir), split='train', batch_size=2, train=True,
+                                    expand_sentences=True, **loader_kwargs())

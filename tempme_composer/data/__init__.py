@@ -26,6 +26,8 @@ _LAZY = {
     'build_video_text_dataloader': 'streaming',
     'collate_eval': 'streaming',
     'collate_train': 'streaming',
+    'check_dataset_format': 'streaming',
+    'make_streams': 'streaming',
     'split_eval_batch': 'streaming',
     'split_eval_batch_by_size': 'streaming',
     'DemoDataset': 'synthetic',

@@ -17,7 +17,9 @@ each rank's eval partition with.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,24 +27,35 @@ from typing import Any
 import numpy as np
 import torch
 from composer.core import DataSpec
-from streaming import StreamingDataset
+from streaming import Stream, StreamingDataset
 from torch.utils.data import DataLoader
 
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, frames_to_tensor, select_frame_indices
 
 __all__ = [
+    'FRAME_ORDER_CHOICES',
+    'SUPPORTED_FORMAT_VERSIONS',
     'VIDEO_KEYS',
     'TEXT_KEYS',
     'VideoTextDataset',
     'build_video_text_dataloader',
+    'check_dataset_format',
     'collate_eval',
     'collate_train',
+    'make_streams',
     'split_eval_batch',
     'split_eval_batch_by_size',
 ]
 
 log = logging.getLogger(__name__)
+
+#: ``frame_order`` values of the references (data_metrics.md §2.3): applied after the max_frames selection.
+FRAME_ORDER_CHOICES = {0: 'as stored', 1: 'reversed', 2: 'random permutation'}
+#: ``tempme_dataset.json`` format versions this loader reads (written by ``tempme-convert``).
+SUPPORTED_FORMAT_VERSIONS = (1,)
+_META_FILE = 'tempme_dataset.json'
+_PAIRS_SUFFIX = '_pairs'
 
 #: Eval-batch keys with one row per video, and with one row per caption.
 VIDEO_KEYS = ('video', 'video_mask', 'video_index')
@@ -59,7 +72,18 @@ class VideoTextDataset(StreamingDataset):
         max_words: token length L per caption (SOT/EOT included).
         train: one caption per sample (drawn per epoch) if True, all captions if False.
         slice_framepos: 0 first / 1 last / 2 uniform frames (data_metrics.md §2.3).
-        caption_seed: seed of the per-epoch caption draw.
+        caption_seed: seed of the per-epoch caption draw (also seeds ``frame_order=2``).
+        frame_order: 0 as stored, 1 reversed, 2 a random permutation per (epoch, sample), applied to the
+            kept frames (the padding stays at the end, so the mask is unchanged).
+        paragraph: join all captions of a video with single spaces into one caption (DiDeMo and
+            ActivityNet paragraph retrieval); training and evaluation then see exactly one text per video.
+        expand_sentences: training over every (video, caption) pair once per epoch (MSR-VTT's
+            ``--expand_msrvtt_sentences``). The sample space is the caption-level index ``<split>_pairs``
+            written by ``tempme-convert`` next to each video split; the frames are read by random access from
+            the video split, which is added as a second stream with ``choose=0`` (so it is never iterated,
+            only indexed, and shares streaming's download/caching). ``video_index`` is then the video's
+            global sample index, identical for all pairs of one video. Needs ``streams`` given as dicts or
+            ``local``/``remote``/``split``; relative ``proportion`` weights are not supported here.
         **streaming_kwargs: passed to :class:`StreamingDataset` (``local``, ``remote``, ``split``,
             ``streams``, ``shuffle``, ``shuffle_seed``, ``batch_size`` (required to iterate), ...).
 
@@ -72,7 +96,8 @@ class VideoTextDataset(StreamingDataset):
     """
 
     def __init__(self, *, max_frames: int, image_resolution: int, max_words: int, train: bool,
-                 slice_framepos: int = 2, caption_seed: int = 0, **streaming_kwargs: Any) -> None:
+                 slice_framepos: int = 2, caption_seed: int = 0, frame_order: int = 0, paragraph: bool = False,
+                 expand_sentences: bool = False, **streaming_kwargs: Any) -> None:
         if max_frames < 1:
             raise ValueError(f'max_frames must be >= 1, got {max_frames}')
         if image_resolution < 1:
@@ -82,13 +107,30 @@ class VideoTextDataset(StreamingDataset):
                 f'slice_framepos must be one of {sorted(SLICE_FRAMEPOS_CHOICES)}, got {slice_framepos!r}')
         if caption_seed < 0:
             raise ValueError(f'caption_seed must be >= 0, got {caption_seed}')
+        if frame_order not in FRAME_ORDER_CHOICES:
+            raise ValueError(f'frame_order must be one of {FRAME_ORDER_CHOICES}, got {frame_order!r}')
+        if expand_sentences and paragraph:
+            raise ValueError('expand_sentences and paragraph exclude each other (a paragraph is one text)')
+        if expand_sentences and not train:
+            raise ValueError('expand_sentences is a training option; evaluation always uses every caption')
+        self._video_stream_of: dict[int, int] = {}
+        if expand_sentences:
+            streaming_kwargs = _expand_streams(streaming_kwargs)
         super().__init__(**streaming_kwargs)
+        if expand_sentences:
+            half = len(self.streams) // 2
+            self._video_stream_of = {i: half + i for i in range(half)}
+        for stream in self.streams:
+            check_dataset_format(stream)
         self.max_frames = max_frames
         self.image_resolution = image_resolution
         self.max_words = max_words
         self.train = train
         self.slice_framepos = slice_framepos
         self.caption_seed = caption_seed
+        self.frame_order = frame_order
+        self.paragraph = paragraph
+        self.expand_sentences = expand_sentences
         self._iter_epoch: int | None = None  # set in each worker when __iter__ starts an epoch
 
     # streaming 0.13 keeps the epoch as a local variable of __iter__; this hook is where it is decided
@@ -131,8 +173,24 @@ class VideoTextDataset(StreamingDataset):
             log.debug('could not recover the video_id of sample %d: %s', idx, e)
         return '<unknown>'
 
+    def _pair(self, idx: int) -> tuple[int, str, str] | None:
+        """(video sample index, video_id, caption) when ``idx`` is a caption-level pair, else None."""
+        if not self._video_stream_of:
+            return None
+        shard_id, _ = self.spanner[idx]
+        video_stream = self._video_stream_of.get(int(self.stream_per_shard[shard_id]))
+        if video_stream is None:
+            raise IndexError(f'sample {idx} belongs to a video stream, which expand_sentences never iterates')
+        pair = super().__getitem__(idx)
+        video_idx = int(self.sample_offset_per_stream[video_stream]) + int(pair['video_index'])
+        return video_idx, pair['video_id'], str(pair['caption'])
+
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
         idx = int(idx)
+        pair = self._pair(idx)
+        fixed_caption = None
+        if pair is not None:
+            idx, pair_video_id, fixed_caption = pair
         try:
             sample = super().__getitem__(idx)
         except ValueError as e:
@@ -141,8 +199,13 @@ class VideoTextDataset(StreamingDataset):
             raise ValueError(f'sample {idx} (video_id {video_id!r}) cannot be decoded: {e}. '
                              'Every sample needs at least one frame.') from e
         video_id = sample.get('video_id', '<unknown>')
+        if pair is not None and video_id != pair_video_id:
+            raise ValueError(f'caption index says video {pair_video_id!r} but sample {idx} is {video_id!r}: '
+                             'the <split>_pairs folder does not belong to this video split; re-run tempme-convert')
         frames = sample['frames']
-        if not frames:
+        if isinstance(frames, np.ndarray):  # raw uint8 [T, H, W, 3] (tempme-convert --frame-format raw)
+            frames = list(frames)
+        if not len(frames):
             raise ValueError(f'sample {idx} (video_id {video_id!r}) has zero frames')
         if 'num_frames' in sample and int(sample['num_frames']) != len(frames):
             raise ValueError(f'sample {idx} (video_id {video_id!r}): num_frames={sample["num_frames"]} but '
@@ -154,13 +217,22 @@ class VideoTextDataset(StreamingDataset):
             raise ValueError(f'sample {idx} (video_id {video_id!r}) has zero captions')
 
         keep = select_frame_indices(len(frames), self.max_frames, self.slice_framepos)
+        if self.frame_order == 1:
+            keep = keep[::-1]
+        elif self.frame_order == 2:
+            keep = keep[np.random.default_rng([self.caption_seed, self.caption_epoch, idx, 1]).permutation(len(keep))]
         clip = frames_to_tensor([frames[i] for i in keep], self.image_resolution)  # [n, 3, R, R]
         video = torch.zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # [T, 3, R, R]
         video[: len(keep)] = clip
         video_mask = torch.zeros(self.max_frames, dtype=torch.long)  # [T]
         video_mask[: len(keep)] = 1
 
-        if self.train:
+        if self.paragraph:
+            captions = [' '.join(str(c) for c in captions)]
+        if fixed_caption is not None:
+            ids, mask = tokenize(fixed_caption, self.max_words)
+            ids, mask = ids[0], mask[0]  # [L]
+        elif self.train:
             ids, mask = tokenize(captions[self.caption_choice(idx, len(captions))], self.max_words)
             ids, mask = ids[0], mask[0]  # [L]
         else:
@@ -172,6 +244,91 @@ class VideoTextDataset(StreamingDataset):
             'text_ids': ids,
             'text_mask': mask,
         }
+
+
+def _stream_spec(stream: Stream | Mapping[str, Any]) -> dict[str, Any]:
+    """A stream as a plain dict (local, remote, split and its weight, if any)."""
+    if isinstance(stream, Stream):
+        spec = {'local': stream.local, 'remote': stream.remote, 'split': stream.split}
+        for key in ('proportion', 'repeat', 'choose'):
+            value = getattr(stream, f'_{key}', None)
+            if value is not None:
+                spec[key] = value
+        return spec
+    unknown = set(stream) - {'local', 'remote', 'split', 'proportion', 'repeat', 'choose'}
+    if unknown:
+        raise ValueError(f'unknown stream keys {sorted(unknown)}; expected local, remote, split, '
+                         'proportion, repeat or choose')
+    return dict(stream)
+
+
+def make_streams(streams: Sequence[Stream | Mapping[str, Any]]) -> list[Stream]:
+    """``[{local, remote, split, proportion|repeat|choose}, ...]`` -> streaming ``Stream`` objects."""
+    return [s if isinstance(s, Stream) else Stream(**_stream_spec(s)) for s in streams]
+
+
+def _expand_streams(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Turn video streams into [caption-pair streams..., video streams with choose=0...]."""
+    kwargs = dict(kwargs)
+    streams = kwargs.pop('streams', None)
+    if streams is None:
+        if kwargs.get('local') is None and kwargs.get('remote') is None:
+            raise ValueError('expand_sentences needs local/remote (and split) or streams')
+        specs = [{'local': kwargs.pop('local', None), 'remote': kwargs.pop('remote', None),
+                  'split': kwargs.pop('split', None)}]
+    else:
+        specs = [_stream_spec(s) for s in streams]
+        for key in ('local', 'remote', 'split'):
+            if kwargs.pop(key, None) is not None:
+                raise ValueError(f'pass either streams or {key}, not both')
+    pairs, videos = [], []
+    for spec in specs:
+        if spec.get('proportion') is not None:
+            raise ValueError('expand_sentences does not support relative `proportion` stream weights; use '
+                             '`repeat` or `choose` (absolute, counted in caption pairs)')
+        split = spec.get('split')
+        if not split:
+            raise ValueError('expand_sentences needs a `split` per stream (the caption index is <split>_pairs)')
+        local = spec.get('local')
+        if spec.get('remote') is None and local is not None:
+            folder = Path(local) / f'{split}{_PAIRS_SUFFIX}'
+            if not (folder / 'index.json').is_file():
+                raise FileNotFoundError(
+                    f'expand_sentences needs the caption index {str(folder)!r} (written by tempme-convert next '
+                    f'to {split!r}); it does not exist. Re-run tempme-convert, or set expand_sentences false.')
+        weight = {k: spec[k] for k in ('repeat', 'choose') if spec.get(k) is not None}
+        pairs.append(Stream(local=local, remote=spec.get('remote'), split=f'{split}{_PAIRS_SUFFIX}', **weight))
+        videos.append(Stream(local=local, remote=spec.get('remote'), split=split, choose=0))
+    kwargs['streams'] = pairs + videos
+    return kwargs
+
+
+def check_dataset_format(stream: Stream) -> dict[str, Any] | None:
+    """Read ``tempme_dataset.json`` of a stream's folder (downloading it for a remote) and check its version.
+
+    Returns the metadata, or None for datasets without one (the demo data, older conversions).
+
+    Raises:
+        ValueError: the folder was written with a format version this loader does not know.
+    """
+    folder = os.path.join(stream.local, stream.split or '')
+    path = os.path.join(folder, _META_FILE)
+    if not os.path.isfile(path) and stream.remote is not None:
+        try:
+            stream._download_file(_META_FILE)  # streaming's own downloader (any supported store)
+        except Exception as e:  # optional file: older datasets do not have it
+            log.debug('no %s at %s/%s: %s', _META_FILE, stream.remote, stream.split, e)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        meta = json.load(f)
+    version = meta.get('format_version')
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ValueError(
+            f'{path}: dataset format version {version!r} is not supported by this tempme_composer (it reads '
+            f'{list(SUPPORTED_FORMAT_VERSIONS)}); convert the data again with this version\'s tempme-convert '
+            'or upgrade tempme_composer')
+    return meta
 
 
 def collate_train(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -254,7 +411,10 @@ def build_video_text_dataloader(*, local: str | None, remote: str | None = None,
                                 batch_size: int, train: bool, max_frames: int, image_resolution: int,
                                 max_words: int, num_workers: int = 0, shuffle_seed: int = 0,
                                 slice_framepos: int = 2, drop_last: bool | None = None,
-                                caption_seed: int | None = None, **streaming_kwargs: Any) -> DataSpec:
+                                caption_seed: int | None = None,
+                                streams: Sequence[Mapping[str, Any] | Stream] | None = None,
+                                frame_order: int = 0, paragraph: bool = False, expand_sentences: bool = False,
+                                **streaming_kwargs: Any) -> DataSpec:
     """Build the train or eval :class:`DataSpec` over an MDS video-text dataset.
 
     Args:
@@ -265,30 +425,40 @@ def build_video_text_dataloader(*, local: str | None, remote: str | None = None,
             captions, split into microbatches by video.
         shuffle_seed: StreamingDataset's shuffle seed (the order changes every epoch with ``seed + epoch``).
         caption_seed: seed of the per-epoch caption draw; ``None`` uses ``shuffle_seed``.
-        **streaming_kwargs: any other StreamingDataset argument (``shuffle``, ``streams``, ``epoch_size``...).
+        streams: several MDS datasets mixed into one loader instead of ``local``/``remote``/``split``:
+            ``[{'local': ..., 'remote': None, 'split': 'train_9k', 'proportion' | 'repeat' | 'choose': ...}]``
+            (streaming ``Stream`` weights; or ``Stream`` objects).
+        frame_order: 0 as stored, 1 reversed, 2 random (see :class:`VideoTextDataset`).
+        paragraph: join each video's captions into one paragraph (DiDeMo, ActivityNet).
+        expand_sentences: train on every (video, caption) pair once per epoch (needs ``<split>_pairs``).
+        **streaming_kwargs: any other StreamingDataset argument (``shuffle``, ``epoch_size``...).
 
     Raises:
         FileNotFoundError: a local-only dataset whose folder or ``index.json`` is missing.
     """
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1 (per rank), got {batch_size}')
-    if remote is None and 'streams' not in streaming_kwargs:
+    if streams is not None:
+        if local is not None or remote is not None or split is not None:
+            raise ValueError('pass either `streams` or local/remote/split, not both')
+        if not streams:
+            raise ValueError('`streams` is empty')
+        for spec in streams:
+            spec = _stream_spec(spec)
+            if spec.get('remote') is None:
+                _check_local_folder(spec.get('local'), spec.get('split'))
+        streaming_kwargs['streams'] = list(streams) if expand_sentences else make_streams(streams)
+    elif remote is None:
         if local is None:
             raise ValueError('build_video_text_dataloader needs `local` (or `remote`, or `streams`)')
-        folder = Path(local) / split if split else Path(local)
-        if not (folder / 'index.json').is_file():
-            what = 'does not exist' if not folder.exists() else 'has no index.json (not an MDS dataset)'
-            raise FileNotFoundError(
-                f'MDS dataset folder {str(folder)!r} {what}. Create the demo dataset with '
-                '`python -m tempme_composer.data.synthetic --out DIR` (then use DIR/mds/train and '
-                'DIR/mds/eval), '
-                'or convert a real dataset with the tempme-convert converter.')
+        _check_local_folder(local, split)
     dataset_kwargs: dict[str, Any] = {'shuffle': train, **streaming_kwargs}
     if local is not None:
         dataset_kwargs['local'] = local
     dataset = VideoTextDataset(
         max_frames=max_frames, image_resolution=image_resolution, max_words=max_words, train=train,
         slice_framepos=slice_framepos, caption_seed=shuffle_seed if caption_seed is None else caption_seed,
+        frame_order=frame_order, paragraph=paragraph, expand_sentences=expand_sentences,
         remote=remote, split=split, batch_size=batch_size, shuffle_seed=shuffle_seed, **dataset_kwargs)
     dataloader = DataLoader(
         dataset,
@@ -300,9 +470,22 @@ def build_video_text_dataloader(*, local: str | None, remote: str | None = None,
         persistent_workers=num_workers > 0,
     )
     log.info('%s loader over %s: %d samples per rank, batch_size=%d, num_workers=%d',
-             'train' if train else 'eval', remote or local, len(dataset), batch_size, num_workers)
+             'train' if train else 'eval', remote or local or streams, len(dataset), batch_size, num_workers)
     return DataSpec(
         dataloader,
         get_num_samples_in_batch=_num_videos,
         split_batch=None if train else split_eval_batch_by_size,
     )
+
+
+def _check_local_folder(local: str | None, split: str | None) -> None:
+    if local is None:
+        raise ValueError('a local-only stream needs `local`')
+    folder = Path(local) / split if split else Path(local)
+    if not (folder / 'index.json').is_file():
+        what = 'does not exist' if not folder.exists() else 'has no index.json (not an MDS dataset)'
+        raise FileNotFoundError(
+            f'MDS dataset folder {str(folder)!r} {what}. Create the demo dataset with '
+            '`python -m tempme_composer.data.synthetic --out DIR` (then use DIR/mds/train and '
+            'DIR/mds/eval), '
+            'or convert a real dataset with the tempme-convert converter.')

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,6 +53,8 @@ class DecodedVideo:
     frames: list[np.ndarray]  # each [H, W, 3] uint8 RGB
     source_fps: float  # the stream's own frame rate (before any subsampling)
     duration_s: float  # stream duration in seconds (container value, else estimated from the frames)
+    warnings: list[str] = field(default_factory=list)  # e.g. a truncated tail, an applied rotation
+    rotation: int = 0  # display rotation (degrees counter-clockwise) that was applied to the frames
 
 
 def _scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -67,7 +69,17 @@ def _scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(1, int(short_side * width / height)), short_side
 
 
-def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int | None) -> DecodedVideo:
+def _rotation_of(frame: object) -> int:
+    """Display-matrix rotation of a decoded frame in degrees counter-clockwise (0 if absent/unsupported)."""
+    try:
+        angle = getattr(frame, 'rotation', 0) or 0
+    except Exception:  # older PyAV or unreadable side data
+        return 0
+    return int(round(float(angle) / 90.0)) * 90 % 360
+
+
+def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int | None,
+                 apply_rotation: bool = True) -> DecodedVideo:
     """Decode a video file to RGB frames, optionally subsampled in time and resized.
 
     Args:
@@ -77,6 +89,8 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
             0, 10, 20, ...; with ``fps`` above the source rate every frame is kept (no duplication).
         short_side: resize so the shorter side is exactly this many pixels, keeping the aspect ratio
             (landscape and portrait alike, up or down). ``None`` keeps the decoded size.
+        apply_rotation: honour the stream's display matrix (phones store portrait video as rotated
+            landscape frames): frames are turned by multiples of 90 degrees to their display orientation.
 
     Returns:
         :class:`DecodedVideo` with at least one frame.
@@ -103,6 +117,9 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise VideoDecodeError(f'cannot decode video {str(path)!r}: cannot open container ({e})') from e
     try:
+        if not len(container.streams):
+            raise VideoDecodeError(f'cannot decode video {str(path)!r}: cannot open container (no streams: '
+                                   'truncated, e.g. a missing mp4 moov atom, or not a media file)')
         if not container.streams.video:
             raise VideoDecodeError(f'cannot decode video {str(path)!r}: no video stream')
         stream = container.streams.video[0]
@@ -116,6 +133,8 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
         last_interval = -1
         last_time: Fraction | None = None
         n_decoded = 0
+        warnings: list[str] = []
+        rotation = 0
         try:
             for frame in container.decode(stream):
                 # Presentation time relative to the first frame; fall back to the frame counter without pts.
@@ -134,12 +153,19 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
                     last_interval = interval
                 width, height = _scaled_size(frame.width, frame.height, short_side)
                 rgb = frame.reformat(width=width, height=height, format='rgb24', interpolation='BICUBIC')
-                frames.append(rgb.to_ndarray())  # [H, W, 3] uint8
+                array = rgb.to_ndarray()  # [H, W, 3] uint8
+                if apply_rotation:
+                    rotation = _rotation_of(frame)
+                    if rotation:
+                        # np.rot90 turns counter-clockwise for positive k, like the display matrix angle.
+                        array = np.ascontiguousarray(np.rot90(array, k=rotation // 90))
+                frames.append(array)
         except av.FFmpegError as e:
             if not frames:
                 raise VideoDecodeError(f'cannot decode video {str(path)!r}: decoding failed ({e})') from e
             log.warning('video %s: decoding stopped after %d frames (%s); keeping the frames read so far',
                         path, n_decoded, e)
+            warnings.append(f'truncated: decoding stopped after {n_decoded} frames ({e})')
 
         if not frames:
             raise VideoDecodeError(f'cannot decode video {str(path)!r}: the video stream has zero frames')
@@ -153,7 +179,10 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
             duration_s = n_decoded / source_fps
     finally:
         container.close()
-    return DecodedVideo(frames=frames, source_fps=source_fps, duration_s=duration_s)
+    if rotation:
+        warnings.append(f'rotated: display matrix {rotation} degrees applied')
+    return DecodedVideo(frames=frames, source_fps=source_fps, duration_s=duration_s, warnings=warnings,
+                        rotation=rotation)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
