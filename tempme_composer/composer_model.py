@@ -9,6 +9,7 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from tempme_composer.algorithms.grad_cache import surrogate_loss
 from tempme_composer.loss import symmetric_infonce
 from tempme_composer.metrics import RetrievalMetrics
 from tempme_composer.model import UnifiedModel
@@ -42,7 +43,11 @@ class RetrievalModel(ComposerModel):
         }
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Any, *args, **kwargs) -> torch.Tensor:
-        del batch, args, kwargs  # unused
+        """Symmetric InfoNCE over the global batch; under gradient accumulation (the `GradCache` algorithm put
+        its cached embedding gradients in the batch) the microbatch's surrogate with the same gradient."""
+        del args, kwargs  # unused
+        if isinstance(batch, dict) and 'gradcache_text_grad' in batch:
+            return surrogate_loss(outputs, batch)
         return symmetric_infonce(outputs['text'], outputs['video'], outputs['logit_scale'])
 
     def eval_forward(self, batch: dict[str, torch.Tensor], outputs: Any | None = None) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     'DataSourceConfig',
     'DemoDataConfig',
     'EvaluationConfig',
+    'LogitScaleClampConfig',
     'ModelConfig',
     'OptimizerConfig',
     'TrainConfig',
@@ -139,6 +141,14 @@ class OptimizerConfig:
 
 
 @dataclass
+class LogitScaleClampConfig:
+    """Bounds of CLIP's learned log temperature after every optimizer step (ln 100 = 4.6052)."""
+
+    min: float = 0.1
+    max: float = 4.6052
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _REQUIRED  # type: ignore[assignment]
     run_name: str | None = None  # defaults to the name of output_dir
@@ -150,13 +160,15 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 128  # global, over all ranks
     batch_size_val: int = 128  # global, over all ranks
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # microbatches per rank batch; the loss still sees the global batch
     precision: Literal['fp32', 'amp_fp16', 'amp_bf16'] = 'fp32'
     n_display: int = 50  # log a training line every n_display batches
     checkpoints_to_keep: int = 1  # Composer's latest resumable checkpoints kept in output_dir/checkpoints
-    freeze_clip: bool = False
-    freeze_substrings: list[str] = field(default_factory=list)
-    keep_substrings: list[str] = field(default_factory=list)
+    save_interval: str = '1ep'  # resumable checkpoint every N epochs ('1ep') or batches ('500ba')
+    freeze_clip: bool = False  # freeze every pretrained CLIP parameter (new modules stay trainable)
+    freeze_substrings: list[str] = field(default_factory=list)  # freeze names containing any of these
+    keep_substrings: list[str] = field(default_factory=list)  # keep these trainable; wins over both above
+    logit_scale_clamp: LogitScaleClampConfig | None = field(default_factory=LogitScaleClampConfig)  # null: off
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -165,11 +177,6 @@ class TrainConfig:
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
 _NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = (
-    ('gradient_accumulation_steps', 1, 'the training-controls issue'),
-    ('freeze_clip', False, 'the training-controls issue'),
-    ('freeze_substrings', [], 'the training-controls issue'),
-    ('keep_substrings', [], 'the training-controls issue'),
-    ('optimizer.optim', 'AdamW', 'the training-controls issue (BertAdam)'),
     ('data.expand_msrvtt_sentences', False, 'the dataset issue'),
     ('model.lora.enabled', False, 'the TempMe issue'),
     ('model.tempme.enabled', False, 'the TempMe issue'),
@@ -298,6 +305,7 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         'batch_size': cfg.batch_size,
         'batch_size_val': cfg.batch_size_val,
         'n_display': cfg.n_display,
+        'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
         'data.max_frames': cfg.data.max_frames,
         'optimizer.lr': cfg.optimizer.lr,
     }
@@ -310,6 +318,13 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"'data.num_workers' in {source} must be >= 0, got {cfg.data.num_workers}")
     if not 0.0 <= cfg.optimizer.warmup_proportion < 1.0:
         raise ConfigError(f"'optimizer.warmup_proportion' in {source} must be in [0, 1), got {cfg.optimizer.warmup_proportion}")
+    if cfg.optimizer.clip_grad_norm is not None and cfg.optimizer.clip_grad_norm <= 0:
+        raise ConfigError(f"'optimizer.clip_grad_norm' in {source} must be positive or null, got {cfg.optimizer.clip_grad_norm}")
+    if not re.fullmatch(r'[1-9][0-9]*(ep|ba)', cfg.save_interval):
+        raise ConfigError(f"'save_interval' in {source} must look like '1ep' or '500ba', got {cfg.save_interval!r}")
+    clamp = cfg.logit_scale_clamp
+    if clamp is not None and not clamp.min < clamp.max:
+        raise ConfigError(f"'logit_scale_clamp' in {source} needs min < max, got [{clamp.min}, {clamp.max}]")
     if len(cfg.optimizer.betas) != 2:
         raise ConfigError(f"'optimizer.betas' in {source} must have two values, got {cfg.optimizer.betas}")
     if not (cfg.do_train or cfg.do_eval):

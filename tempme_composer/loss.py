@@ -4,6 +4,9 @@ Embeddings from every rank are all-gathered with autograd-aware collectives, so 
 with every video of the global batch. Every rank computes the same global loss; the gather's backward sums
 the gradient of each rank's slice over ranks (a factor world_size), which DDP's gradient averaging divides
 out again, so 2 ranks × batch b give exactly the gradient of 1 rank × batch 2b.
+
+Similarity, softmax and loss always run in fp32: autocast is switched off inside (under AMP a matmul of
+fp32 inputs would otherwise run in fp16/bf16).
 """
 
 from __future__ import annotations
@@ -15,16 +18,39 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
-__all__ = ['gather_with_grad', 'symmetric_infonce']
+__all__ = ['gather_with_grad', 'gather_no_grad', 'infonce_of_gathered', 'symmetric_infonce']
 
 log = logging.getLogger(__name__)
 
 
+def _world() -> int:
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return 1
+    return torch_dist.get_world_size()
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks in rank order; gradients flow back to each rank's own slice."""
-    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+    if _world() == 1:
         return x
     return torch.cat(all_gather_with_grad(x.contiguous()), dim=0)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (same shape on every rank) from all ranks in rank order, without autograd."""
+    if _world() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(_world())]
+    torch_dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def infonce_of_gathered(all_text: torch.Tensor, all_video: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of already gathered ``[N, D]`` embeddings (row i of each is a positive pair), in fp32."""
+    with torch.autocast(device_type=all_text.device.type, enabled=False):
+        logits = logit_scale.float() * all_text.float() @ all_video.float().t()  # [N, N]; row = caption
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
 def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -36,10 +62,8 @@ def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, logit_scale: torc
         logit_scale: scalar temperature multiplier (``exp`` of CLIP's learned log scale).
 
     Returns:
-        Scalar loss in fp32, identical on every rank.
+        Scalar loss in fp32 (also under autocast), identical on every rank.
     """
     all_text = gather_with_grad(text.float())  # [N, D], N = global batch
     all_video = gather_with_grad(video.float())  # [N, D]
-    logits = logit_scale.float() * all_text @ all_video.t()  # [N, N]; row = caption, column = video
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    return infonce_of_gathered(all_text, all_video, logit_scale)

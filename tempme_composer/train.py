@@ -14,12 +14,28 @@ from pathlib import Path
 import torch
 from composer import Trainer
 from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 from composer.core import Algorithm, Callback, DataSpec, Evaluator
 from composer.loggers import TensorboardLogger
 from composer.optim import CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, get_device, reproducibility
 
-from tempme_composer.callbacks import BestCheckpoint, RetrievalAnalysis, RetrievalLogger, TrainLogLine
+from tempme_composer import optim as recipe_optim
+from tempme_composer.algorithms import (
+    ClampLogitScale,
+    FreezeError,
+    FreezeParameters,
+    GradCache,
+    freeze_parameters,
+)
+from tempme_composer.callbacks import (
+    BestCheckpoint,
+    ParameterReport,
+    RetrievalAnalysis,
+    RetrievalLogger,
+    TrainingScalars,
+    TrainLogLine,
+)
 from tempme_composer.clip import CLIP, CLIP_PRESETS, load_clip
 from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
 from tempme_composer.config import ConfigError, TrainConfig, config_to_yaml, load_config
@@ -38,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(argv[0], argv[1:])
-    except ConfigError as e:
+        train(cfg)
+    except ConfigError as e:  # also the checks that need the model or the ranks (freezing, batch splits)
         print(f'config error: {e}', file=sys.stderr)
         return 2
-    train(cfg)
     return 0
 
 
@@ -53,7 +69,7 @@ def train(cfg: TrainConfig) -> Trainer:
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     dist.initialize_dist(get_device(device))  # before data prep, so rank 0 can build shared data first
     clean_stale_shared_memory()  # once, before any StreamingDataset (composer_streaming.md §6.8)
-    if device == 'cpu' and cfg.precision != 'fp32':
+    if device == 'cpu' and cfg.precision != 'fp32':  # Composer rejects AMP on CPU (composer_streaming.md §4)
         raise ConfigError(f'precision={cfg.precision} needs a GPU; this machine has none, use precision=fp32')
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f'resume={cfg.resume}: no such checkpoint file')
@@ -66,6 +82,22 @@ def train(cfg: TrainConfig) -> Trainer:
 
     reproducibility.seed_all(cfg.seed)  # identical initial weights on every rank
     model = RetrievalModel(build_model(cfg), tie_mode=cfg.evaluation.tie_mode, dsl=cfg.evaluation.dsl)
+    freeze = (cfg.freeze_clip, cfg.freeze_substrings, cfg.keep_substrings)
+    if cfg.do_train:  # config mistakes fail here, before any data is prepared
+        # Freeze before the optimizer exists, so it only ever holds trainable parameters; FreezeParameters
+        # re-asserts the same rules at Event.INIT (a no-op here, see algorithms/freeze.py).
+        try:
+            report = freeze_parameters(model, *freeze)
+        except FreezeError as e:
+            raise ConfigError(str(e)) from e
+        log.info('%d of %d parameter elements trainable', report.num_trainable, report.num_total)
+        per_rank = _per_rank(cfg.batch_size, 'batch_size')
+        k = cfg.gradient_accumulation_steps
+        if per_rank % k:
+            raise ConfigError(
+                f'gradient_accumulation_steps={k} must divide the per-rank batch {per_rank} '
+                f'(batch_size={cfg.batch_size} over {dist.get_world_size()} rank(s))'
+            )
     train_spec, eval_spec = build_dataloaders(cfg, model.model.clip)
     label = cfg.data.datatype  # metrics are logged as metrics/<label>/...
     evaluator = Evaluator(
@@ -97,9 +129,21 @@ def train(cfg: TrainConfig) -> Trainer:
         return trainer
 
     callbacks.append(BestCheckpoint(output_dir / 'checkpoints', label, PRIMARY_METRIC, dataclasses.asdict(cfg)))
-    optimizer = build_optimizer(model, cfg)
-    algorithms: list[Algorithm] = []
-    if cfg.optimizer.clip_grad_norm is not None:
+    callbacks += [
+        ParameterReport(output_dir),
+        TrainingScalars(),
+        LRMonitor(),
+        SpeedMonitor(window_size=cfg.n_display),
+    ]
+    if device == 'gpu':
+        callbacks.append(MemoryMonitor())
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=len(train_spec.dataloader))
+    algorithms: list[Algorithm] = [FreezeParameters(*freeze, warn_absent=False)]
+    if cfg.logit_scale_clamp is not None:
+        algorithms.append(ClampLogitScale(cfg.logit_scale_clamp.min, cfg.logit_scale_clamp.max))
+    if k > 1:
+        algorithms.append(GradCache())
+    if cfg.optimizer.clip_grad_norm is not None and cfg.optimizer.optim == 'AdamW':  # BertAdam clips itself
         algorithms.append(GradientClipping(clipping_type='norm', clipping_threshold=cfg.optimizer.clip_grad_norm))
     trainer = Trainer(
         model=model,
@@ -108,7 +152,7 @@ def train(cfg: TrainConfig) -> Trainer:
         eval_interval='1ep',
         max_duration=f'{cfg.epochs}ep',
         optimizers=optimizer,
-        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=f'{cfg.optimizer.warmup_proportion}dur', alpha_f=0.0),
+        schedulers=scheduler,
         algorithms=algorithms,
         callbacks=callbacks,
         loggers=loggers,
@@ -116,11 +160,13 @@ def train(cfg: TrainConfig) -> Trainer:
         seed=cfg.seed,
         device=device,
         precision=cfg.precision,
-        device_train_microbatch_size=_per_rank(cfg.batch_size, 'batch_size'),
+        device_train_microbatch_size=per_rank // k,
         save_folder=str(output_dir / 'checkpoints'),
-        save_interval='1ep',
+        save_interval=cfg.save_interval,
         save_num_checkpoints_to_keep=cfg.checkpoints_to_keep,
-        save_overwrite=not cfg.autoresume,
+        # Also with autoresume: a run killed while writing a checkpoint leaves a file newer than `latest`
+        # (or no `latest` at all), which save_overwrite=False would refuse to overwrite on the next start.
+        save_overwrite=True,
         autoresume=cfg.autoresume,
         load_path=cfg.resume,
         progress_bar=True,
@@ -149,26 +195,29 @@ def build_model(cfg: TrainConfig) -> UnifiedModel:
     return UnifiedModel(clip)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """torch AdamW with the references' groups: no weight decay on biases, norms, embeddings and logit_scale;
-    pretrained CLIP parameters at ``lr * coef_lr``, new modules at ``lr``."""
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, CosineAnnealingWithWarmupScheduler | None]:
+    """The optimizer over the trainable parameters (see `tempme_composer.optim.param_groups`) and its
+    Composer scheduler: AdamW gets linear warmup over ``warmup_proportion`` of training then cosine decay to 0,
+    stepped per batch; BertAdam schedules itself (``warmup_cosine`` over ``t_total = steps_per_epoch × epochs``
+    optimizer steps), so the scheduler is None."""
     opt = cfg.optimizer
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        pretrained = '.clip.' in f'.{name}' and not _is_new_module(name)
-        no_decay = param.ndim < 2 or 'embedding' in name or 'logit_scale' in name
-        groups.setdefault((pretrained, no_decay), []).append(param)
-    param_groups = [
-        {
-            'params': params,
-            'lr': opt.lr * (opt.coef_lr if pretrained else 1.0),
-            'weight_decay': 0.0 if no_decay else opt.weight_decay,
-        }
-        for (pretrained, no_decay), params in sorted(groups.items())
-    ]
-    return torch.optim.AdamW(param_groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+    optimizer = recipe_optim.build_optimizer(
+        model,
+        opt.optim,
+        lr=opt.lr,
+        coef_lr=opt.coef_lr,
+        weight_decay=opt.weight_decay,
+        betas=tuple(opt.betas),
+        eps=opt.eps,
+        warmup_proportion=opt.warmup_proportion,
+        t_total=steps_per_epoch * cfg.epochs,
+        max_grad_norm=opt.clip_grad_norm,
+    )
+    if opt.optim == 'BertAdam':
+        return optimizer, None
+    return optimizer, CosineAnnealingWithWarmupScheduler(t_warmup=f'{opt.warmup_proportion}dur', alpha_f=0.0)
 
 
 def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, DataSpec]:
@@ -232,7 +281,3 @@ def _per_rank(global_batch: int, key: str) -> int:
         raise ConfigError(f'{key}={global_batch} is global and must be divisible by the number of ranks ({world})')
     return global_batch // world
 
-
-def _is_new_module(name: str) -> bool:
-    """Parameters added on top of CLIP (LoRA, prompts) train at the full learning rate."""
-    return 'LoRA' in name or 'prompt' in name or 'TemporalPrompt' in name

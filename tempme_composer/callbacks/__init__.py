@@ -1,8 +1,10 @@
 """Composer callbacks of the recipe."""
 
 from tempme_composer.callbacks.best_checkpoint import BestCheckpoint
+from tempme_composer.callbacks.parameter_report import ParameterReport
 from tempme_composer.callbacks.retrieval_analysis import RetrievalAnalysis
 from tempme_composer.callbacks.retrieval_logger import RetrievalLogger
 from tempme_composer.callbacks.train_log_line import TrainLogLine
+from tempme_composer.callbacks.training_scalars import TrainingScalars
 
-__all__ = ['BestCheckpoint', 'RetrievalAnalysis', 'RetrievalLogger', 'TrainLogLine']
+__all__ = ['BestCheckpoint', 'ParameterReport', 'RetrievalAnalysis', 'RetrievalLogger', 'TrainLogLine', 'TrainingScalars']
