@@ -28,6 +28,8 @@ __all__ = [
     'DataConfig',
     'DataSourceConfig',
     'DemoDataConfig',
+    'StreamConfig',
+    'paragraph_mode',
     'EvaluationConfig',
     'LogitScaleClampConfig',
     'ModelConfig',
@@ -87,12 +89,26 @@ class ModelConfig:
 
 
 @dataclass
-class DataSourceConfig:
-    """One MDS dataset: a local folder, optionally mirrored from a remote store streaming supports."""
+class StreamConfig:
+    """One of several mixed MDS datasets (streaming `Stream`); use proportion OR repeat/choose."""
 
     local: str = _REQUIRED  # type: ignore[assignment]
     remote: str | None = None
     split: str | None = None
+    proportion: float | None = None  # relative share of an epoch
+    repeat: float | None = None  # absolute upsampling factor
+    choose: int | None = None  # absolute number of samples per epoch
+
+
+@dataclass
+class DataSourceConfig:
+    """An MDS dataset: a local folder (optionally mirrored from a remote store streaming supports), or a mix
+    of several `streams`."""
+
+    local: str | None = None  # required unless streams is given
+    remote: str | None = None
+    split: str | None = None
+    streams: list[StreamConfig] | None = None
 
 
 @dataclass
@@ -114,7 +130,10 @@ class DataConfig:
     max_frames: int = 12
     max_words: int = 32
     slice_framepos: Literal[0, 1, 2] = 2  # 0 first frames, 1 last frames, 2 evenly spaced (all published recipes)
-    expand_msrvtt_sentences: bool = False  # not implemented yet (dataset issue)
+    expand_msrvtt_sentences: bool = False  # train on every (video, caption) pair once per epoch (<split>_pairs)
+    paragraph: bool | None = None  # join a video's sentences into one text; null = on for didemo and activity
+    train_frame_order: Literal[0, 1, 2] = 0  # 0 as stored, 1 reversed, 2 random
+    eval_frame_order: Literal[0, 1, 2] = 0
     num_workers: int = 2
 
 
@@ -177,7 +196,6 @@ class TrainConfig:
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
 _NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = (
-    ('data.expand_msrvtt_sentences', False, 'the dataset issue'),
     ('model.lora.enabled', False, 'the TempMe issue'),
     ('model.tempme.enabled', False, 'the TempMe issue'),
     ('model.stop.enabled', False, 'the STOP issue'),
@@ -331,6 +349,17 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f'{source}: both do_train and do_eval are false, so there is nothing to do')
     if cfg.do_eval and not cfg.do_train and not cfg.resume:
         raise ConfigError(f"{source}: do_eval without do_train evaluates a checkpoint: set resume=PATH")
+    for key in ('train', 'eval'):
+        src = getattr(cfg.data, key)
+        if src is not None and (src.local is None) == (src.streams is None):
+            raise ConfigError(f"{source}: 'data.{key}' needs exactly one of 'local' (one dataset) or 'streams' (a mix)")
+        if src is not None and src.streams is not None:
+            for i, stream in enumerate(src.streams):
+                if stream.proportion is not None and (stream.repeat is not None or stream.choose is not None):
+                    raise ConfigError(f"{source}: 'data.{key}.streams[{i}]' mixes proportion with repeat/choose")
+    if cfg.data.expand_msrvtt_sentences and paragraph_mode(cfg.data):
+        raise ConfigError(f'{source}: data.expand_msrvtt_sentences cannot be combined with paragraph mode '
+                          f'(data.paragraph, on by default for {cfg.data.datatype})')
     if cfg.data.datatype == 'demo':
         if cfg.data.demo is None:
             raise ConfigError(f"{source}: data.datatype is 'demo' but the 'data.demo' section (root: ...) is missing")
@@ -340,6 +369,12 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: do_train is true but 'data.train' (local: ...) is missing")
     if cfg.data.eval is None and cfg.data.datatype != 'demo' and (cfg.do_eval or cfg.do_train):
         raise ConfigError(f"{source}: 'data.eval' (local: ...) is missing; evaluation needs it")
+
+
+def paragraph_mode(data: DataConfig) -> bool:
+    """Whether a video's captions are joined into one paragraph: as set, else on for DiDeMo and ActivityNet
+    (the video-paragraph retrieval benchmarks)."""
+    return data.paragraph if data.paragraph is not None else data.datatype in ('didemo', 'activity')
 
 
 def _get(cfg: Any, dotted: str) -> Any:

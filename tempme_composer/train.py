@@ -38,7 +38,14 @@ from tempme_composer.callbacks import (
 )
 from tempme_composer.clip import CLIP, CLIP_PRESETS, load_clip
 from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
-from tempme_composer.config import ConfigError, TrainConfig, config_to_yaml, load_config
+from tempme_composer.config import (
+    ConfigError,
+    DataSourceConfig,
+    TrainConfig,
+    config_to_yaml,
+    load_config,
+    paragraph_mode,
+)
 from tempme_composer.model import UnifiedModel
 
 __all__ = ['train', 'main', 'build_model', 'build_optimizer', 'build_dataloaders', 'configure_logging']
@@ -227,7 +234,6 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
     data = cfg.data
     train_src, eval_src = data.train, data.eval
     if data.datatype == 'demo':
-        from tempme_composer.config import DataSourceConfig
         from tempme_composer.data.synthetic import generate_demo_dataset
 
         demo = data.demo
@@ -242,26 +248,33 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         num_workers=data.num_workers,
         shuffle_seed=cfg.seed,
         slice_framepos=data.slice_framepos,
+        paragraph=paragraph_mode(data),
     )
     train_spec = None
     if cfg.do_train:
         train_spec = build_video_text_dataloader(
-            local=train_src.local,
-            remote=train_src.remote,
-            split=train_src.split,
+            **_source_kwargs(train_src),
             batch_size=_per_rank(cfg.batch_size, 'batch_size'),
             train=True,
+            frame_order=data.train_frame_order,
+            expand_sentences=data.expand_msrvtt_sentences,
             **common,
         )
     eval_spec = build_video_text_dataloader(
-        local=eval_src.local,
-        remote=eval_src.remote,
-        split=eval_src.split,
+        **_source_kwargs(eval_src),
         batch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
         train=False,
+        frame_order=data.eval_frame_order,
         **common,
     )
     return train_spec, eval_spec
+
+
+def _source_kwargs(src: DataSourceConfig) -> dict:
+    """One dataset (local/remote/split) or a mix of streams, as the loader builder takes them."""
+    if src.streams:
+        return {'local': None, 'remote': None, 'split': None, 'streams': [dataclasses.asdict(s) for s in src.streams]}
+    return {'local': src.local, 'remote': src.remote, 'split': src.split}
 
 
 def configure_logging(level: int = logging.INFO) -> None:

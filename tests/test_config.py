@@ -69,8 +69,7 @@ def test_missing_file_is_named():
 
 @pytest.mark.parametrize(
     'override',
-    ['model.tempme.enabled=true', 'model.lora.enabled=true', 'model.stop.enabled=true',
-     'data.expand_msrvtt_sentences=true'],
+    ['model.tempme.enabled=true', 'model.lora.enabled=true', 'model.stop.enabled=true'],
 )
 def test_declared_but_unimplemented_features_are_rejected_not_ignored(override):
     with pytest.raises(ConfigError, match='not implemented yet'):
@@ -87,3 +86,29 @@ def test_resolved_config_round_trips(tmp_path):
     dumped = tmp_path / 'resolved.yaml'
     dumped.write_text(config_to_yaml(cfg))
     assert load_config(dumped) == cfg
+
+
+def test_streams_mix_datasets_and_exclude_a_single_local(tmp_path):
+    cfg = load_config(DEMO, [
+        'data.datatype=msrvtt', 'data.demo=null', 'data.eval.local=/d/test',
+        "data.train.streams=[{local: /d/a, split: train, repeat: 2}, {local: /d/b, choose: 10}]",
+    ])
+    assert [s.local for s in cfg.data.train.streams] == ['/d/a', '/d/b']
+    assert cfg.data.train.streams[0].repeat == 2.0 and cfg.data.train.streams[1].choose == 10
+    with pytest.raises(ConfigError, match="'data.train' needs exactly one of 'local'"):
+        load_config(DEMO, ['data.datatype=msrvtt', 'data.demo=null', 'data.eval.local=/d/test',
+                           'data.train.local=/d/a', "data.train.streams=[{local: /d/b}]"])
+    with pytest.raises(ConfigError, match=r'streams\[0\]\' mixes proportion with repeat'):
+        load_config(DEMO, ['data.datatype=msrvtt', 'data.demo=null', 'data.eval.local=/d/test',
+                           "data.train.streams=[{local: /d/a, proportion: 0.5, repeat: 2}]"])
+
+
+def test_paragraph_mode_defaults_per_dataset_and_excludes_expanded_pairs():
+    from tempme_composer.config import paragraph_mode
+
+    base = ['data.demo=null', 'data.train.local=/d/train', 'data.eval.local=/d/test']
+    assert paragraph_mode(load_config(DEMO, ['data.datatype=didemo', *base]).data)
+    assert not paragraph_mode(load_config(DEMO, ['data.datatype=msrvtt', *base]).data)
+    assert load_config(DEMO, ['data.datatype=msrvtt', 'data.expand_msrvtt_sentences=true', *base]).data.expand_msrvtt_sentences
+    with pytest.raises(ConfigError, match='cannot be combined with paragraph mode'):
+        load_config(DEMO, ['data.datatype=activity', 'data.expand_msrvtt_sentences=true', *base])

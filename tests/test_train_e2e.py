@@ -88,3 +88,15 @@ def test_ddp_two_ranks_on_cpu(tmp_path):
     assert 'Text-to-Video:' in proc.stdout
     assert 'Text-to-Video:' not in (tmp_path / 'rank1.out').read_text()  # result lines come from rank 0 only
     assert (tmp_path / 'run' / 'checkpoints' / 'latest-rank0.pt').exists()
+
+
+@pytest.mark.e2e
+def test_streams_option_reaches_the_training_loader(tmp_path):
+    # Generate the demo set once through a normal run, then train on its train split as a 2x repeated stream.
+    train(load_config(DEMO, small_demo(tmp_path, 'epochs=1'))).close()
+    train_dir = tmp_path.parent / 'demo_data' / 'mds' / 'train'
+    trainer = train(load_config(DEMO, small_demo(
+        tmp_path, 'epochs=1', f'output_dir={tmp_path / "streams"}', f"data.train.streams=[{{local: {train_dir}, repeat: 2}}]",
+    )))
+    assert int(trainer.state.timestamp.batch) == 2 * 24 // 8  # 24 videos seen twice, batch 8
+    trainer.close()
