@@ -34,6 +34,7 @@ __all__ = [
     'LogitScaleClampConfig',
     'ModelConfig',
     'OptimizerConfig',
+    'FSDPConfig',
     'TrainConfig',
     'load_config',
     'config_from_dict',
@@ -59,7 +60,8 @@ class ClipConfig:
 
 @dataclass
 class LoRAConfig:
-    """TempMe's LoRA on the fused QKV projections (arrives with the TempMe issue)."""
+    """TempMe's LoRA on the fused QKV projection of every attention layer, both towers
+    (`tempme_composer.modules.lora`; no scaling, zero-initialised up-projection)."""
 
     enabled: bool = False
     rank: int = 8
@@ -67,9 +69,16 @@ class LoRAConfig:
 
 @dataclass
 class TempMeConfig:
-    """TempMe token merging (arrives with the TempMe issue)."""
+    """TempMe token merging in the vision tower (`tempme_composer.modules.tempme`; tempme.md §2.10 defaults).
+
+    The schedule is checked against the backbone and data.max_frames when the model is built, before training.
+    """
 
     enabled: bool = False
+    tome_r: int = 2  # ImgMe tokens merged per frame in each block before the first merge layer
+    merge_layers: list[int] = field(default_factory=lambda: [8, 9, 10])  # 0-based ClipMe blocks
+    merge_frame_num: list[int] = field(default_factory=lambda: [2, 2, 3])  # sequences fused at each of them
+    merge_token_proportion: list[float] = field(default_factory=lambda: [30.0, 10.0])  # [cross, intra] percent
 
 
 @dataclass
@@ -168,6 +177,16 @@ class LogitScaleClampConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """Composer FSDP (``parallelism_config={'fsdp': ...}``) for large backbones; GPU only; null = plain DDP."""
+
+    sharding_strategy: Literal['FULL_SHARD', 'SHARD_GRAD_OP', 'NO_SHARD', 'HYBRID_SHARD'] = 'FULL_SHARD'
+    mixed_precision: Literal['DEFAULT', 'PURE', 'FULL'] = 'DEFAULT'
+    activation_checkpointing: bool = False  # recompute each residual block in backward (less memory)
+    cpu_offload: bool = False
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _REQUIRED  # type: ignore[assignment]
     run_name: str | None = None  # defaults to the name of output_dir
@@ -192,12 +211,11 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    fsdp: FSDPConfig | None = None  # shard the model with FSDP (GPU); null: DDP
 
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
 _NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = (
-    ('model.lora.enabled', False, 'the TempMe issue'),
-    ('model.tempme.enabled', False, 'the TempMe issue'),
     ('model.stop.enabled', False, 'the STOP issue'),
 )
 
@@ -330,6 +348,7 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' in {source} must be positive, got {value}")
+    _check_tempme(cfg, source)
     if cfg.data.max_words < 3:
         raise ConfigError(f"'data.max_words' in {source} must be at least 3 (start, a word, end), got {cfg.data.max_words}")
     if cfg.data.num_workers < 0:
@@ -369,6 +388,29 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: do_train is true but 'data.train' (local: ...) is missing")
     if cfg.data.eval is None and cfg.data.datatype != 'demo' and (cfg.do_eval or cfg.do_train):
         raise ConfigError(f"{source}: 'data.eval' (local: ...) is missing; evaluation needs it")
+
+
+def _check_tempme(cfg: TrainConfig, source: str) -> None:
+    """Model-independent TempMe/LoRA schedule rules (the model-dependent ones run when the model is built)."""
+    if cfg.model.lora.enabled and cfg.model.lora.rank <= 0:
+        raise ConfigError(f"'model.lora.rank' in {source} must be positive, got {cfg.model.lora.rank}")
+    t = cfg.model.tempme
+    if not t.enabled:
+        return
+    if len(t.merge_layers) != len(t.merge_frame_num):
+        raise ConfigError(f"'model.tempme.merge_layers' {t.merge_layers} and 'model.tempme.merge_frame_num' "
+                          f'{t.merge_frame_num} in {source} must have the same length')
+    product = 1
+    for g in t.merge_frame_num:
+        product *= g
+    if min(t.merge_frame_num, default=1) < 1 or cfg.data.max_frames % product:
+        raise ConfigError(f"'model.tempme.merge_frame_num' {t.merge_frame_num} in {source}: the groups must be "
+                          f'positive and their product must divide data.max_frames={cfg.data.max_frames}')
+    if len(t.merge_token_proportion) != 2 or not all(0 <= p < 100 for p in t.merge_token_proportion):
+        raise ConfigError(f"'model.tempme.merge_token_proportion' in {source} must be two percentages in [0, 100), "
+                          f'got {t.merge_token_proportion}')
+    if t.tome_r < 0:
+        raise ConfigError(f"'model.tempme.tome_r' in {source} must be >= 0, got {t.tome_r}")
 
 
 def paragraph_mode(data: DataConfig) -> bool:

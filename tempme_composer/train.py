@@ -30,13 +30,15 @@ from tempme_composer.algorithms import (
 )
 from tempme_composer.callbacks import (
     BestCheckpoint,
+    FiniteLossGuard,
+    FramePaddingNotice,
     ParameterReport,
     RetrievalAnalysis,
     RetrievalLogger,
     TrainingScalars,
     TrainLogLine,
 )
-from tempme_composer.clip import CLIP, CLIP_PRESETS, load_clip
+from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
 from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
 from tempme_composer.config import (
     ConfigError,
@@ -47,6 +49,14 @@ from tempme_composer.config import (
     paragraph_mode,
 )
 from tempme_composer.model import UnifiedModel
+from tempme_composer.preflight import (
+    RecipeError,
+    check_checkpoint_matches,
+    check_dataset,
+    disk_full_message,
+    is_disk_full,
+    latest_checkpoint,
+)
 
 __all__ = ['train', 'main', 'build_model', 'build_optimizer', 'build_dataloaders', 'configure_logging']
 
@@ -65,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # also the checks that need the model or the ranks (freezing, batch splits)
         print(f'config error: {e}', file=sys.stderr)
         return 2
+    except CLIPCheckpointError as e:  # model.clip.checkpoint: missing, not CLIP, inconsistent shapes
+        print(f'config error: model.clip.checkpoint: {e}', file=sys.stderr)
+        return 2
+    except RecipeError as e:  # bad data, a checkpoint of another model, NaN loss, disk full (preflight.py)
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     return 0
 
 
@@ -80,15 +96,23 @@ def train(cfg: TrainConfig) -> Trainer:
         raise ConfigError(f'precision={cfg.precision} needs a GPU; this machine has none, use precision=fp32')
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f'resume={cfg.resume}: no such checkpoint file')
+    if cfg.fsdp is not None and device == 'cpu':  # Composer's FSDP calls torch.cuda.current_device()
+        raise ConfigError('fsdp is set but this machine has no GPU: Composer 0.32 FSDP needs CUDA devices. '
+                          'Remove the fsdp section (fsdp=null) to train with DDP on CPU')
     output_dir = Path(cfg.output_dir)
     run_name = cfg.run_name or output_dir.resolve().name
-    if dist.get_global_rank() == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / 'config.yaml').write_text(config_to_yaml(cfg))
     log.info('run %s: output in %s, device %s, %d rank(s)', run_name, output_dir, device, dist.get_world_size())
 
     reproducibility.seed_all(cfg.seed)  # identical initial weights on every rank
     model = RetrievalModel(build_model(cfg), tie_mode=cfg.evaluation.tie_mode, dsl=cfg.evaluation.dsl)
+    latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
+    if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
+        check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})')
+    elif cfg.resume:
+        check_checkpoint_matches(cfg.resume, model, 'resume')
+    if dist.get_global_rank() == 0:  # after the checkpoint check: a refused restart keeps the run's config.yaml
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / 'config.yaml').write_text(config_to_yaml(cfg))
     freeze = (cfg.freeze_clip, cfg.freeze_substrings, cfg.keep_substrings)
     if cfg.do_train:  # config mistakes fail here, before any data is prepared
         # Freeze before the optimizer exists, so it only ever holds trainable parameters; FreezeParameters
@@ -113,7 +137,7 @@ def train(cfg: TrainConfig) -> Trainer:
         metric_names=[PRIMARY_METRIC],
         device_eval_microbatch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
     )
-    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir), TrainLogLine(cfg.n_display)]
+    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir), TrainLogLine(cfg.n_display), FramePaddingNotice()]
     if cfg.evaluation.save_ranks or cfg.evaluation.save_similarity:
         callbacks.append(RetrievalAnalysis(output_dir / 'analysis', cfg.evaluation.save_ranks, cfg.evaluation.save_similarity))
     loggers = [TensorboardLogger(log_dir=str(output_dir / 'tensorboard'))]
@@ -136,6 +160,14 @@ def train(cfg: TrainConfig) -> Trainer:
         return trainer
 
     callbacks.append(BestCheckpoint(output_dir / 'checkpoints', label, PRIMARY_METRIC, dataclasses.asdict(cfg)))
+    callbacks.append(FiniteLossGuard(output_dir / 'checkpoints'))
+    if len(train_spec.dataloader) == 0:  # drop_last with fewer videos per rank than the batch: a silent no-op
+        raise ConfigError(
+            f'batch_size={cfg.batch_size} is larger than the training set ({len(train_spec.dataloader.dataset)} '
+            f'videos per rank over {dist.get_world_size()} rank(s)), and training drops the last incomplete '
+            'batch, so an epoch would have zero batches. Lower batch_size to at most the number of training '
+            'videos (times the ranks), or add training data.'
+        )
     callbacks += [
         ParameterReport(output_dir),
         TrainingScalars(),
@@ -177,12 +209,34 @@ def train(cfg: TrainConfig) -> Trainer:
         autoresume=cfg.autoresume,
         load_path=cfg.resume,
         progress_bar=True,
+        parallelism_config=_parallelism_config(cfg, model),
     )
     if int(trainer.state.timestamp.epoch) >= cfg.epochs:  # autoresumed a finished run: Composer would refuse
         log.info('%s already trained for %d epochs; raise epochs= to continue', run_name, cfg.epochs)
         return trainer
-    trainer.fit()
+    try:
+        trainer.fit()
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        folder = output_dir / 'checkpoints'
+        from tempme_composer.callbacks.input_guards import kept_checkpoints
+
+        raise RecipeError(disk_full_message('a checkpoint', folder, e, kept_checkpoints(folder) + ' (a partial '
+                                            'ep*-ba*-rank0.pt newer than latest-rank0.pt may be left: delete it)')) from e
     return trainer
+
+
+def _parallelism_config(cfg: TrainConfig, model: RetrievalModel) -> dict | None:
+    """Composer's ``parallelism_config`` for ``cfg.fsdp``: each residual block is its own FSDP unit."""
+    if cfg.fsdp is None:
+        return None
+    for name, module in model.named_modules():
+        parent, _, last = name.rpartition('.')
+        if parent.endswith('.resblocks') and last.isdigit():  # one ResidualAttentionBlock
+            module._fsdp_wrap = True  # Composer's auto_wrap wraps modules flagged like this
+            module._activation_checkpointing = cfg.fsdp.activation_checkpointing
+    return {'fsdp': {**dataclasses.asdict(cfg.fsdp), 'state_dict_type': 'full', 'use_orig_params': True}}
 
 
 def build_model(cfg: TrainConfig) -> UnifiedModel:
@@ -199,7 +253,7 @@ def build_model(cfg: TrainConfig) -> UnifiedModel:
         raise ConfigError(
             f'data.max_words={cfg.data.max_words} exceeds the CLIP text context length {clip.config.context_length}'
         )
-    return UnifiedModel(clip)
+    return UnifiedModel.from_config(clip, cfg.model, num_frames=cfg.data.max_frames)  # LoRA / TempMe if enabled
 
 
 def build_optimizer(
@@ -250,6 +304,13 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         slice_framepos=data.slice_framepos,
         paragraph=paragraph_mode(data),
     )
+    for key, src in (('data.train', train_src), ('data.eval', eval_src)):
+        if key == 'data.train' and not cfg.do_train:
+            continue
+        for i, one in enumerate(src.streams or [src]):
+            one = one if isinstance(one, dict) else dataclasses.asdict(one)
+            if one.get('remote') is None:  # a remote dataset is downloaded (and checked) by streaming
+                check_dataset(f'{key}.streams[{i}]' if src.streams else key, one.get('local'), one.get('split'))
     train_spec = None
     if cfg.do_train:
         train_spec = build_video_text_dataloader(

@@ -67,13 +67,30 @@ def test_missing_file_is_named():
         load_config('nope.yaml')
 
 
-@pytest.mark.parametrize(
-    'override',
-    ['model.tempme.enabled=true', 'model.lora.enabled=true', 'model.stop.enabled=true'],
-)
+@pytest.mark.parametrize('override', ['model.stop.enabled=true'])
 def test_declared_but_unimplemented_features_are_rejected_not_ignored(override):
     with pytest.raises(ConfigError, match='not implemented yet'):
         load_config(DEMO, [override])
+
+
+def test_tempme_and_lora_keys_load_with_the_reference_defaults():
+    cfg = load_config(DEMO, ['model.tempme.enabled=true', 'model.lora.enabled=true', 'data.max_frames=12'])
+    t = cfg.model.tempme
+    assert (t.tome_r, t.merge_layers, t.merge_frame_num, t.merge_token_proportion) == (2, [8, 9, 10], [2, 2, 3], [30.0, 10.0])
+    assert cfg.model.lora.rank == 8
+
+
+@pytest.mark.parametrize(
+    'overrides, match',
+    [
+        (['model.tempme.merge_frame_num=[2,4,3]'], 'must divide data.max_frames'),
+        (['model.tempme.merge_layers=[8,9]'], 'same length'),
+        (['model.tempme.merge_token_proportion=[30]'], 'two percentages'),
+    ],
+)
+def test_impossible_tempme_schedules_fail_at_config_load(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(DEMO, ['model.tempme.enabled=true', 'data.max_frames=12', *overrides])
 
 
 def test_eval_only_needs_a_checkpoint():

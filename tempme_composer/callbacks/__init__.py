@@ -1,10 +1,11 @@
 """Composer callbacks of the recipe."""
 
 from tempme_composer.callbacks.best_checkpoint import BestCheckpoint
+from tempme_composer.callbacks.input_guards import FiniteLossGuard, FramePaddingNotice, NonFiniteLossError
 from tempme_composer.callbacks.parameter_report import ParameterReport
 from tempme_composer.callbacks.retrieval_analysis import RetrievalAnalysis
 from tempme_composer.callbacks.retrieval_logger import RetrievalLogger
 from tempme_composer.callbacks.train_log_line import TrainLogLine
 from tempme_composer.callbacks.training_scalars import TrainingScalars
 
-__all__ = ['BestCheckpoint', 'ParameterReport', 'RetrievalAnalysis', 'RetrievalLogger', 'TrainLogLine', 'TrainingScalars']
+__all__ = ['BestCheckpoint', 'FiniteLossGuard', 'FramePaddingNotice', 'NonFiniteLossError', 'ParameterReport', 'RetrievalAnalysis', 'RetrievalLogger', 'TrainLogLine', 'TrainingScalars']

@@ -19,6 +19,7 @@ from composer.loggers import Logger
 from composer.utils import checkpoint, dist
 
 from tempme_composer.metrics import RetrievalMetrics
+from tempme_composer.preflight import RecipeError, disk_full_message, is_disk_full
 
 __all__ = ['BestCheckpoint', 'BEST_WEIGHTS', 'BEST_RECORD']
 
@@ -34,7 +35,8 @@ class BestCheckpoint(Callback):
     ``folder/best.json`` (metric, value, epoch, batch, every retrieval number and the resolved config).
 
     Each file is written to a temporary name and renamed into place, so a crash never leaves a torn file;
-    the JSON is written after the weights and names the batch they come from. The best value and when it
+    the JSON names the batch the weights come from. A full disk (ENOSPC) while writing removes the temporary
+    files, leaves the previous best.pt/best.json untouched and raises a `RecipeError` saying so. The best value and when it
     was reached are part of the callback's state, so autoresume keeps comparing against the true best.
     Logs ``best/<label>/<metric_name>``. YAML: always on in training runs (no key).
     """
@@ -65,26 +67,37 @@ class BestCheckpoint(Callback):
             value = metric.results.get(self.metric_name, value)  # float64, as in the JSON record
         if not value > self.best:
             return
-        self.best = value
-        self.best_epoch = int(state.timestamp.epoch)
-        self.best_batch = int(state.timestamp.batch)
+        epoch, batch = int(state.timestamp.epoch), int(state.timestamp.batch)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp_name = str(self.folder / f'.tmp-{BEST_WEIGHTS}')
-        written = checkpoint.save_checkpoint(state, filename=tmp_name, weights_only=True)  # collective
+        tmp_json = self.folder / f'.tmp-{BEST_RECORD}'
+        try:
+            written = checkpoint.save_checkpoint(state, filename=tmp_name, weights_only=True)  # collective
+            if dist.get_global_rank() == 0:
+                record = {
+                    'metric': self.metric_name,
+                    'value': value,
+                    'eval_label': self.eval_label,
+                    'epoch': epoch,
+                    'batch': batch,
+                    'results': dict(metric.results) if isinstance(metric, RetrievalMetrics) else {},
+                    'config': self.config,
+                }
+                tmp_json.write_text(json.dumps(record, indent=2))  # both written before either is replaced
+                os.replace(written, self.folder / BEST_WEIGHTS)
+                os.replace(tmp_json, self.folder / BEST_RECORD)
+        except OSError as e:
+            for tmp in (Path(tmp_name), tmp_json):
+                tmp.unlink(missing_ok=True)  # frees the space the partial file took
+            if not is_disk_full(e):
+                raise
+            kept = (f'{self.folder / BEST_WEIGHTS} and {BEST_RECORD} still hold the previous best '
+                    f'({self.metric_name}={self.best:.2f}, epoch {self.best_epoch})' if self.best_epoch is not None
+                    else 'there was no earlier best checkpoint')
+            raise RecipeError(disk_full_message(f'the best checkpoint ({self.metric_name}={value:.2f})',
+                                                self.folder, e, kept)) from e
+        self.best, self.best_epoch, self.best_batch = value, epoch, batch  # only once both files are in place
         if dist.get_global_rank() == 0:
-            os.replace(written, self.folder / BEST_WEIGHTS)
-            record = {
-                'metric': self.metric_name,
-                'value': value,
-                'eval_label': self.eval_label,
-                'epoch': self.best_epoch,
-                'batch': self.best_batch,
-                'results': dict(metric.results) if isinstance(metric, RetrievalMetrics) else {},
-                'config': self.config,
-            }
-            tmp_json = self.folder / f'.tmp-{BEST_RECORD}'
-            tmp_json.write_text(json.dumps(record, indent=2))
-            os.replace(tmp_json, self.folder / BEST_RECORD)
             log.info('new best %s=%.2f at epoch %d, batch %d: %s', self.metric_name, value, self.best_epoch,
                      self.best_batch, self.folder / BEST_WEIGHTS)
         dist.barrier()

@@ -8,10 +8,13 @@ This module never touches the filesystem.
 Seams later modules override or wrap instead of re-implementing the towers:
 
 - ``Attention.project_qkv``: the fused QKV projection (LoRA wraps it).
-- ``Attention.forward(x, attn_bias)``: an additive bias on the attention logits (proportional attention for
-  token merging passes ``log(size)``), kept on the ``F.scaled_dot_product_attention`` path.
-- ``VisionTransformer.embed`` -> ``transformer`` -> ``pool``, and ``TextTransformer.embed`` -> ``transformer``
-  -> ``pool``.
+- ``Attention.forward(x, attn_bias, return_keys)``: an additive bias on the attention logits (proportional
+  attention for token merging passes ``log(size)``), kept on the ``F.scaled_dot_product_attention`` path;
+  ``return_keys`` also returns the head-averaged keys (the merging metric).
+- ``ResidualAttentionBlock.attention_residual`` / ``mlp_residual``: the two halves of a block (token merging
+  runs between them).
+- ``VisionTransformer.embed`` -> ``transformer`` -> ``pool`` (``project`` = ``ln_post`` then ``@ proj``), and
+  ``TextTransformer.embed`` -> ``transformer`` -> ``pool``.
 """
 
 from __future__ import annotations
@@ -90,8 +93,12 @@ class Attention(nn.Module):
         return F.linear(x, self.in_proj_weight, self.in_proj_bias)
 
     def forward(
-        self, x: torch.Tensor, attn_bias: torch.Tensor | None = None, causal: bool = False
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        attn_bias: torch.Tensor | None = None,
+        causal: bool = False,
+        return_keys: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attend over ``x`` of shape ``[N, L, C]``.
 
         Args:
@@ -99,9 +106,11 @@ class Attention(nn.Module):
             attn_bias: optional additive float bias on the attention logits, broadcastable to
                 ``[N, heads, L, L]`` (e.g. ``log(size)`` as ``[N, 1, 1, L]`` for proportional attention).
             causal: mask out keys after each query (text tower).
+            return_keys: also return the keys averaged over heads (before the ``head_dim**-0.5`` scaling),
+                ``[N, L, head_dim]`` — the token-merging metric.
 
         Returns:
-            ``[N, L, C]``.
+            ``[N, L, C]``, or ``(out, keys)`` with ``return_keys``.
         """
         N, L, C = x.shape
         qkv = self.project_qkv(x)  # [N, L, 3C]
@@ -117,6 +126,8 @@ class Attention(nn.Module):
                 mask = mask.masked_fill(future, float('-inf'))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         out = out.transpose(1, 2).reshape(N, L, C)  # [N, heads, L, head_dim] -> [N, L, C]
+        if return_keys:
+            return self.out_proj(out), k.mean(dim=1)  # keys [N, heads, L, head_dim] -> [N, L, head_dim]
         return self.out_proj(out)
 
 
@@ -146,12 +157,28 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp.add_module('gelu', act_layer())
         self.mlp.add_module('c_proj', nn.Linear(hidden, width, **dd))
 
+    def attention_residual(
+        self,
+        x: torch.Tensor,
+        attn_bias: torch.Tensor | None = None,
+        causal: bool = False,
+        return_keys: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x + attn(ln_1(x))``; with ``return_keys`` also the head-averaged keys (token merging seam)."""
+        if return_keys:
+            out, keys = self.attn(self.ln_1(x), attn_bias=attn_bias, causal=causal, return_keys=True)
+            return x + out, keys
+        return x + self.attn(self.ln_1(x), attn_bias=attn_bias, causal=causal)
+
+    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + mlp(ln_2(x))``."""
+        return x + self.mlp(self.ln_2(x))
+
     def forward(
         self, x: torch.Tensor, attn_bias: torch.Tensor | None = None, causal: bool = False
     ) -> torch.Tensor:
         """``[N, L, C] -> [N, L, C]``; ``attn_bias`` and ``causal`` go to ``Attention.forward``."""
-        x = x + self.attn(self.ln_1(x), attn_bias=attn_bias, causal=causal)
-        return x + self.mlp(self.ln_2(x))
+        return self.mlp_residual(self.attention_residual(x, attn_bias=attn_bias, causal=causal))
 
 
 class Transformer(nn.Module):
@@ -262,9 +289,13 @@ class VisionTransformer(nn.Module):
         x = x + self.positional_embedding.to(x.dtype)
         return self.ln_pre(x)
 
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` then ``@ proj`` on any tokens: ``[..., width] -> [..., output_dim]`` (TempMe seam)."""
+        return self.ln_post(tokens) @ self.proj
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Project the class token: ``[N, L, width] -> [N, output_dim]``."""
-        return self.ln_post(x[:, 0]) @ self.proj
+        return self.project(x[:, 0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W] -> [N, output_dim]`` image embeddings (unnormalised)."""
