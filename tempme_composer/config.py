@@ -144,6 +144,7 @@ class DataConfig:
     train_frame_order: Literal[0, 1, 2] = 0  # 0 as stored, 1 reversed, 2 random
     eval_frame_order: Literal[0, 1, 2] = 0
     num_workers: int = 2
+    validate_hash: bool = True  # before training, recompute each local shard's hash recorded in index.json
 
 
 @dataclass

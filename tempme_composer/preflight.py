@@ -35,12 +35,13 @@ _DATA_FIX = ('Point it at a folder written by `tempme-convert` (or `python -m te
              '--out DIR` for the demo set: DIR/mds/train and DIR/mds/eval)')
 
 
-def check_dataset(key: str, local: str | None, split: str | None) -> int:
+def check_dataset(key: str, local: str | None, split: str | None, validate_hash: bool = True) -> int:
     """Check the local MDS dataset that config key ``key`` names and return its number of samples.
 
     Raises:
         RecipeError: the folder or its ``index.json`` is missing, the index is unreadable, the dataset has
-            zero samples, or a shard file is missing or shorter/longer than the index says (truncated copy).
+            zero samples, a shard file is missing or shorter/longer than the index says (truncated copy), or
+            (``validate_hash``) its bytes do not match the hash the writer recorded (corrupt copy).
     """
     folder = Path(local) / split if split else Path(local or '')
     index = folder / 'index.json'
@@ -73,7 +74,23 @@ def check_dataset(key: str, local: str | None, split: str | None) -> int:
                               'truncated or corrupt (an interrupted copy or download, or a full disk). Copy '
                               'the folder again or re-run the conversion; with `remote` set, delete the local '
                               'cache folder so it is downloaded again.')
+        if validate_hash:
+            _check_shard_hashes(key, path, index, raw.get('hashes') or {})
     return total
+
+
+def _check_shard_hashes(key: str, path: Path, index: Path, hashes: Mapping[str, str]) -> None:
+    """Recompute the hashes the writer recorded for a shard (none for shards written without hashes)."""
+    if not hashes:
+        return
+    from streaming.base.hashing import get_hash
+
+    data = path.read_bytes()
+    for algo, expected in hashes.items():
+        if get_hash(algo, data) != expected:
+            raise RecipeError(f'{key}: shard {path} has the right size but its {algo} hash does not match the one '
+                              f'in {index}, so its bytes are corrupt (a bad copy or disk). Copy the folder again or '
+                              're-run the conversion (data.validate_hash=false skips this check).')
 
 
 def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:

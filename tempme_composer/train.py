@@ -310,7 +310,8 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         for i, one in enumerate(src.streams or [src]):
             one = one if isinstance(one, dict) else dataclasses.asdict(one)
             if one.get('remote') is None:  # a remote dataset is downloaded (and checked) by streaming
-                check_dataset(f'{key}.streams[{i}]' if src.streams else key, one.get('local'), one.get('split'))
+                check_dataset(f'{key}.streams[{i}]' if src.streams else key, one.get('local'), one.get('split'),
+                              validate_hash=data.validate_hash)
     train_spec = None
     if cfg.do_train:
         train_spec = build_video_text_dataloader(

@@ -50,6 +50,7 @@ from tempme_composer.data.annotations import (
     read_msvd,
     read_vatex,
 )
+from tempme_composer.data.mds_format import SHARD_HASHES
 
 __all__ = [
     'DATASET_FORMAT_VERSION',
@@ -352,9 +353,9 @@ def _write_split(out_dir: Path, split: str, dataset: str, records: list[VideoRec
     skipped_rows: list[list[str]] = [list(r) for r in extra_rows]
     columns = video_columns(settings.frame_format)
     try:
-        with MDSWriter(out=str(tmp_videos), columns=columns, compression=None, hashes=None,
+        with MDSWriter(out=str(tmp_videos), columns=columns, compression=None, hashes=SHARD_HASHES,
                        size_limit=size_limit, progress_bar=False) as videos, \
-                MDSWriter(out=str(tmp_pairs), columns=PAIRS_COLUMNS, compression=None, hashes=None,
+                MDSWriter(out=str(tmp_pairs), columns=PAIRS_COLUMNS, compression=None, hashes=SHARD_HASHES,
                           size_limit=size_limit, progress_bar=False) as pairs:
             video_index = 0
             for record in records:

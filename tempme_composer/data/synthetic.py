@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tempme_composer.data.mds_format import SHARD_HASHES
 from tempme_composer.data.video import decode_video, encode_jpeg
 
 __all__ = [
@@ -314,7 +315,7 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: i
     videos_dir = root / 'videos' / split
     videos_dir.mkdir(parents=True, exist_ok=True)
     split_code = 1 if split == 'train' else 2
-    with MDSWriter(out=str(root / 'mds' / split), columns=MDS_COLUMNS, compression=None, hashes=None,
+    with MDSWriter(out=str(root / 'mds' / split), columns=MDS_COLUMNS, compression=None, hashes=SHARD_HASHES,
                    size_limit='64mb', progress_bar=False) as writer:
         for i, (colour, shape, direction) in enumerate(_combos(split, count, seed)):
             rng = np.random.default_rng([seed, split_code, i + 1])
