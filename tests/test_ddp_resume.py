@@ -45,10 +45,11 @@ def final_state(run: Path) -> dict:
 @pytest.mark.e2e
 @pytest.mark.multiprocess
 def test_sigkill_under_ddp_then_autoresume_matches_the_uninterrupted_run(tmp_path):
-    # Concurrent runs need their own copy (streaming refuses two jobs on one local folder, §8 pitfall 11).
+    # The runs go one after another: concurrent streaming jobs on one machine race for the same /dev/shm
+    # names, and each run's clean_stale_shared_memory() would delete the other's (composer_streaming.md §6.8).
     generate_demo_dataset(tmp_path / 'data-full', num_train=24, num_eval=12, seed=0)
     shutil.copytree(tmp_path / 'data-full', tmp_path / 'data-killed')
-    full = launch(tmp_path, 'full')
+    finish(launch(tmp_path, 'full'), tmp_path, 'full')
     killed = launch(tmp_path, 'killed', start_new_session=True)
     ckpts = tmp_path / 'killed' / 'checkpoints'
     latest = ckpts / 'latest-rank0.pt'
@@ -59,16 +60,12 @@ def test_sigkill_under_ddp_then_autoresume_matches_the_uninterrupted_run(tmp_pat
                 pytest.fail('the run ended before the batch-4 checkpoint:\n' + killed.stdout.read()[-4000:])
             assert time.time() < deadline
             time.sleep(0.02)
-    except BaseException:
-        full.terminate()  # SIGTERM: the launcher stops its ranks
-        raise
     finally:
         if killed.poll() is None:
             os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks
         killed.wait()
     best_before = json.loads((ckpts / 'best.json').read_text())
     assert best_before['epoch'] == 1 and (ckpts / 'best.pt').is_file()
-    finish(full, tmp_path, 'full')
     finish(launch(tmp_path, 'killed'), tmp_path, 'killed')  # same command line: autoresumes from ep1-ba4
 
     states = {run: final_state(tmp_path / run) for run in ('full', 'killed')}
