@@ -83,9 +83,31 @@ class TempMeConfig:
 
 @dataclass
 class StopConfig:
-    """STOP spatial-temporal prompts (arrives with the STOP issue)."""
+    """STOP spatial-temporal dynamic prompting (`tempme_composer.modules.stop`; stop.md defaults).
+
+    Sizes (widths, layers, patch grid, frames) come from the backbone and data.max_frames.
+    """
 
     enabled: bool = False
+    shared_latent_space: Literal['transformer', 'linear'] = 'transformer'  # prompt generator (DGL)
+    text_prompt_length: int = 8  # deep text prompts per layer, half prefix / half postfix (linear: 2 x local)
+    local_prompt_length: int = 4  # per-frame visual prompts, replaced at every block
+    global_prompt_length: int = 4  # video-level prompts, inserted once, attend to every token
+    adapters: bool = True  # STOP's bottleneck adapters ('LoRA') in every block of both towers
+    adapter_dim: int = 32
+    adapter_scale: float = 0.1
+    temporal_prompt: bool = True  # TemporalPrompt (intra-frame pixel prompt + inter-frame prompt); false = DGL
+    output_type: Literal[
+        'global_prompt0',
+        'average_global_prompt',
+        'average_frame_cls_token',
+        'average_global_prompt_and_frame_cls_token',
+        'frame_cls_mean',
+    ] = 'global_prompt0'
+    frame_weight_norm: Literal['video', 'batch'] = 'video'  # batch = reference (embedding depends on batch)
+    mask_pooling: Literal['lattice', 'patch'] = 'lattice'  # lattice = reference's mod-grid pooling
+    salient_cells: int = 6  # top-k patch cells of the saliency mask (reference eta = 6)
+    spatial_stride: int = 1  # >1: pixel prompt Conv stack on a pooled video (cheaper, approximate)
 
 
 @dataclass
@@ -216,9 +238,7 @@ class TrainConfig:
 
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
-_NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = (
-    ('model.stop.enabled', False, 'the STOP issue'),
-)
+_NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = ()
 
 
 def load_config(yaml_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -395,6 +415,7 @@ def _check_tempme(cfg: TrainConfig, source: str) -> None:
     """Model-independent TempMe/LoRA schedule rules (the model-dependent ones run when the model is built)."""
     if cfg.model.lora.enabled and cfg.model.lora.rank <= 0:
         raise ConfigError(f"'model.lora.rank' in {source} must be positive, got {cfg.model.lora.rank}")
+    _check_stop(cfg, source)
     t = cfg.model.tempme
     if not t.enabled:
         return
@@ -412,6 +433,32 @@ def _check_tempme(cfg: TrainConfig, source: str) -> None:
                           f'got {t.merge_token_proportion}')
     if t.tome_r < 0:
         raise ConfigError(f"'model.tempme.tome_r' in {source} must be >= 0, got {t.tome_r}")
+
+
+def _check_stop(cfg: TrainConfig, source: str) -> None:
+    """Model-independent STOP rules (grid-dependent ones run when the model is built)."""
+    s = cfg.model.stop
+    if not s.enabled:
+        return
+    counts = {
+        'text_prompt_length': s.text_prompt_length,
+        'local_prompt_length': s.local_prompt_length,
+        'global_prompt_length': s.global_prompt_length,
+        'adapter_dim': s.adapter_dim,
+        'spatial_stride': s.spatial_stride,
+    }
+    for key, value in counts.items():
+        if value <= 0:
+            raise ConfigError(f"'model.stop.{key}' in {source} must be positive, got {value}")
+    if s.text_prompt_length % 2:
+        raise ConfigError(f"'model.stop.text_prompt_length' in {source} must be even (half prefix, half postfix), "
+                          f'got {s.text_prompt_length}')
+    if s.salient_cells < 0:
+        raise ConfigError(f"'model.stop.salient_cells' in {source} must be >= 0, got {s.salient_cells}")
+    if s.shared_latent_space == 'linear' and s.text_prompt_length != 2 * s.local_prompt_length:
+        raise ConfigError(f"{source}: model.stop.shared_latent_space=linear derives the text prompts from the "
+                          f'local ones, so text_prompt_length must be 2 x local_prompt_length '
+                          f'({2 * s.local_prompt_length}), got {s.text_prompt_length}')
 
 
 def paragraph_mode(data: DataConfig) -> bool:

@@ -1,11 +1,11 @@
 """UnifiedModel: the retrieval network (CLIP towers + similarity head), independent of Composer.
 
-Without TempMe it is CLIP4Clip's "meanP" baseline: a video embedding is the mean of the L2-normalised
-per-frame CLS embeddings over the valid frames. With TempMe (`tempme_composer.modules.tempme`) the frames of a
-video go through the vision tower together with token merging, and the embedding is the masked mean of the
-normalised frame-CLS outputs (tempme.md §2.9). LoRA (`tempme_composer.modules.lora`) patches the CLIP towers
-in place. `UnifiedModel.from_config` applies both from ``model.*`` config; this class stays the one place
-that turns a batch into embeddings.
+Four configs of one model (`from_config`): the CLIP4Clip "meanP" baseline (a video embedding is the mean of
+the L2-normalised per-frame CLS embeddings over the valid frames), TempMe (token merging in the vision tower,
+`tempme_composer.modules.tempme`), STOP (spatial–temporal prompts, `tempme_composer.modules.stop`) and the
+unified TempMe-STOP model (both, docs/unified.md). Every video path except the baseline goes through
+`tempme_composer.modules.video_tower.encode_video`. Either or both PEFT forms patch the CLIP towers in
+place: TempMe's QKV LoRA (``model.lora``) and STOP's bottleneck adapters (``model.stop.adapters``).
 """
 
 from __future__ import annotations
@@ -18,34 +18,91 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempme_composer.clip import CLIP
+from tempme_composer.modules.adapters import apply_adapters
 from tempme_composer.modules.lora import apply_lora
-from tempme_composer.modules.tempme import TempMeVideoEncoder, masked_mean_of_normalised
+from tempme_composer.modules.prompt_generator import PromptGenerator
+from tempme_composer.modules.stop import STOP, encode_text_with_prompts
+from tempme_composer.modules.tempme import TempMeVideoEncoder
+from tempme_composer.modules.temporal_prompt import TemporalPrompt
+from tempme_composer.modules.video_tower import encode_video, pool_video
 
-__all__ = ['UnifiedModel']
+__all__ = ['UnifiedModel', 'build_stop']
 
 log = logging.getLogger(__name__)
+
+
+def build_stop(clip: CLIP, stop_cfg: Any, num_frames: int) -> STOP:
+    """STOP's prompts for this backbone and ``num_frames``; attaches ``clip.visual.TemporalPrompt`` (if
+    ``stop_cfg.temporal_prompt``) and the adapters (if ``stop_cfg.adapters``) to ``clip`` in place.
+
+    Raises:
+        ValueError: a setting this backbone cannot run (e.g. more salient cells than patches).
+    """
+    visual, text = clip.visual, clip.text
+    generator = PromptGenerator(
+        stop_cfg.shared_latent_space,
+        vision_width=visual.width,
+        text_width=text.width,
+        vision_layers=len(visual.transformer.resblocks),
+        text_layers=len(text.transformer.resblocks),
+        patch_size=visual.patch_size,
+        num_frames=num_frames,
+        text_prompts=stop_cfg.text_prompt_length,
+        local_prompts=stop_cfg.local_prompt_length,
+    )
+    stop = STOP(
+        generator,
+        global_prompts=stop_cfg.global_prompt_length,
+        patch_size=visual.patch_size,
+        output_type=stop_cfg.output_type,
+    )
+    if stop_cfg.temporal_prompt:
+        if visual.image_resolution % (visual.grid_size * stop_cfg.spatial_stride):
+            raise ValueError(f'model.stop.spatial_stride={stop_cfg.spatial_stride} must divide the patch size '
+                             f'{visual.patch_size} (image {visual.image_resolution} px)')
+        visual.TemporalPrompt = TemporalPrompt(
+            visual.width,
+            max(1, visual.width // 64),
+            visual.grid_size,
+            stop_cfg.local_prompt_length,
+            salient_cells=stop_cfg.salient_cells,
+            frame_weight_norm=stop_cfg.frame_weight_norm,
+            mask_pooling=stop_cfg.mask_pooling,
+            spatial_stride=stop_cfg.spatial_stride,
+        ).to(device=visual.proj.device)
+    if stop_cfg.adapters:
+        apply_adapters(visual.transformer, stop_cfg.adapter_dim, stop_cfg.adapter_scale)
+        apply_adapters(text.transformer, stop_cfg.adapter_dim, stop_cfg.adapter_scale)
+    return stop
 
 
 class UnifiedModel(nn.Module):
     """Text and video encoders over one CLIP backbone (parameter names start with ``clip.``).
 
     Args:
-        clip: the backbone (possibly LoRA-patched).
-        tempme: optional TempMe video encoder; its temporal position embeddings are named
+        clip: the backbone (possibly LoRA/adapter-patched, with ``visual.TemporalPrompt`` for STOP).
+        tempme: optional TempMe merging plan; its temporal position embeddings are named
             ``tempme.temporal_pos_prompt.<block>``.
+        stop: optional STOP prompts (``stop.prompt_generator.*``, ``stop.global_prompt``).
     """
 
-    def __init__(self, clip: CLIP, tempme: TempMeVideoEncoder | None = None) -> None:
+    def __init__(self, clip: CLIP, tempme: TempMeVideoEncoder | None = None, stop: STOP | None = None) -> None:
         super().__init__()
         self.clip = clip
         self.tempme = tempme
+        self.stop = stop
+
+    @property
+    def output_type(self) -> str:
+        """How the video embedding is read out: STOP's setting, ``frame_cls_mean`` otherwise."""
+        return self.stop.output_type if self.stop is not None else 'frame_cls_mean'
 
     @classmethod
     def from_config(cls, clip: CLIP, model_cfg: Any, num_frames: int) -> UnifiedModel:
-        """Apply ``model_cfg.lora`` and ``model_cfg.tempme`` (a `tempme_composer.config.ModelConfig`).
+        """Apply ``model_cfg.lora``, ``.tempme`` and ``.stop`` (a `tempme_composer.config.ModelConfig`).
 
         Raises:
-            ValueError: an impossible TempMe schedule for this backbone and ``num_frames`` (with the reason).
+            ValueError: an impossible TempMe schedule or STOP setting for this backbone and ``num_frames``.
         """
         tempme = None
         if model_cfg.tempme.enabled:
@@ -59,8 +116,9 @@ class UnifiedModel(nn.Module):
                 merge_token_proportion=t.merge_token_proportion,
             )
         if model_cfg.lora.enabled:
-            apply_lora(clip, model_cfg.lora.rank)
-        return cls(clip, tempme)
+            apply_lora(clip, model_cfg.lora.rank)  # before STOP: its TemporalPrompt attention stays un-patched
+        stop = build_stop(clip, model_cfg.stop, num_frames) if model_cfg.stop.enabled else None
+        return cls(clip, tempme, stop)
 
     def encode_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings from the EOT token.
@@ -71,6 +129,9 @@ class UnifiedModel(nn.Module):
         Returns:
             ``[B, D]`` float32 unit vectors.
         """
+        if self.stop is not None:
+            prompts = self.stop.prompt_generator().text  # input-independent: once per batch
+            return F.normalize(encode_text_with_prompts(self.clip.text, text_ids, prompts).float(), dim=-1)
         return F.normalize(self.clip.encode_text(text_ids).float(), dim=-1)
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
@@ -95,10 +156,11 @@ class UnifiedModel(nn.Module):
         if bool((frames_per_video == 0).any()):
             empty = torch.nonzero(frames_per_video == 0).flatten().tolist()
             raise ValueError(f'videos at batch positions {empty} have no valid frame (all-zero video_mask)')
-        if self.tempme is not None:
-            # TempMe encodes all T slots together (padding included, as the reference does) and masks only
-            # the final mean over the frame-CLS outputs.
-            return masked_mean_of_normalised(self.tempme(self.clip.visual, video), video_mask)
+        if self.tempme is not None or self.stop is not None:
+            # TempMe/STOP encode all T slots together (padding included, as the references do); the mask only
+            # enters the frame_cls_mean readout.
+            tokens = encode_video(self.clip.visual, video, tempme=self.tempme, stop=self.stop)
+            return F.normalize(pool_video(self.clip.visual, tokens, video_mask, self.output_type).float(), dim=-1)
         frame_emb = F.normalize(self.clip.encode_image(video[valid]).float(), dim=-1)  # [num_valid, D]
         per_slot = frame_emb.new_zeros(B, T, frame_emb.shape[-1])  # [B, T, D]
         per_slot[valid] = frame_emb

@@ -67,10 +67,22 @@ def test_missing_file_is_named():
         load_config('nope.yaml')
 
 
-@pytest.mark.parametrize('override', ['model.stop.enabled=true'])
-def test_declared_but_unimplemented_features_are_rejected_not_ignored(override):
-    with pytest.raises(ConfigError, match='not implemented yet'):
-        load_config(DEMO, [override])
+@pytest.mark.parametrize(
+    ('override', 'message'),
+    [
+        ('model.stop.text_prompt_length=7', 'text_prompt_length.*must be even'),
+        ('model.stop.local_prompt_length=0', 'local_prompt_length.*must be positive'),
+        ('model.stop.output_type=cls', "'cls' is not one of"),
+        ('model.stop.frame_weight_norm=global', "'global' is not one of"),
+        ('model.stop.shared_latent_space=linear', 'text_prompt_length must be 2 x local_prompt_length'),
+    ],
+)
+def test_bad_stop_settings_name_the_key(override, message):
+    overrides = ['model.stop.enabled=true', override]
+    if 'linear' in override:
+        overrides.append('model.stop.local_prompt_length=3')
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEMO, overrides)
 
 
 def test_tempme_and_lora_keys_load_with_the_reference_defaults():

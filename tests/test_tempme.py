@@ -130,7 +130,7 @@ def test_padded_frames_are_excluded_from_the_mean_only():
 
 def test_wrong_frame_count_and_config_schedule_errors():
     model = _tiny_model()
-    with pytest.raises(ValueError, match='planned for 4 frames'):
+    with pytest.raises(ValueError, match='built for 4 frames'):
         model.encode_video(torch.randn(1, 3, 3, 32, 32), torch.ones(1, 3))
     with pytest.raises(ValueError, match='groups of 2'):
         _tiny_model(frames=3)

@@ -30,16 +30,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tempme_composer.clip.model import VisionTransformer
-from tempme_composer.modules.merging import (
-    bipartite_soft_matching,
-    merge_wavg,
-    proportional_attention_bias,
-    regroup_sequences,
-)
+from tempme_composer.modules.video_tower import encode_video
 
 __all__ = ['LayerPlan', 'TempMeVideoEncoder', 'plan_merging', 'plan_table']
 
@@ -208,7 +202,7 @@ class TempMeVideoEncoder(nn.Module):
         return cls(len(visual.transformer.resblocks), visual.num_tokens, visual.width, num_frames, **schedule)
 
     def forward(self, visual: VisionTransformer, video: torch.Tensor) -> torch.Tensor:
-        """Per-frame CLS embeddings of a video batch.
+        """Per-frame CLS embeddings of a video batch (TempMe alone; with STOP use `video_tower.encode_video`).
 
         Args:
             visual: the CLIP vision tower (blocks must number ``len(self.plans)``).
@@ -217,44 +211,4 @@ class TempMeVideoEncoder(nn.Module):
         Returns:
             ``[B, T, output_dim]`` projected frame-CLS tokens (not normalised), in frame order.
         """
-        B, T = video.shape[:2]
-        if T != self.num_frames:
-            raise ValueError(f'TempMe was planned for {self.num_frames} frames per video, got {T}')
-        blocks = visual.transformer.resblocks
-        if len(blocks) != len(self.plans):
-            raise ValueError(f'TempMe plan has {len(self.plans)} blocks, the vision tower {len(blocks)}')
-        x = visual.embed(video.flatten(0, 1))  # [B*T, N0, C]
-        size = None  # [B*seqs, N, 1] once the first merge happened
-        for block, plan in zip(blocks, self.plans, strict=True):
-            x, size = self._block(block, plan, x, size, B)
-        S, N, C = x.shape
-        last = self.plans[-1]
-        cls = x.view(B, last.seqs, N, C)[:, :, : last.protected].reshape(B, T, C)  # frame CLS in frame order
-        return visual.project(cls)  # [B, T, D]
-
-    def _block(
-        self, block: nn.Module, plan: LayerPlan, x: torch.Tensor, size: torch.Tensor | None, batch: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if plan.fuses:
-            S, N, C = x.shape  # S = batch * seqs_in
-            if size is None:
-                size = x.new_ones(S, N, 1)
-            metric = x.detach()  # cross-clip metric: block input without the position embedding
-            pos = self.temporal_pos_prompt[str(plan.index)].to(x.dtype)  # [seqs_in, C]
-            x = (x.view(batch, plan.seqs_in, N, C) + pos[None, :, None, :]).view(S, N, C)
-            x, metric, size = (regroup_sequences(t, plan.group, plan.protected_in) for t in (x, metric, size))
-            merge = bipartite_soft_matching(metric, plan.r_cross, plan.protected)
-            x, size = merge_wavg(merge, x, size)
-        x, keys = block.attention_residual(x, attn_bias=proportional_attention_bias(size), return_keys=True)
-        if plan.r_intra:
-            merge = bipartite_soft_matching(keys, plan.r_intra, plan.protected)
-            x, size = merge_wavg(merge, x, size)
-        return block.mlp_residual(x), size
-
-
-def masked_mean_of_normalised(frames: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T, D]`` frame embeddings, ``[B, T]`` mask -> ``[B, D]`` unit mean of the unit frame vectors."""
-    frames = F.normalize(frames.float(), dim=-1)
-    mask = video_mask.to(frames.dtype).unsqueeze(-1)  # [B, T, 1]
-    pooled = (frames * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    return F.normalize(pooled, dim=-1)
+        return visual.project(encode_video(visual, video, tempme=self).frame_cls)
