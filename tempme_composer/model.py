@@ -97,6 +97,15 @@ class UnifiedModel(nn.Module):
         """How the video embedding is read out: STOP's setting, ``frame_cls_mean`` otherwise."""
         return self.stop.output_type if self.stop is not None else 'frame_cls_mean'
 
+    def gradient_free_parameters(self) -> list[nn.Parameter]:
+        """Parameters no loss can reach: STOP's ``Cal_Net`` (its hard top-k mask has no gradient, stop.md §8.4).
+
+        They count as trainable (the published parameter count includes them); DDP must then look for unused
+        parameters.
+        """
+        temporal = getattr(self.clip.visual, 'TemporalPrompt', None)
+        return list(temporal.Cal_Net.parameters()) if temporal is not None else []
+
     @classmethod
     def from_config(cls, clip: CLIP, model_cfg: Any, num_frames: int) -> UnifiedModel:
         """Apply ``model_cfg.lora``, ``.tempme`` and ``.stop`` (a `tempme_composer.config.ModelConfig`).

@@ -177,7 +177,8 @@ def train(cfg: TrainConfig) -> Trainer:
     if device == 'gpu':
         callbacks.append(MemoryMonitor())
     optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=len(train_spec.dataloader))
-    algorithms: list[Algorithm] = [FreezeParameters(*freeze, warn_absent=False)]
+    gradient_free = any(p.requires_grad for p in model.model.gradient_free_parameters())
+    algorithms: list[Algorithm] = [FreezeParameters(*freeze, warn_absent=False, gradient_free_trainables=gradient_free)]
     if cfg.logit_scale_clamp is not None:
         algorithms.append(ClampLogitScale(cfg.logit_scale_clamp.min, cfg.logit_scale_clamp.max))
     if k > 1:

@@ -162,8 +162,11 @@ class FreezeParameters(Algorithm):
         freeze_substrings: Sequence[str] = (),
         keep_substrings: Sequence[str] = (),
         warn_absent: bool = True,
+        gradient_free_trainables: bool = False,
     ) -> None:
         self.freeze_clip = freeze_clip
+        # Trainable parameters that never receive a gradient (STOP's Cal_Net) need DDP's unused-parameter pass.
+        self.gradient_free_trainables = gradient_free_trainables
         self.freeze_substrings = list(freeze_substrings)
         self.keep_substrings = list(keep_substrings)
         self.warn_absent = warn_absent  # the recipe already warned when it froze before building the optimizer
@@ -175,6 +178,11 @@ class FreezeParameters(Algorithm):
             f'FreezeParameters(freeze_clip={self.freeze_clip}, freeze_substrings={self.freeze_substrings}, '
             f'keep_substrings={self.keep_substrings})'
         )
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Composer reads this before wrapping the model in DDP."""
+        return self.gradient_free_trainables
 
     def match(self, event: Event, state: State) -> bool:
         del state  # unused

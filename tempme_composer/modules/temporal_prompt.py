@@ -117,6 +117,8 @@ class TemporalPrompt(nn.Module):
         self.InterConv = nn.Sequential(_conv3d(1, 9, (3, 15, 25)), nn.PReLU(), _conv3d(9, 1, (3, 15, 25)))
         self.InterMLP = nn.Sequential(nn.Linear(grid * grid, 16), nn.PReLU(), nn.Linear(16, local_prompts))
         self.Cal_Net_Inter = _conv3d(1, 1, (5, 11, 11))
+        for conv in (self.Conv, self.Cal_Net, self.InterConv, self.Cal_Net_Inter):
+            conv.to(memory_format=torch.channels_last_3d)  # weights (and so their grads) match the activations
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
