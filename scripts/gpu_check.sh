@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# GPU check: everything that cannot run on a CPU-only CI machine, in one log. Needs one CUDA GPU.
-#   bash scripts/gpu_check.sh [LOG]        (default log: gpu_check.log)
-# Runs: the gpu-marked tests (AMP bf16 training, FSDP train/checkpoint/resume), the TempMe efficiency benchmark
-# in bf16 with peak memory, the evaluation benchmark on the GPU, and a short amp_bf16 demo training run.
+# GPU check: everything that cannot run on a CPU-only CI machine, in one log. Needs one CUDA GPU; about 3-4
+# minutes on one H100.
+#   bash scripts/gpu_check.sh [LOG]        (default log: gpu_check.log; the efficiency JSON lands beside it)
+# Runs: the gpu-marked tests (bf16/fp16 autocast of the four model variants, fused attention kernels, AMP
+# training, FSDP), the efficiency table (baseline / TempMe / STOP / unified x ViT-B/32 / ViT-B/16, 12 frames,
+# batch 32, bf16, with model FLOP utilisation), the evaluation benchmark on the GPU, and a short amp_bf16
+# training run of the unified model on the demo data.
+# On a bare machine that has PyTorch but not this project's other dependencies, wheels placed in .whl/ are
+# installed into /tmp/site first (pip download them elsewhere; see README "GPU check").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-gpu_check.log}
+PY=${PYTHON:-python3}
 status=0
 run() {
   echo "=== $* ===" | tee -a "$log"
@@ -14,11 +20,19 @@ run() {
   [ "$rc" -eq 0 ] || { echo "=== FAILED ($rc): $* ===" | tee -a "$log"; status=1; }
 }
 : > "$log"
+if [ -d .whl ] && ! "$PY" -c 'import composer, streaming, av' 2>/dev/null; then
+  run "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run nvidia-smi
-run python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
-run python -m pytest -m gpu -q -p no:cacheprovider
-run python -m tempme_composer.bench_tempme --presets ViT-B/32 ViT-B/16 --device cuda --bf16 --batch 32 --iters 5 --train-step
-run python -m tempme_composer.bench_metrics --device cuda --sizes 1k 10k 60kx3k 100k
-run composer recipes/train.py yamls/demo.yaml precision=amp_bf16 epochs=5 output_dir=outputs/gpu_check_demo
+run "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+run "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py
+run "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 3 \
+  --json "$(dirname "$log")/efficiency_gpu.json"
+run "$PY" -m tempme_composer.bench_metrics --device cuda --sizes 1k 10k 60kx3k 100k
+run "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_ddp_resume.py tests/test_training_controls.py
+run "$PY" recipes/train.py yamls/demo_unified.yaml precision=amp_bf16 output_dir=outputs/gpu_check_demo \
+  data.demo.root=outputs/gpu_check_demo_data
 echo "=== done, status $status; log in $log ===" | tee -a "$log"
 exit $status

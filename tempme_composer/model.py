@@ -24,7 +24,7 @@ from tempme_composer.modules.prompt_generator import PromptGenerator
 from tempme_composer.modules.stop import STOP, encode_text_with_prompts
 from tempme_composer.modules.tempme import TempMeVideoEncoder
 from tempme_composer.modules.temporal_prompt import TemporalPrompt
-from tempme_composer.modules.video_tower import encode_video, pool_video
+from tempme_composer.modules.video_tower import encode_video, pool_video, readout_needs_cls
 
 __all__ = ['UnifiedModel', 'build_stop']
 
@@ -168,7 +168,8 @@ class UnifiedModel(nn.Module):
         if self.tempme is not None or self.stop is not None:
             # TempMe/STOP encode all T slots together (padding included, as the references do); the mask only
             # enters the frame_cls_mean readout.
-            tokens = encode_video(self.clip.visual, video, tempme=self.tempme, stop=self.stop)
+            need_cls = readout_needs_cls(self.output_type)
+            tokens = encode_video(self.clip.visual, video, tempme=self.tempme, stop=self.stop, need_cls=need_cls)
             return F.normalize(pool_video(self.clip.visual, tokens, video_mask, self.output_type).float(), dim=-1)
         frame_emb = F.normalize(self.clip.encode_image(video[valid]).float(), dim=-1)  # [num_valid, D]
         per_slot = frame_emb.new_zeros(B, T, frame_emb.shape[-1])  # [B, T, D]

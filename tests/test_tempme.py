@@ -66,15 +66,17 @@ def _macs(clip, video, encoder=None):
 @pytest.mark.parametrize(
     'preset, schedule, tempme_gmacs, plain_gmacs',
     [
-        ('ViT-B/32', {}, 34.7, 52.9),
-        ('ViT-B/16', dict(tome_r=10, merge_token_proportion=(40, 20)), 121.4, 210.8),
+        # The paper's 34.8 / 121.4 GMACs count the whole last block; only its CLS outputs are read, so the tower
+        # computes queries and MLP for the CLS tokens alone there (identical embeddings, 0.5 / 0.8 GMACs less).
+        ('ViT-B/32', {}, 34.25, 52.9),
+        ('ViT-B/16', dict(tome_r=10, merge_token_proportion=(40, 20)), 120.62, 210.8),
     ],
 )
 def test_vision_gmacs_per_video_on_the_meta_device(preset, schedule, tempme_gmacs, plain_gmacs):
     clip = CLIP(CLIP_PRESETS[preset], device='meta')
     encoder = TempMeVideoEncoder.for_tower(clip.visual, 12, **schedule).to('meta')
     video = torch.empty(1, 12, 3, 224, 224, device='meta')
-    assert _macs(clip, video, encoder) == pytest.approx(tempme_gmacs, abs=0.35)
+    assert _macs(clip, video, encoder) == pytest.approx(tempme_gmacs, abs=0.05)
     assert _macs(clip, video) == pytest.approx(plain_gmacs, abs=0.1)
 
 

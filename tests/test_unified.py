@@ -25,11 +25,11 @@ def _cfg(tempme: bool, stop: bool, **tempme_kw) -> ModelConfig:
     return cfg
 
 
-def _documented_rows() -> list[tuple[int, int, int, int]]:
-    """(block, sequences, tokens, global keys) from the layout table of docs/unified.md."""
+def _documented_rows() -> list[tuple[int, ...]]:
+    """(block, sequences, tokens, CLS, local prompts, keys per sequence, global keys) from docs/unified.md."""
     rows = []
     for line in DOC.read_text().splitlines():
-        m = re.match(r'\| (\d+) \| \w+(?: g=\d)? \| (\d+) x (\d+) \|.*\| (\d+) \|$', line)
+        m = re.match(r'\| (\d+) \| \w+(?: g=\d)? \| (\d+) x (\d+) \| (\d+) \| (\d+) \| (\d+) \| \d+ \| \d+ \| (\d+) \|$', line)
         if m:
             rows.append(tuple(int(v) for v in m.groups()))
     return rows
@@ -43,11 +43,16 @@ def test_documented_token_layout_matches_the_code():
         block.ln_1.register_forward_hook(lambda mod, inp, out, i=i: seen.append((i, tuple(inp[0].shape))))
     video = torch.empty(1, 12, 3, 224, 224, device='meta')
     tokens = encode_video(model.clip.visual, video, tempme=model.tempme, stop=model.stop)
-    # ln_1 runs on the sequences, then on the 4 global prompts, in every block
-    sequences = [(i, s[0], s[1]) for i, s in seen[0::2]]
-    assert all(s == (1, 4, 768) for _, s in seen[1::2])
-    actual = [(i, n, t, 4 + n * t) for i, n, t in sequences]
+    # ln_1 runs on the sequences, the 4 global prompts, then the local prompts, in every block
+    assert len(seen) == 3 * 12
+    assert all(s == (1, 4, 768) for _, s in seen[1::3])
+    actual = []
+    for (i, (n, t, _)), (_, (n_loc_seqs, n_loc, _)) in zip(seen[0::3], seen[2::3], strict=True):
+        assert n_loc_seqs == n
+        actual.append((i, n, t, 12 // n, n_loc, 4 + n_loc + t, 4 + n * (n_loc + t)))
     assert actual == _documented_rows()
+    plan_rows = [(p.index, p.seqs, p.attn_tokens) for p in model.tempme.plans]
+    assert [r[:3] for r in actual] == plan_rows  # prompts do not change TempMe's merge plan
     assert tokens.frame_cls.shape == (1, 12, 768) and tokens.global_prompts.shape == (1, 4, 768)
 
 
@@ -85,17 +90,17 @@ def test_unified_embedding_does_not_depend_on_the_batch():
     torch.testing.assert_close(alone[0], together[2], atol=1e-5, rtol=1e-5)
 
 
-def test_unified_prefix_keeps_every_frame_prompt_and_cls():
-    """After the last fusion one sequence holds all frames: 4 x (1 CLS + 4 local) protected tokens."""
+def test_unified_clip_sees_every_member_frame_prompt_and_cls():
+    """After the last fusion one sequence holds all 4 frames: 4 CLS in front, 4 x 4 local prompts beside it."""
     model = _tiny(True, True).eval()
     seen = []
     last = model.clip.visual.transformer.resblocks[-1]
     last.ln_1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
     with torch.no_grad():
         model.encode_video(torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4))
-    sequences, tokens = seen[0][:2]
-    assert sequences == 2  # one clip per video
-    assert tokens > 4 * (1 + model.stop.local_prompts)  # the whole prefix survived, plus patch tokens
+    (sequences, tokens, _), _, local = seen
+    assert sequences == 2 and tokens > 4  # one clip per video: 4 CLS plus patch tokens
+    assert tuple(local[:2]) == (2, 4 * model.stop.local_prompts)
 
 
 def test_frame_cls_mean_readout_uses_the_mask():
