@@ -601,7 +601,8 @@ def stop_reference_comparison(
     eff, ref = rows
     for key in ('fwd_s_per_pair', 'train_s_per_pair'):
         if key in eff:
-            ref[f'speedup_{key[:-9]}'] = eff[f'speedup_{key[:-9]}'] = ref[key] / eff[key]
+            mode = key.split('_')[0]  # fwd / train
+            ref[f'speedup_{mode}'] = eff[f'speedup_{mode}'] = ref[key] / eff[key]
     return rows
 
 

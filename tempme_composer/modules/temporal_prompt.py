@@ -20,12 +20,14 @@ Deviations from the reference, all options (defaults first):
 
 Every size is derived from the tower: grid = ``H / patch``, ``P = grid²`` patches, width ``C``. Efficiency
 (identical outputs and gradients): ``Cal_Net`` runs without autograd (its hard top-k mask gives it no
-gradient anyway) and the Conv3d stacks run in ``channels_last_3d`` memory format, whose backward is
-several times faster on CPU (oneDNN) than the default layout.
+gradient anyway); the pixel Conv3d stack runs in ``channels_last_3d`` memory format, whose backward is
+several times faster on CPU (oneDNN) than the default layout; the token-space convolutions (``InterConv``,
+``Cal_Net_Inter``) use `token_conv3d`, whose weight gradient avoids PyTorch's 10-30 s CPU path.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -39,6 +41,58 @@ PROMPT_SCALE = 0.05  # the reference's fixed prompt weight (pixel and token prom
 
 def _conv3d(cin: int, cout: int, kernel: tuple[int, int, int]) -> nn.Conv3d:
     return nn.Conv3d(cin, cout, kernel, padding=tuple(k // 2 for k in kernel))
+
+
+class _TapGradConv3d(torch.autograd.Function):
+    """``F.conv3d`` with 'same' padding (odd kernel, stride 1) whose backward avoids PyTorch's slow CPU paths.
+
+    The token-space convolutions of the inter-frame prompt have 1 input or 1 output channel and large
+    kernels (3x15x25); PyTorch's Conv3d weight gradient for them takes 10-30 s per video on a 2-core CPU.
+    Same sums, different order: the input gradient is the 'same' convolution of the output gradient with the
+    flipped, transposed kernel, and the weight gradient is one ``conv2d`` per temporal tap (batch x frames
+    as the contraction axis). Outputs are bit-identical; gradients agree to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        no_autocast = torch.autocast(x.device.type, enabled=False) if x.device.type in ('cpu', 'cuda') else nullcontext()
+        with no_autocast:  # run in the activations' dtype (bf16 under autocast), weights cast to it
+            w = weight.to(x.dtype)
+            b = bias.to(x.dtype) if bias is not None else None
+            ctx.save_for_backward(x, w)
+            ctx.has_bias, ctx.weight_dtype = bias is not None, weight.dtype
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            w = w.contiguous(memory_format=torch.channels_last_3d)
+            return F.conv3d(x, w, b, padding=tuple(k // 2 for k in weight.shape[2:]))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        kt, kh, kw = w.shape[2:]
+        pt, ph, pw = kt // 2, kh // 2, kw // 2
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            flipped = w.flip(2, 3, 4).transpose(0, 1).contiguous(memory_format=torch.channels_last_3d)
+            grad_x = F.conv3d(grad, flipped, None, padding=(pt, ph, pw))
+        if ctx.needs_input_grad[1]:
+            B, Cin, T, H, W = x.shape
+            Cout = w.shape[0]
+            padded = F.pad(x, (0, 0, 0, 0, pt, pt))
+            g = grad.transpose(1, 2).reshape(B * T, Cout, H, W).transpose(0, 1)  # [Cout, B*T, H, W]
+            taps = []
+            for d in range(kt):
+                xs = padded[:, :, d : d + T].transpose(1, 2).reshape(B * T, Cin, H, W).transpose(0, 1)
+                taps.append(F.conv2d(xs, g, None, padding=(ph, pw)))  # [Cin, Cout, kh, kw]
+            grad_w = torch.stack(taps, dim=2).transpose(0, 1).to(ctx.weight_dtype)  # [Cout, Cin, kt, kh, kw]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3, 4)).to(ctx.weight_dtype)
+        return grad_x, grad_w, grad_b
+
+
+def token_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 'same'-padded ``conv`` through `_TapGradConv3d` (identical output, faster CPU backward)."""
+    return _TapGradConv3d.apply(x, conv.weight, conv.bias)
 
 
 def pool_to_grid(score: torch.Tensor, grid: int, mode: Literal['lattice', 'patch']) -> torch.Tensor:
@@ -157,9 +211,10 @@ class TemporalPrompt(nn.Module):
         patches = tokens[:, :, 1:].reshape(B, T * (N - 1), C)
         h, _ = self.Attention(patches, patches, patches, need_weights=False)  # no LN, no residual
         h = h.reshape(B, 1, T, N - 1, C)  # a 1-channel (T, P, C) volume per video
-        cal = self.Cal_Net_Inter(h)[:, 0]  # [B, T, P, C]
+        cal = token_conv3d(self.Cal_Net_Inter, h)[:, 0]  # [B, T, P, C]
         boost = 1.0 + mask.reshape(B, T, N - 1, 1).to(cal.dtype)
         m = normalise_frame_weights((cal * boost).float().mean(dim=(2, 3)), self.frame_weight_norm)  # [B, T]
-        q = self.InterConv(self._layout(h))[:, 0]  # [B, T, P, C]
+        conv1, act, conv2 = self.InterConv
+        q = token_conv3d(conv2, act(token_conv3d(conv1, h)))[:, 0]  # [B, T, P, C]
         q = self.InterMLP(q.transpose(2, 3)).transpose(2, 3)  # [B, T, N_loc, C]
         return PROMPT_SCALE * q * (1.0 + m).to(q.dtype)[:, :, None, None]
