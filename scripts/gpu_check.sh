@@ -13,11 +13,15 @@ cd "$(dirname "$0")/.."
 log=${1:-gpu_check.log}
 PY=${PYTHON:-python3}
 status=0
-run() {
+run() {  # run [-t SECONDS] CMD...: one step, its output in the log; a failure or timeout marks the check failed
+  local limit=600
+  if [ "$1" = -t ]; then limit=$2; shift 2; fi
   echo "=== $* ===" | tee -a "$log"
-  "$@" 2>&1 | tee -a "$log"
+  local start=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
-  [ "$rc" -eq 0 ] || { echo "=== FAILED ($rc): $* ===" | tee -a "$log"; status=1; }
+  echo "=== $((SECONDS - start)) s ===" | tee -a "$log"
+  [ "$rc" -eq 0 ] || { echo "=== FAILED (exit $rc; 124 = timed out): $* ===" | tee -a "$log"; status=1; }
 }
 : > "$log"
 if [ -d .whl ] && ! "$PY" -c 'import composer, streaming, av' 2>/dev/null; then
@@ -27,12 +31,12 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run nvidia-smi
 run "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-run "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py
-run "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 3 \
-  --json "$(dirname "$log")/efficiency_gpu.json"
-run "$PY" -m tempme_composer.bench_metrics --device cuda --sizes 1k 10k 60kx3k 100k
-run "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_ddp_resume.py tests/test_training_controls.py
-run "$PY" recipes/train.py yamls/demo_unified.yaml precision=amp_bf16 output_dir=outputs/gpu_check_demo \
-  data.demo.root=outputs/gpu_check_demo_data
+run -t 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py
+run -t 180 "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 3 \
+  --stop-reference --ref-device cuda --ref-batch 8 --json "$(dirname "$log")/efficiency_gpu.json"
+run -t 100 "$PY" recipes/train.py yamls/demo_unified.yaml precision=amp_bf16 output_dir=outputs/gpu_check_demo
+run -t 60 "$PY" -m tempme_composer.bench_conv --device cuda --batch 4 --iters 3
+run -t 60 "$PY" -m tempme_composer.bench_metrics --device cuda --sizes 1k 10k 60kx3k 100k
+run -t 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_ddp_resume.py tests/test_training_controls.py
 echo "=== done, status $status; log in $log ===" | tee -a "$log"
 exit $status
