@@ -517,6 +517,7 @@ def run_benchmark(
                     flush=True,
                 )
             rows.append(row)
+            print('ROW ' + json.dumps(row), file=sys.stderr, flush=True)  # survives a run cut short
     return rows
 
 
