@@ -108,6 +108,7 @@ class StopConfig:
     mask_pooling: Literal['lattice', 'patch'] = 'lattice'  # lattice = reference's mod-grid pooling
     salient_cells: int = 6  # top-k patch cells of the saliency mask (reference eta = 6)
     spatial_stride: int = 1  # >1: pixel prompt Conv stack on a pooled video (cheaper, approximate)
+    conv_impl: Literal['direct', 'fft'] = 'direct'  # fft: same pixel-prompt convolution via FFT (GPU: faster)
 
 
 @dataclass

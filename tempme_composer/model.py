@@ -69,6 +69,7 @@ def build_stop(clip: CLIP, stop_cfg: Any, num_frames: int) -> STOP:
             frame_weight_norm=stop_cfg.frame_weight_norm,
             mask_pooling=stop_cfg.mask_pooling,
             spatial_stride=stop_cfg.spatial_stride,
+            conv_impl=stop_cfg.conv_impl,
         ).to(device=visual.proj.device)
     if stop_cfg.adapters:
         apply_adapters(visual.transformer, stop_cfg.adapter_dim, stop_cfg.adapter_scale)

