@@ -145,10 +145,12 @@ class UnifiedModel(nn.Module):
         return F.normalize(self.clip.encode_text(text_ids).float(), dim=-1)
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised video embeddings: masked mean of normalised frame embeddings (CLIP4Clip meanP).
+        """L2-normalised video embeddings, read out per `output_type`.
 
-        Without TempMe only valid frames go through the vision tower, so padding costs no compute; with TempMe
-        every slot is encoded (the merge plan is fixed by T) and padding is excluded from the mean only.
+        Baseline (no TempMe, no STOP): the masked mean of normalised frame embeddings (CLIP4Clip meanP), and
+        only valid frames go through the vision tower. With TempMe and/or STOP every slot is encoded (the merge
+        plan and the prompts are fixed by T, as in the references); the mask enters only the ``frame_cls_mean``
+        readout.
 
         Args:
             video: ``[B, T, 3, H, W]`` normalised frames, padded with zeros.
