@@ -16,7 +16,6 @@ The video path through the tower (prompts, DGL's global–local attention, mergi
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import torch
 from torch import nn
@@ -99,11 +98,3 @@ def encode_text_with_prompts(text: TextTransformer, ids: torch.Tensor, prompts: 
     eot = ids.argmax(dim=-1) + half  # shifted by the prefix prompts
     return x[torch.arange(B, device=x.device), eot] @ text.text_projection
 
-
-OutputType = Literal[
-    'global_prompt0',
-    'average_global_prompt',
-    'average_frame_cls_token',
-    'average_global_prompt_and_frame_cls_token',
-    'frame_cls_mean',
-]

@@ -10,9 +10,9 @@ the method description in shared/spec/tempme.md (§2), no reference code.
   `ValueError` with the reason, before any data is read.
 - `TempMeVideoEncoder` owns the clip temporal position embeddings (one ``[F, width]`` tensor per merge layer,
   zero-initialised, named ``temporal_pos_prompt.<block>`` so ``freeze_clip`` keeps them trainable: names
-  containing ``prompt`` are new modules, `tempme_composer.algorithms.freeze.NEW_MODULE_SUBSTRINGS`) and runs
-  a video through the frozen tower's seams (``embed``, ``attention_residual``, ``mlp_residual``,
-  ``project``); the CLIP weights are passed in, never copied or re-registered.
+  containing ``prompt`` are new modules, `tempme_composer.algorithms.freeze.NEW_MODULE_SUBSTRINGS`); the
+  merging forward itself is the shared video path `tempme_composer.modules.video_tower.encode_video` (also
+  used with STOP's prompts); the CLIP weights are passed in, never copied or re-registered.
 
 Padded frames: like the reference, the frame mask is not used inside the encoder (all ``T`` slots are
 encoded and may be merged with real frames); it is applied only in the final masked mean (tempme.md §2.9,

@@ -163,7 +163,6 @@ class TemporalPrompt(nn.Module):
             raise ValueError(f'salient_cells must be in [0, {grid * grid}) for a {grid}x{grid} grid')
         self.grid, self.local_prompts, self.salient_cells = grid, local_prompts, salient_cells
         self.frame_weight_norm, self.mask_pooling, self.spatial_stride = frame_weight_norm, mask_pooling, spatial_stride
-        self.channels_last = True
         if conv_impl not in ('direct', 'fft'):
             raise ValueError(f"conv_impl must be 'direct' or 'fft', got {conv_impl!r}")
         self.conv_impl = conv_impl
@@ -182,8 +181,9 @@ class TemporalPrompt(nn.Module):
         for conv in (self.Conv, self.Cal_Net, self.InterConv, self.Cal_Net_Inter):
             conv.to(memory_format=torch.channels_last_3d)  # weights (and so their grads) match the activations
 
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+    @staticmethod
+    def _layout(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d)
 
     def saliency_mask(self, video: torch.Tensor) -> torch.Tensor:
         """Boolean ``[B, T, grid, grid]`` top-k cells of the ``Cal_Net`` score (no gradient by construction)."""
