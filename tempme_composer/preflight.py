@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from tempme_composer.fsdp import same_shape_up_to_scalar
+
 __all__ = ['RecipeError', 'check_dataset', 'check_checkpoint_matches', 'is_disk_full', 'disk_full_message',
            'latest_checkpoint']
 
@@ -123,7 +125,7 @@ def check_checkpoint_matches(path: str | Path, model: torch.nn.Module, key: str)
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
     shapes = [f'{k} {tuple(saved[k].shape)} in the file vs {tuple(own[k].shape)} here' for k in own
-              if k in saved and hasattr(saved[k], 'shape') and tuple(saved[k].shape) != tuple(own[k].shape)]
+              if k in saved and hasattr(saved[k], 'shape') and not same_shape_up_to_scalar(saved[k].shape, own[k].shape)]
     if not (missing or unexpected or shapes):
         return
     parts = []

@@ -48,6 +48,7 @@ from tempme_composer.config import (
     load_config,
     paragraph_mode,
 )
+from tempme_composer.fsdp import prepare_for_fsdp
 from tempme_composer.model import UnifiedModel
 from tempme_composer.preflight import (
     RecipeError,
@@ -105,6 +106,8 @@ def train(cfg: TrainConfig) -> Trainer:
 
     reproducibility.seed_all(cfg.seed)  # identical initial weights on every rank
     model = RetrievalModel(build_model(cfg), tie_mode=cfg.evaluation.tie_mode, dsl=cfg.evaluation.dsl)
+    if cfg.fsdp is not None:  # 1-element logit_scale, one FSDP unit per block; before checkpoint check and optimizer
+        prepare_for_fsdp(model, cfg.fsdp.activation_checkpointing)
     latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
     if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
         check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})')
@@ -210,7 +213,7 @@ def train(cfg: TrainConfig) -> Trainer:
         autoresume=cfg.autoresume,
         load_path=cfg.resume,
         progress_bar=True,
-        parallelism_config=_parallelism_config(cfg, model),
+        parallelism_config=_parallelism_config(cfg),
     )
     if int(trainer.state.timestamp.epoch) >= cfg.epochs:  # autoresumed a finished run: Composer would refuse
         log.info('%s already trained for %d epochs; raise epochs= to continue', run_name, cfg.epochs)
@@ -228,15 +231,10 @@ def train(cfg: TrainConfig) -> Trainer:
     return trainer
 
 
-def _parallelism_config(cfg: TrainConfig, model: RetrievalModel) -> dict | None:
-    """Composer's ``parallelism_config`` for ``cfg.fsdp``: each residual block is its own FSDP unit."""
+def _parallelism_config(cfg: TrainConfig) -> dict | None:
+    """Composer's ``parallelism_config`` for ``cfg.fsdp`` (the model was prepared by ``prepare_for_fsdp``)."""
     if cfg.fsdp is None:
         return None
-    for name, module in model.named_modules():
-        parent, _, last = name.rpartition('.')
-        if parent.endswith('.resblocks') and last.isdigit():  # one ResidualAttentionBlock
-            module._fsdp_wrap = True  # Composer's auto_wrap wraps modules flagged like this
-            module._activation_checkpointing = cfg.fsdp.activation_checkpointing
     return {'fsdp': {**dataclasses.asdict(cfg.fsdp), 'state_dict_type': 'full', 'use_orig_params': True}}
 
 

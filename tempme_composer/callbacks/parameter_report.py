@@ -50,6 +50,8 @@ class ParameterReport(Callback):
     module (``clip.visual``, ``clip.text``, ``clip.logit_scale``, ...) with totals and the trainable
     percentage, and write the trainable parameter names, one per line, to ``output_dir/trainable_parameters.txt``.
 
+    The counts and names are taken at ``Event.INIT``, before Composer wraps the model for FSDP: afterwards each
+    rank sees only its shard of every parameter (and names carry FSDP prefixes).
     Logged keys: ``params/trainable``, ``params/total`` (element counts), ``params/trainable_percent``.
     Added by the recipe to every training run.
     """
@@ -57,12 +59,19 @@ class ParameterReport(Callback):
     def __init__(self, output_dir: str | Path | None = None) -> None:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.table: str | None = None
+        self._counts: dict[str, tuple[int, int]] = {}
+        self._trainable_names: list[str] = []
+
+    def init(self, state: State, logger: Logger) -> None:
+        del logger  # unused: loggers log from FIT_START on
+        model = state.model.module if state.is_model_ddp else state.model
+        self.table, self._counts = parameter_table(model)
+        self._trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        model = state.model.module if state.is_model_ddp else state.model
-        self.table, counts = parameter_table(model)
-        trainable = sum(t for t, _ in counts.values())
-        total = sum(n for _, n in counts.values())
+        del state  # unused: counted at INIT
+        trainable = sum(t for t, _ in self._counts.values())
+        total = sum(n for _, n in self._counts.values())
         logger.log_metrics({
             'params/trainable': trainable,
             'params/total': total,
@@ -73,5 +82,4 @@ class ParameterReport(Callback):
         log.info('parameters (trainable / frozen):\n%s', self.table)
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            names = [n for n, p in model.named_parameters() if p.requires_grad]
-            (self.output_dir / 'trainable_parameters.txt').write_text(''.join(f'{n}\n' for n in names))
+            (self.output_dir / 'trainable_parameters.txt').write_text(''.join(f'{n}\n' for n in self._trainable_names))

@@ -9,6 +9,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from tempme_composer.callbacks.training_scalars import logit_scale_value
+
 __all__ = ['TrainLogLine']
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class TrainLogLine(Callback):
         max_epochs = state.max_duration.value if state.max_duration is not None else '?'
         steps = state.dataloader_len.value if state.dataloader_len is not None else '?'
         model = state.model.module if state.is_model_ddp else state.model
-        scale = float(model.model.clip.logit_scale.exp()) if hasattr(model, 'model') else float('nan')
+        scale = logit_scale_value(model, state.outputs)
         log.info(
             'Epoch: %d/%s, Step: %d/%s, Lr: %s, Loss: %.6f, logit_scale: %.2f, Time/step: %.3fs',
             int(state.timestamp.epoch) + 1,

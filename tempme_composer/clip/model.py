@@ -394,6 +394,16 @@ class CLIP(nn.Module):
             **dd,
         )
         self.logit_scale = nn.Parameter(torch.full((), math.log(1 / 0.07), **dd))
+        self.register_load_state_dict_pre_hook(CLIP._accept_either_logit_scale)
+
+    @staticmethod
+    def _accept_either_logit_scale(module: CLIP, state_dict: dict, prefix: str, *_: object) -> None:
+        """Load a 0-d (OpenAI, DDP runs) or 1-element (FSDP runs, see ``tempme_composer.fsdp``) logit_scale."""
+        key = prefix + 'logit_scale'
+        value = state_dict.get(key)
+        own = module.logit_scale
+        if isinstance(value, torch.Tensor) and value.numel() == 1 == own.numel() and value.shape != own.shape:
+            state_dict[key] = value.reshape(own.shape)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W] -> [N, embed_dim]`` (unnormalised)."""
