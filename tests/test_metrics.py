@@ -386,6 +386,23 @@ def test_embedding_path_is_chunk_independent_and_equals_the_matrix_path(dsl):
     assert similarity_metrics(matrix, labels) == pytest.approx(naive, abs=1e-12)
 
 
+@pytest.mark.parametrize('layout', ['equal', 'uneven', 'skewed'])
+def test_video_to_text_group_max_equals_the_loops_for_every_caption_layout(layout):
+    """Equal and mildly uneven caption counts take the dense gather path, a few videos with most captions the
+    scatter fallback (ranking._v2t_counts); all must give the loops' counts, ties included."""
+    g = torch.Generator().manual_seed(1)
+    V = 12
+    extra = {'equal': torch.arange(V).repeat(3),  # 4 captions each
+             'uneven': torch.randint(0, V, (30,), generator=g),
+             'skewed': torch.zeros(60, dtype=torch.long)}[layout]  # video 0 owns 61 of 72 captions
+    labels = torch.cat([torch.arange(V), extra])[torch.randperm(V + len(extra), generator=g)]
+    sim = torch.randint(0, 6, (len(labels), V), generator=g).float() / 5  # coarse scores: many exact ties
+    t2v, v2t = rank_counts(sim, labels, chunk_size=5)
+    want_t2v, want_v2t = naive_counts(sim.numpy(), labels.numpy())
+    assert list(zip(v2t.greater.tolist(), v2t.ties.tolist(), strict=True)) == want_v2t
+    assert list(zip(t2v.greater.tolist(), t2v.ties.tolist(), strict=True)) == want_t2v
+
+
 def test_labels_are_validated():
     with pytest.raises(ValueError, match='no caption'):
         rank_counts(torch.rand(3, 3), torch.tensor([0, 0, 1]))

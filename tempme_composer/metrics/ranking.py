@@ -33,7 +33,8 @@ Conventions (data_metrics.md §4–§5):
   mode: the research code silently drops such queries (T7); we do not reproduce that.
 * **Memory.** Scores are computed in fp32 blocks of ``chunk_size`` queries against the whole gallery, never
   the full Q × V matrix; the default chunk keeps a block at about 2**25 elements (128 MiB), and at most
-  three blocks live at once (scores, comparison scratch, and DSL weights or per-video group maxima).
+  three blocks live at once (scores, comparison scratch, and DSL weights or the captions gathered per
+  video for the group maxima).
 * **DSL** (dual softmax, TS2-Net style, §4.5): ``s · softmax_text(s)`` with ``s = scale · sim``, the softmax
   running over all captions of each video column. Computed in two chunked passes (column log-sum-exp, then
   ranking). Video→text DSL ranks use the same re-ranked matrix with the group-max rule, as TS2-Net does
@@ -326,31 +327,52 @@ def _t2v_counts(rows: Blocks, Q: int, V: int, owner: torch.Tensor, chunk_size: i
 
 
 def _v2t_counts(cols: Blocks, Q: int, V: int, owner: torch.Tensor, chunk_size: int | None) -> RankCounts:
-    """Group-level ranks: ``cols(s, e)`` gives videos ``s:e`` against every caption, ``[v, Q]``."""
+    """Group-level ranks: ``cols(s, e)`` gives videos ``s:e`` against every caption, ``[v, Q]``.
+
+    A video's group score is its best caption. With several captions per video the groups are read through a
+    ``[V, L]`` table of each video's captions (`_caption_table`) and reduced densely — a gather and an
+    ``amax``, no atomics, the same deterministic code on CPU and GPU. Only when padding would make that table
+    much larger than the captions (a few videos with far more captions than the rest) does it fall back to a
+    scatter-max.
+    """
     greater, ties = torch.empty(V, dtype=torch.long), torch.empty(V, dtype=torch.long)
     cache: dict[str, torch.Tensor] = {}
+    table = _caption_table(owner, V)  # [V, L]
     # every video has >= 1 caption, so Q == V means exactly one each: no group max needed
     one_caption_each = Q == V
-    if one_caption_each:
-        caption_of = torch.empty(V, dtype=torch.long)
-        caption_of[owner] = torch.arange(Q)
-    step = _chunk(chunk_size, max(Q, V))
-    index = None
+    dense = table.numel() <= 2 * Q
+    step = _chunk(chunk_size, max(Q, table.numel() if dense else V))
+    flat = index = None
     for s in range(0, V, step):
         e = min(s + step, V)
         block = cols(s, e)  # [v, Q]
         _check_finite(block, 'video', s)
         if one_caption_each:
             groups = block  # column q is the group of video owner[q]
-            positive = block.gather(1, caption_of[s:e, None].to(block.device))
+            positive = block.gather(1, table[s:e, :1].to(block.device))
         else:
-            if index is None or index.shape[0] != e - s:
-                index = owner.to(block.device)[None, :].expand(e - s, Q)
-            groups = _buffer(cache, 'groups', (e - s, V), block).fill_(-math.inf)
-            groups.scatter_reduce_(1, index, block, 'amax')  # [v, V]: best caption of each video
+            if dense:
+                flat = table.flatten().to(block.device) if flat is None else flat
+                members = torch.index_select(block, 1, flat, out=_buffer(cache, 'members', (e - s, flat.numel()), block))
+                groups = torch.amax(members.view(e - s, V, -1), 2, out=_buffer(cache, 'groups', (e - s, V), block))
+            else:
+                if index is None or index.shape[0] != e - s:
+                    index = owner.to(block.device)[None, :].expand(e - s, Q)
+                groups = _buffer(cache, 'groups', (e - s, V), block).fill_(-math.inf)
+                groups.scatter_reduce_(1, index, block, 'amax')  # [v, V]: best caption of each video
             positive = groups[:, s:e].diagonal()[:, None]
         greater[s:e], ties[s:e] = _count(groups, positive, cache)
     return RankCounts(greater, ties)
+
+
+def _caption_table(owner: torch.Tensor, V: int) -> torch.Tensor:
+    """``[V, L]`` caption indices of each video (``L`` = most captions of one video); a shorter row repeats its
+    last caption, which leaves the row's maximum unchanged."""
+    counts = torch.bincount(owner, minlength=V)
+    order = torch.argsort(owner, stable=True)  # captions grouped by video
+    starts = torch.cumsum(counts, 0) - counts
+    offsets = torch.minimum(torch.arange(int(counts.max()))[None, :], counts[:, None] - 1)
+    return order[starts[:, None] + offsets]
 
 
 def _column_logsumexp(rows: Blocks, Q: int, V: int, chunk_size: int | None) -> torch.Tensor:
