@@ -35,11 +35,12 @@ class RetrievalModel(ComposerModel):
         self.metric_kwargs = metric_kwargs  # RetrievalMetrics options: tie_mode, dsl
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # logit_scale is consumed here, inside DDP's forward, not in loss() (composer_streaming.md pitfall 6).
+        # logit_scale is consumed here, inside DDP's forward, not in loss() (composer_streaming.md pitfall 6);
+        # always 0-d downstream, also when FSDP made the parameter a 1-element vector (tempme_composer/fsdp.py).
         return {
             'text': self.model.encode_text(batch['text_ids']),
             'video': self.model.encode_video(batch['video'], batch['video_mask']),
-            'logit_scale': self.model.clip.logit_scale.exp(),
+            'logit_scale': self.model.clip.logit_scale.exp().reshape(()),
         }
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Any, *args, **kwargs) -> torch.Tensor:
