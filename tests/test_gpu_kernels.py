@@ -23,7 +23,7 @@ pytestmark = [
 FRAMES = 4
 
 
-def _model(tempme: bool, stop: bool) -> UnifiedModel:
+def _model(tempme: bool, stop: bool, **stop_kw) -> UnifiedModel:
     torch.manual_seed(0)
     # 64 px, patch 16 -> 4x4 grid; head_dim 64 (fused kernels need a supported head size)
     clip = CLIP(clip_config_from_dict({'preset': 'tiny', 'image_resolution': 64, 'vision_patch_size': 16,
@@ -31,7 +31,7 @@ def _model(tempme: bool, stop: bool) -> UnifiedModel:
     cfg = ModelConfig()
     cfg.tempme = TempMeConfig(enabled=tempme, tome_r=1, merge_layers=[1, 2], merge_frame_num=[2, 2])
     cfg.lora = LoRAConfig(enabled=tempme)
-    cfg.stop = StopConfig(enabled=stop)
+    cfg.stop = StopConfig(enabled=stop, **stop_kw)
     return UnifiedModel.from_config(clip, cfg, FRAMES).cuda().eval()
 
 
@@ -92,3 +92,22 @@ def test_gpu_matches_cpu_in_fp32():
         model.cpu()
         cpu = model.encode_video(video.cpu(), mask.cpu())
     torch.testing.assert_close(gpu, cpu, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_fft_pixel_prompt_equals_the_direct_convolution_on_gpu(autocast):
+    """``conv_impl: fft`` (cuFFT, fp32 inside autocast) gives the direct Conv3d's embeddings and trains."""
+    direct, fft = _model(True, True), _model(True, True, conv_impl='fft')
+    video, mask, _ = _batch()
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
+        want, got = direct.encode_video(video, mask), fft.encode_video(video, mask)
+    if autocast:
+        assert F.cosine_similarity(got, want).min() > 0.99
+    else:
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+    fft.train()
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
+        loss = fft.encode_video(video, mask).square().sum()
+    loss.backward()
+    conv_grads = [p.grad for n, p in fft.named_parameters() if 'TemporalPrompt' in n and p.grad is not None]
+    assert conv_grads and all(torch.isfinite(g).all() for g in conv_grads)
