@@ -35,13 +35,9 @@ class RetrievalModel(ComposerModel):
         self.metric_kwargs = metric_kwargs  # RetrievalMetrics options: tie_mode, dsl
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # logit_scale is consumed here, inside DDP's forward, not in loss() (composer_streaming.md pitfall 6);
-        # always 0-d downstream, also when FSDP made the parameter a 1-element vector (tempme_composer/fsdp.py).
-        return {
-            'text': self.model.encode_text(batch['text_ids']),
-            'video': self.model.encode_video(batch['video'], batch['video_mask']),
-            'logit_scale': self.model.clip.logit_scale.exp().reshape(()),
-        }
+        # Through UnifiedModel.forward, so FSDP gathers its parameters; logit_scale is consumed here, inside
+        # DDP's forward, not in loss() (composer_streaming.md pitfall 6).
+        return self.model(batch['text_ids'], batch['video'], batch['video_mask'])
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Any, *args, **kwargs) -> torch.Tensor:
         """Symmetric InfoNCE over the global batch; under gradient accumulation (the `GradCache` algorithm put
@@ -53,10 +49,7 @@ class RetrievalModel(ComposerModel):
 
     def eval_forward(self, batch: dict[str, torch.Tensor], outputs: Any | None = None) -> dict[str, torch.Tensor]:
         del outputs  # eval recomputes: captions and videos are not paired one-to-one here
-        return {
-            'text': self.model.encode_text(batch['text_ids']),
-            'video': self.model.encode_video(batch['video'], batch['video_mask']),
-        }
+        return self.model(batch['text_ids'], batch['video'], batch['video_mask'])
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         # No train metric: a full-matrix retrieval metric on every train batch is wasted work.

@@ -401,6 +401,10 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
     if cfg.data.expand_msrvtt_sentences and paragraph_mode(cfg.data):
         raise ConfigError(f'{source}: data.expand_msrvtt_sentences cannot be combined with paragraph mode '
                           f'(data.paragraph, on by default for {cfg.data.datatype})')
+    if cfg.fsdp is not None and cfg.fsdp.activation_checkpointing and (cfg.model.tempme.enabled or cfg.model.stop.enabled):
+        raise ConfigError(f"'fsdp.activation_checkpointing=true' in {source} works for the baseline model only: TempMe "
+                          'and STOP run each residual block piece by piece, which the checkpoint wrapper around a '
+                          "block's forward never sees. Set fsdp.activation_checkpointing=false")
     if cfg.data.datatype == 'demo':
         if cfg.data.demo is None:
             raise ConfigError(f"{source}: data.datatype is 'demo' but the 'data.demo' section (root: ...) is missing")

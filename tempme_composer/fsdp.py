@@ -1,7 +1,15 @@
-"""What FSDP needs from the model before Composer wraps it: one FSDP unit per residual block, no 0-d parameter.
+"""What FSDP needs from the model before Composer wraps it: its FSDP units, and no 0-d parameter.
 
-torch's FullyShardedDataParallel refuses scalar parameters ("FSDP doesn't support scalar parameters"), and
-CLIP's learned temperature ``clip.logit_scale`` is one (OpenAI's checkpoints store it 0-d). Under FSDP the
+Units. Composer wraps ``RetrievalModel.model`` (the `UnifiedModel`) as one FSDP unit, plus every submodule
+flagged ``_fsdp_wrap``; a unit gathers its sharded parameters only around its own ``forward``. The baseline
+runs each residual block through ``block.forward``, so each block is its own unit (one block's parameters
+gathered at a time) and may be activation-checkpointed. TempMe and STOP run the blocks piece by piece, which a
+per-block unit would not see (it would read shards), so with them the whole model is one unit: parameters,
+gradients and optimizer state stay sharded between steps, the parameters are gathered for each forward and
+backward (0.9 GB in bf16 even for ViT-L/14).
+
+Scalars. torch's FullyShardedDataParallel refuses 0-d parameters ("FSDP doesn't support scalar parameters"),
+and CLIP's learned temperature ``clip.logit_scale`` is one (OpenAI's checkpoints store it 0-d). Under FSDP the
 recipe turns it into a 1-element vector; ``CLIP`` loads either shape (``CLIP._accept_either_logit_scale``)
 and the checkpoint preflight treats ``[]`` and ``[1]`` as the same shape, so checkpoints of FSDP and DDP runs
 resume, evaluate and fine-tune interchangeably.
@@ -42,10 +50,14 @@ def mark_fsdp_units(model: nn.Module, activation_checkpointing: bool) -> int:
     return count
 
 
-def prepare_for_fsdp(model: nn.Module, activation_checkpointing: bool) -> None:
-    """Both of the above, in place: what ``train`` does when the config has an ``fsdp`` section."""
+def prepare_for_fsdp(model: nn.Module, activation_checkpointing: bool, per_block_units: bool) -> None:
+    """In place, what ``train`` does when the config has an ``fsdp`` section: vectorise the scalar parameters
+    and, with ``per_block_units`` (the model calls every block whole), flag each block as its own unit."""
+    if activation_checkpointing and not per_block_units:
+        raise ValueError('activation checkpointing needs per-block units (a model that calls every block whole)')
     vectorise_scalar_parameters(model)
-    mark_fsdp_units(model, activation_checkpointing)
+    if per_block_units:
+        mark_fsdp_units(model, activation_checkpointing)
 
 
 def same_shape_up_to_scalar(a: torch.Size | tuple, b: torch.Size | tuple) -> bool:

@@ -98,6 +98,16 @@ class UnifiedModel(nn.Module):
         """How the video embedding is read out: STOP's setting, ``frame_cls_mean`` otherwise."""
         return self.stop.output_type if self.stop is not None else 'frame_cls_mean'
 
+    @property
+    def blocks_called_whole(self) -> bool:
+        """Whether every residual block runs through its own ``forward`` (the baseline).
+
+        TempMe and STOP run the vision blocks piece by piece (merging between attention and MLP, prompts as extra
+        keys), which wrappers around a block's ``forward`` — per-block FSDP units, activation checkpointing —
+        never see (`tempme_composer.fsdp`).
+        """
+        return self.tempme is None and self.stop is None
+
     def gradient_free_parameters(self) -> list[nn.Parameter]:
         """Parameters no loss can reach: STOP's ``Cal_Net`` (its hard top-k mask has no gradient, stop.md §8.4).
 
@@ -129,6 +139,20 @@ class UnifiedModel(nn.Module):
             apply_lora(clip, model_cfg.lora.rank)  # before STOP: its TemporalPrompt attention stays un-patched
         stop = build_stop(clip, model_cfg.stop, num_frames) if model_cfg.stop.enabled else None
         return cls(clip, tempme, stop)
+
+    def forward(self, text_ids: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{'text': [B_t, D], 'video': [B_v, D], 'logit_scale': 0-d exp(clip.logit_scale)}`` in one call.
+
+        The training and evaluation entry point: FSDP (which wraps this module as one unit, its blocks as their
+        own) gathers the sharded parameters only around ``forward``, so calling ``encode_text``/``encode_video``
+        from outside would read shards. The scale is 0-d also when FSDP made the parameter 1-element
+        (`tempme_composer.fsdp`).
+        """
+        return {
+            'text': self.encode_text(text_ids),
+            'video': self.encode_video(video, video_mask),
+            'logit_scale': self.clip.logit_scale.exp().reshape(()),
+        }
 
     def encode_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings from the EOT token.

@@ -106,8 +106,8 @@ def train(cfg: TrainConfig) -> Trainer:
 
     reproducibility.seed_all(cfg.seed)  # identical initial weights on every rank
     model = RetrievalModel(build_model(cfg), tie_mode=cfg.evaluation.tie_mode, dsl=cfg.evaluation.dsl)
-    if cfg.fsdp is not None:  # 1-element logit_scale, one FSDP unit per block; before checkpoint check and optimizer
-        prepare_for_fsdp(model, cfg.fsdp.activation_checkpointing)
+    if cfg.fsdp is not None:  # FSDP units, 1-element logit_scale; before the checkpoint check and the optimizer
+        prepare_for_fsdp(model, cfg.fsdp.activation_checkpointing, per_block_units=model.model.blocks_called_whole)
     latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
     if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
         check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})')

@@ -1,89 +1,125 @@
-"""FSDP option on CPU: torch's FullyShardedDataParallel (gloo, one rank) wraps the model the way the recipe
-prepares it, trains a step, and its full checkpoint loads into a plain (DDP-shaped) model and back.
+"""FSDP option on CPU: torch's FullyShardedDataParallel (gloo, two ranks, FULL_SHARD) wraps the model the way the
+recipe prepares it and Composer wraps it, trains, evaluates, and its full checkpoint loads into a plain
+(DDP-shaped) model and back.
 
 Composer 0.32's own FSDP path needs CUDA (see README "Scale out"), so the end-to-end FSDP run is the gpu test in
-test_ddp_resume.py; this checks the part that does not need a GPU: what torch's FSDP asks of our model.
+test_ddp_resume.py; this checks what torch's FSDP asks of our model, with real sharding.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tempme_composer.callbacks.training_scalars import logit_scale_value
-from tempme_composer.config import load_config
+from tempme_composer.config import ConfigError, load_config
 from tempme_composer.fsdp import prepare_for_fsdp, same_shape_up_to_scalar, vectorise_scalar_parameters
 from tempme_composer.preflight import check_checkpoint_matches
 
 REPO = Path(__file__).resolve().parents[1]
-UNIFIED = REPO / 'yamls' / 'demo_unified.yaml'
+YAMLS = {'baseline': REPO / 'yamls' / 'demo_baseline.yaml', 'unified': REPO / 'yamls' / 'demo_unified.yaml'}
 
 
-def _model():
+def _model(variant: str = 'unified'):
     from tempme_composer.composer_model import RetrievalModel
     from tempme_composer.train import build_model
 
     torch.manual_seed(0)
-    return RetrievalModel(build_model(load_config(UNIFIED, [])))
+    return RetrievalModel(build_model(load_config(YAMLS[variant], [])))
 
 
 def _batch(model, batch: int = 2) -> dict[str, torch.Tensor]:
-    cfg = load_config(UNIFIED, [])
+    frames = load_config(YAMLS['unified'], []).data.max_frames
     side = model.model.clip.config.image_resolution
-    frames = cfg.data.max_frames
-    return {'video': torch.randn(batch, frames, 3, side, side), 'video_mask': torch.ones(batch, frames),
-            'text_ids': torch.randint(1, 100, (batch, model.model.clip.config.context_length))}
+    g = torch.Generator().manual_seed(2)
+    return {'video': torch.randn(batch, frames, 3, side, side, generator=g), 'video_mask': torch.ones(batch, frames),
+            'text_ids': torch.randint(1, 100, (batch, model.model.clip.config.context_length), generator=g)}
 
 
-def fsdp_round_trip(out: Path) -> None:
-    """Run in a fresh process (its own process group): wrap, train one step, save a full state dict."""
+def _first_loss(model) -> float:
+    """The loss of the whole 4-video batch in one process (eval mode: no dropout draws to line up)."""
+    batch = _batch(model, 4)
+    return float(model.eval().loss(model(batch), batch))
+
+
+def fsdp_worker(out: Path, variant: str) -> None:
+    """One rank (run under torchrun): wrap as Composer does, two training steps, an eval forward, save."""
     import functools
-    import os
 
     import torch.distributed as dist
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullStateDictConfig, ShardingStrategy, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=os.environ.get('FSDP_TEST_PORT', '29541'))
-    dist.init_process_group('gloo', rank=0, world_size=1)
-    model = _model()
-    unprepared = _model()
-    try:
-        FSDP(unprepared, device_id=torch.device('cpu'), use_orig_params=True)
-        raise AssertionError('torch FSDP accepted the 0-d logit_scale: this test no longer checks anything')
-    except ValueError as e:
-        assert 'scalar parameters' in str(e), e
-    prepare_for_fsdp(model, activation_checkpointing=False)
-    flagged = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: getattr(m, '_fsdp_wrap', False))
-    wrapped = FSDP(model, device_id=torch.device('cpu'), use_orig_params=True, auto_wrap_policy=flagged)
-    units = sum(isinstance(m, FSDP) for m in wrapped.modules())
-    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
-    batch = _batch(model)
-    loss = model.loss(wrapped(batch), batch)
-    loss.backward()
-    optimizer.step()
-    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
-        state = wrapped.state_dict()
-    torch.save({'state': {'model': state}, 'units': units, 'loss': float(loss)}, out)
+    dist.init_process_group('gloo')
+    rank = dist.get_rank()
+    wrap = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: getattr(m, '_fsdp_wrap', False))
+    kwargs = dict(device_id=torch.device('cpu'), use_orig_params=True, auto_wrap_policy=wrap,
+                  sharding_strategy=ShardingStrategy.FULL_SHARD)
+    if variant == 'unified':
+        try:
+            FSDP(_model(variant).model, **kwargs)
+            raise AssertionError('torch FSDP accepted the 0-d logit_scale: this test no longer checks anything')
+        except ValueError as e:
+            assert 'scalar parameters' in str(e), e
+    model = _model(variant)
+    per_block = model.model.blocks_called_whole
+    prepare_for_fsdp(model, activation_checkpointing=False, per_block_units=per_block)
+    model.model = FSDP(model.model, **kwargs)  # Composer wraps the ComposerModel's children like this
+    units = sum(isinstance(m, FSDP) for m in model.modules())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    model.eval()  # no dropout: rank r's half of the batch must see what the single process saw
+    for _ in range(2):  # the second forward starts from resharded parameters
+        batch = {k: v[2 * rank : 2 * rank + 2] for k, v in _batch(model, 4).items()}  # global negatives: all 4
+        outputs = model(batch)
+        loss = model.loss(outputs, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    held = torch.tensor([model.model.clip.logit_scale.numel()])
+    dist.all_reduce(held)
+    scale = logit_scale_value(model, outputs)  # the logged value, on a rank with or without the shard
+    with torch.no_grad():
+        evaluated = model.eval_forward(_batch(model))
+    with FSDP.state_dict_type(model.model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=True)):
+        state = model.state_dict()
+    if rank == 0:
+        torch.save({'state': {'model': state}, 'units': units, 'losses': losses, 'held': int(held),
+                    'scale': scale, 'eval_shapes': [tuple(evaluated[k].shape) for k in ('text', 'video')]}, out)
     dist.destroy_process_group()
 
 
-def test_fsdp_wraps_the_prepared_model_and_its_checkpoint_loads_without_fsdp(tmp_path):
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize('variant', ['baseline', 'unified'])
+def test_fsdp_on_two_ranks_trains_evaluates_and_its_checkpoint_loads_without_fsdp(tmp_path, variant):
     out = tmp_path / 'fsdp.pt'
-    code = f'import sys; sys.path.insert(0, {str(REPO / "tests")!r}); import test_fsdp; ' \
-           f'test_fsdp.fsdp_round_trip(__import__("pathlib").Path({str(out)!r}))'
-    run = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                          '--master_port', str(_free_port()), __file__, str(out), variant],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     saved = torch.load(out, weights_only=False)
-    plain = _model()
-    vision_blocks = len(plain.model.clip.visual.transformer.resblocks)
-    text_blocks = len(plain.model.clip.text.transformer.resblocks)
-    assert saved['units'] == 1 + vision_blocks + text_blocks  # root + one unit per residual block
+    plain = _model(variant)
+    blocks = len(plain.model.clip.visual.transformer.resblocks) + len(plain.model.clip.text.transformer.resblocks)
+    # baseline: the model plus one unit per residual block; TempMe/STOP call blocks piece by piece: one unit
+    assert saved['units'] == (1 + blocks if variant == 'baseline' else 1)
+    assert saved['losses'][0] == pytest.approx(_first_loss(plain), rel=1e-5)  # same loss as one process
+    assert saved['losses'][1] != saved['losses'][0]  # the sharded optimizer step changed the model
+    assert saved['held'] == 1  # exactly one rank holds the 1-element logit_scale between steps...
+    assert math.isfinite(saved['scale']) and saved['scale'] > 0  # ...and rank 0 still logs a value
+    assert saved['eval_shapes'] == [(2, plain.model.clip.config.embed_dim)] * 2
     state = saved['state']['model']
     assert tuple(state['model.clip.logit_scale'].shape) == (1,)
     assert set(state) == set(plain.state_dict())  # clean names: no FSDP prefixes in the checkpoint
@@ -91,10 +127,16 @@ def test_fsdp_wraps_the_prepared_model_and_its_checkpoint_loads_without_fsdp(tmp
     plain.load_state_dict(state, strict=True)  # 0-d model loads the FSDP run's 1-element logit_scale
     assert plain.model.clip.logit_scale.shape == ()
     assert torch.equal(plain.model.clip.logit_scale.reshape(1), state['model.clip.logit_scale'])
-    back = _model()
-    prepare_for_fsdp(back, activation_checkpointing=False)
+    back = _model(variant)
+    prepare_for_fsdp(back, activation_checkpointing=False, per_block_units=back.model.blocks_called_whole)
     back.load_state_dict(plain.state_dict(), strict=True)  # and an FSDP run resumes a DDP checkpoint
     assert torch.equal(back.model.clip.logit_scale, state['model.clip.logit_scale'])
+
+
+def test_activation_checkpointing_with_tempme_or_stop_is_a_config_error():
+    with pytest.raises(ConfigError, match='fsdp.activation_checkpointing=true.*baseline model only'):
+        load_config(YAMLS['unified'], ['fsdp={activation_checkpointing: true}'])
+    assert load_config(YAMLS['baseline'], ['fsdp={activation_checkpointing: true}']).fsdp.activation_checkpointing
 
 
 def test_vectorised_logit_scale_trains_like_the_scalar_one():
@@ -126,3 +168,7 @@ def test_logged_logit_scale_falls_back_to_the_forward_output_when_this_rank_hold
     model.model.clip.logit_scale = torch.nn.Parameter(torch.empty(0))  # what a rank sees after FSDP sharded it away
     assert math.isclose(logit_scale_value(model, {'logit_scale': torch.tensor(42.0)}), 42.0)
     assert math.isnan(logit_scale_value(model, None))
+
+
+if __name__ == '__main__':  # a torchrun rank of the two-rank test above
+    fsdp_worker(Path(sys.argv[1]), sys.argv[2])
