@@ -49,7 +49,7 @@ class RetrievalModel(ComposerModel):
 
     def eval_forward(self, batch: dict[str, torch.Tensor], outputs: Any | None = None) -> dict[str, torch.Tensor]:
         del outputs  # eval recomputes: captions and videos are not paired one-to-one here
-        return self.model(batch['text_ids'], batch['video'], batch['video_mask'])
+        return self.forward(batch)
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         # No train metric: a full-matrix retrieval metric on every train batch is wasted work.

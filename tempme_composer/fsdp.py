@@ -38,16 +38,13 @@ def vectorise_scalar_parameters(model: nn.Module) -> list[str]:
     return replaced
 
 
-def mark_fsdp_units(model: nn.Module, activation_checkpointing: bool) -> int:
-    """Flag each residual block (``*.resblocks.<i>``) for Composer's auto-wrap; returns how many were flagged."""
-    count = 0
+def mark_fsdp_units(model: nn.Module, activation_checkpointing: bool) -> None:
+    """Flag each residual block (``*.resblocks.<i>``) for Composer's auto-wrap."""
     for name, module in model.named_modules():
         parent, _, last = name.rpartition('.')
         if parent.endswith('.resblocks') and last.isdigit():  # one ResidualAttentionBlock
             module._fsdp_wrap = True  # Composer's auto_wrap wraps modules flagged like this
             module._activation_checkpointing = activation_checkpointing
-            count += 1
-    return count
 
 
 def prepare_for_fsdp(model: nn.Module, activation_checkpointing: bool, per_block_units: bool) -> None:
