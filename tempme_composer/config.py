@@ -39,6 +39,7 @@ __all__ = [
     'load_config',
     'config_from_dict',
     'config_to_yaml',
+    'model_config_from_dict',
 ]
 
 log = logging.getLogger(__name__)
@@ -500,3 +501,8 @@ def _where(key: str, source: str, cli_keys: set[str]) -> str:
 def _type_name(tp: Any) -> str:
     return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
 
+
+
+def model_config_from_dict(raw: dict[str, Any], source: str = '<dict>') -> ModelConfig:
+    """Validate the ``model`` section alone (an exported model's ``config.json``) into a `ModelConfig`."""
+    return _build(ModelConfig, raw, prefix='model.', source=source, cli_keys=set())

@@ -1,0 +1,110 @@
+"""Inputs for an exported model: video files / stored MDS frames → ``[T, 3, R, R]`` + mask, text → token ids.
+
+The same functions the training data path uses (`tempme_composer.data.video`): PyAV decoding with the
+conversion's frame rule, the CLIP4Clip frame selection, CLIP's resize/crop/normalise, CLIP BPE.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tempme_composer.clip.tokenizer import tokenize
+from tempme_composer.data.video import decode_video, frames_to_tensor, select_frame_indices
+from tempme_composer.inference.exported import Preprocessing
+
+__all__ = ['VideoInput', 'QueryError', 'video_from_file', 'video_from_frames', 'tokenize_queries',
+           'thumbnail_strip', 'THUMBNAILS_PER_VIDEO']
+
+THUMBNAILS_PER_VIDEO = 4
+THUMBNAIL_HEIGHT = 72
+
+
+class QueryError(ValueError):
+    """A text query that cannot be searched (empty, not text)."""
+
+
+@dataclass
+class VideoInput:
+    """One video ready for the model, plus what the index stores about it."""
+
+    video: torch.Tensor  # [T, 3, R, R] float32, zero padded
+    mask: torch.Tensor  # [T] int64
+    duration: float  # seconds actually decoded (or stored)
+    num_frames: int  # frames taken by the frame rule (before selection)
+    thumbnail: bytes  # JPEG strip of a few frames
+    warnings: list[str] = field(default_factory=list)
+
+
+def video_from_frames(frames: Sequence[np.ndarray | Image.Image], prep: Preprocessing, *, duration: float,
+                      warnings: Sequence[str] = ()) -> VideoInput:
+    """Select ``max_frames`` of ``frames`` and preprocess them exactly as evaluation does."""
+    keep = select_frame_indices(len(frames), prep.max_frames, prep.slice_framepos)
+    clip = frames_to_tensor([frames[i] for i in keep], prep.image_resolution)  # [n, 3, R, R]
+    R = prep.image_resolution
+    video = torch.zeros(prep.max_frames, 3, R, R)
+    video[: len(keep)] = clip
+    mask = torch.zeros(prep.max_frames, dtype=torch.long)
+    mask[: len(keep)] = 1
+    return VideoInput(video, mask, float(duration), len(frames), thumbnail_strip(frames), list(warnings))
+
+
+def video_from_file(path: str | os.PathLike, prep: Preprocessing) -> VideoInput:
+    """Decode with the conversion's frame rule, then `video_from_frames`.
+
+    Raises:
+        VideoDecodeError: the file is not a readable video (missing, not media, truncated before any frame).
+    """
+    rule = prep.frames
+    decoded = decode_video(path, fps=rule.fps, short_side=rule.short_side, apply_rotation=rule.apply_rotation)
+    duration = decoded.duration_s
+    return video_from_frames(decoded.frames, prep, duration=duration, warnings=decoded.warnings)
+
+
+def thumbnail_strip(frames: Sequence[np.ndarray | Image.Image], count: int = THUMBNAILS_PER_VIDEO,
+                    height: int = THUMBNAIL_HEIGHT) -> bytes:
+    """A JPEG of ``count`` evenly spaced frames side by side (the results page shows it as the video)."""
+    import io
+
+    picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
+    images = []
+    for i in picks:
+        image = frames[i] if isinstance(frames[i], Image.Image) else Image.fromarray(frames[i])
+        image = image.convert('RGB')
+        width = max(1, round(image.width * height / image.height))
+        images.append(image.resize((width, height), Image.Resampling.BILINEAR))
+    strip = Image.new('RGB', (sum(im.width for im in images) + 2 * (len(images) - 1), height), 'white')
+    x = 0
+    for im in images:
+        strip.paste(im, (x, 0))
+        x += im.width + 2
+    buf = io.BytesIO()
+    strip.save(buf, format='JPEG', quality=80)
+    return buf.getvalue()
+
+
+def tokenize_queries(queries: Sequence[str], prep: Preprocessing) -> tuple[torch.Tensor, list[str | None]]:
+    """Token ids ``[Q, max_words]`` and, per query, a note when it was truncated (else None).
+
+    Raises:
+        QueryError: an empty or whitespace-only query, or a non-string.
+    """
+    from tempme_composer.clip.tokenizer import _tokenizer
+
+    notes: list[str | None] = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise QueryError(f'query {i + 1} is a {type(q).__name__}, expected text')
+        if not q.strip():
+            raise QueryError(f'query {i + 1} is empty: give the words to search for')
+        n = len(_tokenizer().encode(q))
+        room = prep.max_words - 2
+        notes.append(f'query {i + 1} has {n} tokens; the model reads at most {room} (max_words={prep.max_words}), '
+                     f'so it was truncated to its first {room}' if n > room else None)
+    ids, _ = tokenize([q.strip() for q in queries], prep.max_words)
+    return ids, notes
