@@ -1,0 +1,307 @@
+"""Using a trained model: export → load (safetensors + JSON, never unpickled), index a folder, search it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clip_fixtures import save_openai_state_dict, tiny_clip
+from omegaconf import OmegaConf
+from video_fixtures import write_video
+
+from tempme_composer.config import config_from_dict, config_to_yaml
+from tempme_composer.inference import ExportError, load_exported
+from tempme_composer.inference.export import export_checkpoint
+from tempme_composer.inference.index import index_videos
+from tempme_composer.inference.preprocess import QueryError, video_from_file
+from tempme_composer.inference.search import VideoIndex, exact_topk, search
+from tempme_composer.inference.store import IndexError_, IndexStore
+from tempme_composer.model import UnifiedModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+TEMPME = {'enabled': True, 'tome_r': 2, 'merge_layers': [1], 'merge_frame_num': [2], 'merge_token_proportion': [30, 10]}
+STOP = {'enabled': True, 'salient_cells': 6}
+VARIANTS = {
+    'baseline': {},
+    'tempme': {'lora': {'enabled': True, 'rank': 4}, 'tempme': TEMPME},
+    'stop': {'stop': STOP},
+    'unified': {'lora': {'enabled': True, 'rank': 4}, 'tempme': TEMPME, 'stop': STOP},
+}
+FRAMES = 4
+
+
+def _run_folder(tmp_path: Path, variant: str, base: Path | None) -> tuple[Path, UnifiedModel]:
+    """A run folder as training leaves it: config.yaml, checkpoints/best.pt (Composer's layout) and best.json,
+    with every weight moved away from its initial value (new modules and a few CLIP tensors "trained")."""
+    run = tmp_path / f'run-{variant}'
+    (run / 'checkpoints').mkdir(parents=True)
+    model_cfg = {'clip': {'checkpoint': str(base) if base else None, 'preset': 'tiny'}, **VARIANTS[variant]}
+    raw = {'output_dir': str(run), 'model': model_cfg,
+           'data': {'datatype': 'msrvtt', 'eval': {'local': str(tmp_path / 'data'), 'split': 'test'},
+                    'train': {'local': str(tmp_path / 'data'), 'split': 'train'},
+                    'max_frames': FRAMES, 'max_words': 16}}
+    cfg = config_from_dict(raw)
+    (run / 'config.yaml').write_text(config_to_yaml(cfg))
+    clip = tiny_clip(seed=1)
+    model = UnifiedModel.from_config(clip, cfg.model, num_frames=FRAMES)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith('clip.') or 'LoRA' in name or 'ln_post' in name or name == 'clip.logit_scale':
+                p.add_(0.05 * torch.randn_like(p))
+    state = {'state': {'model': {f'model.{k}': v.clone() for k, v in model.state_dict().items()},
+                       'integrations': {}, 'metadata': {}}, 'rng': None}
+    torch.save(state, run / 'checkpoints' / 'best.pt')
+    (run / 'checkpoints' / 'best.json').write_text(json.dumps({
+        'metric': 't2v_R@1', 'value': 10.0, 'eval_label': 'msrvtt', 'epoch': 1, 'batch': 5,
+        'results': {f'{d}_{k}': 1.0 for d in ('t2v', 'v2t') for k in ('R@1', 'R@5', 'R@10', 'MdR', 'MnR')}
+        | {'num_texts': 10.0, 'num_videos': 5.0}}))
+    return run, model.eval()
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(3, FRAMES, 3, 32, 32, generator=g)
+    mask = torch.ones(3, FRAMES, dtype=torch.long)
+    mask[2, 3:] = 0
+    ids = torch.randint(1, 49000, (3, 16), generator=g)
+    ids[:, 10] = 49407
+    return video, mask, ids
+
+
+@pytest.fixture(scope='module')
+def base_clip_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp('base') / 'tiny-openai.pt'
+    save_openai_state_dict(tiny_clip(seed=1), path)
+    return path
+
+
+@pytest.mark.parametrize('variant', list(VARIANTS))
+def test_export_then_load_gives_the_training_models_embeddings(tmp_path, variant, base_clip_file):
+    run, trained = _run_folder(tmp_path, variant, base_clip_file)
+    out = export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['weights']['contents'] == 'delta'
+    assert 'clip.visual.ln_post.weight' in cfg['weights']['tensors']  # a trained CLIP tensor is kept
+    assert 'clip.visual.conv1.weight' not in cfg['weights']['tensors']  # an untouched one comes from the base
+    assert (out / 'README.md').read_text().count('Text-to-Video') == 1
+    loaded = load_exported(out, clip_checkpoint=base_clip_file)
+    video, mask, ids = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.model.encode_video(video, mask), trained.encode_video(video, mask))
+        assert torch.equal(loaded.model.encode_text(ids), trained.encode_text(ids))
+    full = load_exported(export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'full', full=True))
+    with torch.no_grad():
+        assert torch.equal(full.model.encode_video(video, mask), trained.encode_video(video, mask))
+    assert full.model_hash != loaded.model_hash or cfg['weights']['contents'] == 'full'
+
+
+def test_loading_refuses_a_wrong_base_or_a_tampered_export(tmp_path, base_clip_file):
+    run, _ = _run_folder(tmp_path, 'baseline', base_clip_file)
+    out = export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
+    with pytest.raises(ExportError, match='pass that file'):
+        load_exported(out)  # a delta needs its base
+    other = tmp_path / 'other.pt'
+    save_openai_state_dict(tiny_clip(seed=2), other)
+    with pytest.raises(ExportError, match=r'other\.pt is not the one this model was trained from'):
+        load_exported(out, clip_checkpoint=other)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(out / 'model.safetensors'))
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, str(out / 'model.safetensors'))
+    with pytest.raises(ExportError, match='model.safetensors does not match'):
+        load_exported(out, clip_checkpoint=base_clip_file)
+    cfg = json.loads((out / 'config.json').read_text())  # re-sign the tampered file: now the key check catches it
+    from tempme_composer.inference.exported import sha256_file
+
+    cfg['weights']['sha256'] = sha256_file(out / 'model.safetensors')
+    (out / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match='holds other tensors than config.json lists'):
+        load_exported(out, clip_checkpoint=base_clip_file)
+
+
+def test_export_refuses_a_checkpoint_with_foreign_objects(tmp_path, base_clip_file):
+    run, _ = _run_folder(tmp_path, 'baseline', base_clip_file)
+    marker = tmp_path / 'pwned'
+    state = torch.load(run / 'checkpoints' / 'best.pt', weights_only=False)
+    state['rng'] = _Exploit(str(marker))
+    torch.save(state, run / 'checkpoints' / 'best.pt')
+    with pytest.raises(ExportError, match='--trust-checkpoint'):
+        export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _exported_tiny(tmp_path: Path) -> Path:
+    run, _ = _run_folder(tmp_path, 'baseline', None)  # random-init run: a full export, no base file needed
+    return export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
+
+
+def test_index_is_incremental_and_search_is_exact(tmp_path):
+    model = load_exported(_exported_tiny(tmp_path))
+    videos = tmp_path / 'videos'
+    write_video(videos / 'red.mp4', colours=((220, 40, 40),))
+    write_video(videos / 'sub' / 'green.mkv', colours=((40, 220, 40),), container_format='matroska')
+    write_video(videos / 'blue.mp4', colours=((40, 40, 220),))
+    (videos / 'notes.txt').write_text('not a video')
+    (videos / 'broken.mp4').write_bytes(b'this is text, not a video')
+    out = tmp_path / 'index'
+    report = index_videos(model, videos, out, dtype='float32', progress=False)
+    assert (report.indexed, report.encoded) == (3, 3)
+    assert [s['path'] for s in report.skipped] == ['broken.mp4']
+    index = VideoIndex(out)
+    assert sorted(r['path'] for r in index.rows) == ['blue.mp4', 'red.mp4', 'sub/green.mkv']
+    assert all(index.thumbnail(i).is_file() for i in range(3))
+    direct = video_from_file(videos / 'red.mp4', model.preprocessing)
+    row = [r['path'] for r in index.rows].index('red.mp4')
+    with torch.no_grad():
+        want = model.model.encode_video(direct.video[None], direct.mask[None])[0].numpy()
+    np.testing.assert_array_equal(index.embeddings[row], want)
+
+    # Re-run: nothing changes. Then delete one, change one, add one.
+    again = index_videos(model, videos, out, dtype='float32', progress=False)
+    assert (again.encoded, again.reused) == (0, 3)
+    (videos / 'blue.mp4').unlink()
+    write_video(videos / 'red.mp4', seconds=2, colours=((200, 0, 0),))
+    os.utime(videos / 'red.mp4', ns=(1, 1))
+    write_video(videos / 'new.mp4', colours=((250, 250, 0),))
+    third = index_videos(model, videos, out, dtype='float32', progress=False)
+    assert (third.encoded, third.reused, third.removed) == (2, 1, 2)
+    index = VideoIndex(out)
+    assert sorted(r['path'] for r in index.rows) == ['new.mp4', 'red.mp4', 'sub/green.mkv']
+    assert len(list((out / 'thumbs').glob('*.jpg'))) == 3
+
+    results = search(index, model, ['a red square', 'a green circle'], top_k=2)
+    q = []
+    from tempme_composer.inference.index import encode_texts
+    from tempme_composer.inference.preprocess import tokenize_queries
+
+    q = encode_texts(model, tokenize_queries(['a red square', 'a green circle'], model.preprocessing)[0])
+    scores = q @ np.asarray(index.embeddings, np.float32).T
+    for i, r in enumerate(results):
+        order = np.argsort(-scores[i], kind='stable')[:2]
+        assert [h.row for h in r.hits] == order.tolist()
+        np.testing.assert_allclose([h.score for h in r.hits], scores[i, order], rtol=1e-6)
+
+
+def test_exact_topk_over_chunks_equals_a_full_sort():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((1000, 16)).astype(np.float16)
+    q = rng.standard_normal((5, 16)).astype(np.float32)
+    scores, rows = exact_topk(q, emb, 7, chunk_rows=64)
+    full = q @ emb.astype(np.float32).T
+    want = np.argsort(-full, axis=1, kind='stable')[:, :7]
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-6)
+
+
+def test_a_crash_mid_run_keeps_the_index_and_the_encoded_batches(tmp_path):
+    model = load_exported(_exported_tiny(tmp_path))
+    videos = tmp_path / 'videos'
+    for i in range(4):
+        write_video(videos / f'v{i}.mp4', colours=((60 * i, 40, 40),))
+    out = tmp_path / 'index'
+    index_videos(model, videos, out, dtype='float32', batch_size=2, progress=False)
+    committed = (out / 'index.json').read_text()
+    for i in range(4, 8):
+        write_video(videos / f'v{i}.mp4', colours=((40, 60 * (i - 4), 40),))
+    # Simulate a crash after the first new batch was encoded: run in a child process killed by the loader.
+    code = ('import sys, os; from tempme_composer.inference import load_exported; '
+            'from tempme_composer.inference import index as ix; m = load_exported(sys.argv[1]); '
+            'orig = ix.encode_videos; n = [0]\n'
+            'def boom(*a, **k):\n    n[0] += 1\n    if n[0] == 2: os._exit(9)\n    return orig(*a, **k)\n'
+            'ix.encode_videos = boom; ix.index_videos(m, sys.argv[2], sys.argv[3], dtype="float32", batch_size=2, progress=False)')
+    proc = subprocess.run([sys.executable, '-c', code, str(model.directory), str(videos), str(out)],
+                          env={**os.environ, 'PYTHONPATH': str(REPO)}, capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    assert (out / 'index.json').read_text() == committed  # the committed index is untouched
+    assert len(VideoIndex(out).rows) == 4
+    report = index_videos(model, videos, out, dtype='float32', batch_size=2, progress=False)
+    assert (report.recovered, report.encoded, report.indexed) == (2, 2, 8)
+    assert not list((out / 'pending').glob('*'))
+
+
+def test_bad_inputs_get_one_clear_error(tmp_path):
+    export = _exported_tiny(tmp_path)
+    model = load_exported(export)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'a.txt').write_text('x')
+    with pytest.raises(IndexError_, match='no video files found'):
+        index_videos(model, empty, tmp_path / 'i0', progress=False)
+    junk = tmp_path / 'junk'
+    junk.mkdir()
+    (junk / 'a.mp4').write_bytes(b'\x00' * 100)
+    with pytest.raises(IndexError_, match='none of the 1 video files could be decoded'):
+        index_videos(model, junk, tmp_path / 'i1', progress=False)
+    videos = tmp_path / 'videos'
+    write_video(videos / 'a.mp4')
+    out = tmp_path / 'index'
+    index_videos(model, videos, out, progress=False)
+    index = VideoIndex(out)
+    with pytest.raises(QueryError, match='query 2 is empty'):
+        search(index, model, ['a cat', '   '])
+    long_query = ' '.join(['word'] * 40)
+    (result,) = search(index, model, [long_query])
+    assert 'truncated' in result.note and 'max_words=16' in result.note
+    # another model's export is refused, on update and on search
+    other_run, _ = _run_folder(tmp_path / 'o', 'stop', None)
+    other = load_exported(export_checkpoint(other_run / 'checkpoints' / 'best.pt', tmp_path / 'other'))
+    with pytest.raises(IndexError_, match='built by another model'):
+        index_videos(other, videos, out, progress=False)
+    with pytest.raises(IndexError_, match='not comparable'):
+        index.check_model(other)
+    # a damaged manifest / a missing generation file
+    (out / 'index.json').write_text('{"format": ')
+    with pytest.raises(IndexError_, match='not valid JSON'):
+        VideoIndex(out)
+    assert IndexStore(out).folder.is_dir()
+
+
+def test_queries_file_rejects_blank_lines(tmp_path):
+    from tempme_composer.inference.search_cli import read_queries
+
+    f = tmp_path / 'q.txt'
+    f.write_text('a dog\n\na cat\n')
+    with pytest.raises(QueryError, match='line.* 2 are blank'):
+        read_queries(f)
+
+
+def test_the_inference_path_does_not_import_composer(tmp_path):
+    export = _exported_tiny(tmp_path)
+    videos = tmp_path / 'videos'
+    write_video(videos / 'a.mp4')
+    code = ('import sys; from tempme_composer.inference import load_exported; '
+            'from tempme_composer.inference.index import index_videos; '
+            'from tempme_composer.inference.search import VideoIndex, search; '
+            'm = load_exported(sys.argv[1]); index_videos(m, sys.argv[2], sys.argv[3], progress=False); '
+            'search(VideoIndex(sys.argv[3]), m, ["a red square"]); '
+            'bad = sorted(k for k in sys.modules if k.split(".")[0] in ("composer", "streaming")); '
+            'assert not bad, bad')
+    proc = subprocess.run([sys.executable, '-c', code, str(export), str(videos), str(tmp_path / 'index')],
+                          env={**os.environ, 'PYTHONPATH': str(REPO)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_model_card_states_the_protocol(tmp_path):
+    card = (_exported_tiny(tmp_path) / 'README.md').read_text()
+    for phrase in ('selected as the best text→video R@1', 'no re-ranking (no DSL, no QB-Norm)', 'GMAC per video',
+                   'random initialisation', 'Training config', "split `test`"):
+        assert phrase in card, phrase
+    front = card.split('---')[1]
+    assert OmegaConf.create(front).library_name == 'tempme-composer'
