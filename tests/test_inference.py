@@ -305,3 +305,30 @@ def test_model_card_states_the_protocol(tmp_path):
         assert phrase in card, phrase
     front = card.split('---')[1]
     assert OmegaConf.create(front).library_name == 'tempme-composer'
+
+
+@pytest.mark.e2e
+def test_demo_train_export_index_eval_equals_best_json(tmp_path):
+    """The demo recipe end to end: train, export best.pt, index the eval split in float32, --eval = best.json."""
+    from tempme_composer.config import load_config
+    from tempme_composer.inference.html_page import results_page
+    from tempme_composer.inference.index import index_mds_split
+    from tempme_composer.inference.search import evaluate_index
+    from tempme_composer.inference.search_cli import main as search_main
+    from tempme_composer.train import train
+
+    run = tmp_path / 'run'
+    overrides = [f'output_dir={run}', f'data.demo.root={tmp_path / "demo_data"}', 'data.demo.num_train=24',
+                 'data.demo.num_eval=12', 'epochs=2', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0']
+    train(load_config(REPO / 'yamls' / 'demo.yaml', overrides)).close()
+    best = json.loads((run / 'checkpoints' / 'best.json').read_text())
+    model = load_exported(export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export'))
+    index_mds_split(model, tmp_path / 'demo_data' / 'mds' / 'eval', tmp_path / 'index', dtype='float32', progress=False)
+    index = VideoIndex(tmp_path / 'index')
+    assert evaluate_index(index, model) == best['results']
+    caption = index.store.captions(index.manifest)[0]['text']
+    (result,) = search(index, model, [caption], top_k=3)
+    assert result.ground_truth == [0] and result.ground_truth_rank >= 1
+    page = results_page([result], index)
+    assert 'ground truth' in page and 'R@1' in page and 'data:image/jpeg;base64,' in page
+    assert search_main([str(tmp_path / 'index'), '--eval']) == 0
