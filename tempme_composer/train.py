@@ -48,6 +48,7 @@ from tempme_composer.config import (
     load_config,
     paragraph_mode,
 )
+from tempme_composer.data.gallery import gallery_of_source
 from tempme_composer.fsdp import prepare_for_fsdp
 from tempme_composer.model import UnifiedModel
 from tempme_composer.preflight import (
@@ -140,7 +141,9 @@ def train(cfg: TrainConfig) -> Trainer:
         metric_names=[PRIMARY_METRIC],
         device_eval_microbatch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
     )
-    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir), TrainLogLine(cfg.n_display), FramePaddingNotice()]
+    gallery = gallery_of_source(cfg.data.eval)  # says so when the eval gallery is smaller than listed
+    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir, gallery=gallery), TrainLogLine(cfg.n_display),
+                                 FramePaddingNotice()]
     if cfg.evaluation.save_ranks or cfg.evaluation.save_similarity:
         callbacks.append(RetrievalAnalysis(output_dir / 'analysis', cfg.evaluation.save_ranks, cfg.evaluation.save_similarity))
     loggers = [TensorboardLogger(log_dir=str(output_dir / 'tensorboard'))]
