@@ -111,9 +111,10 @@ def train(cfg: TrainConfig) -> Trainer:
         prepare_for_fsdp(model, cfg.fsdp.activation_checkpointing, per_block_units=model.model.blocks_called_whole)
     latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
     if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
-        check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})')
+        check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})',
+                                 allow_unsafe=cfg.allow_unsafe_checkpoint)  # also refuses a pickle that runs code
     elif cfg.resume:
-        check_checkpoint_matches(cfg.resume, model, 'resume')
+        check_checkpoint_matches(cfg.resume, model, 'resume', allow_unsafe=cfg.allow_unsafe_checkpoint)
     if dist.get_global_rank() == 0:  # after the checkpoint check: a refused restart keeps the run's config.yaml
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / 'config.yaml').write_text(config_to_yaml(cfg))
