@@ -117,26 +117,28 @@ def safe_torch_load(path: str | os.PathLike, *, map_location: str | torch.device
             text = str(e)
             matches = (pattern.search(text) for pattern in _GLOBAL_IN_MESSAGE)
             name = next((m.group(1) for m in matches if m), None)
-            if name is None:
-                raise UnsafeCheckpointError(
-                    f'refusing to load checkpoint {path}: torch\'s restricted loader rejected its pickle '
-                    f'({_first_line(text)}), so it is not a checkpoint this recipe wrote, or it is damaged. '
-                    f'{_way_out(path)}', path, None) from e
+            if name is None:  # no global to blame: bytes that are no pickle torch wrote
+                raise _unreadable(path, e) from e
             raise UnsafeCheckpointError(
                 f'refusing to load checkpoint {path}: its pickle calls the global {name}, which is not one of the '
                 'types this recipe\'s own checkpoints contain, and loading it would run code chosen by whoever '
                 f'made the file (torch: {_first_line(text)}). {_way_out(path)}', path, name) from e
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
-            raise UnsafeCheckpointError(
-                f'cannot check checkpoint {path}: torch cannot read it with weights_only=True ({type(e).__name__}: '
-                f'{_first_line(str(e))}). It is truncated (an interrupted copy or save) or not a PyTorch '
-                f'checkpoint: copy it again. {_way_out(path)}', path, None) from e
+            raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict):
         raise UnsafeCheckpointError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict', path, None)
     return ckpt
 
 
+def _unreadable(path: Path, error: BaseException) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f'cannot check checkpoint {path}: torch cannot read it with weights_only=True ({type(error).__name__}: '
+        f'{_first_line(str(error))}). It is truncated (an interrupted copy or save) or not a PyTorch '
+        f'checkpoint: copy it again. {_way_out(path)}', path, None)
+
+
 def _first_line(text: str) -> str:
+    """The informative line of torch's multi-line error (which starts with a generic preface)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    useful = [line for line in lines if 'GLOBAL' in line or 'but got' in line]
+    useful = [line for line in lines if any(k in line for k in ('GLOBAL', 'but got', 'WeightsUnpickler'))]
     return (useful or lines or [''])[0][:300]

@@ -2,6 +2,7 @@
 already saved is lost (README "Troubleshooting")."""
 
 import errno
+import fractions
 import hashlib
 import json
 import os
@@ -15,8 +16,9 @@ from streaming import MDSWriter
 
 import tempme_composer.composer_model as composer_model
 from tempme_composer.callbacks import BestCheckpoint, NonFiniteLossError
+from tempme_composer.checkpoint_safety import safe_torch_load
 from tempme_composer.config import ConfigError, load_config
-from tempme_composer.preflight import RecipeError
+from tempme_composer.preflight import CheckpointRefusedError, RecipeError
 from tempme_composer.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,6 +188,92 @@ def test_autoresume_into_another_architecture(trained):
                                           r'saved from a different model.*config.yaml'):
         train(load_config(DEMO, args(root, 'auto-arch', 'autoresume=true', 'epochs=2', 'model.clip.preset=ViT-B/16')))
     assert on_disk(run / 'checkpoints') == before
+
+
+# ---------------------------------------------------------------- checkpoints whose pickle would run code
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``: what a shared checkpoint could do to whoever resumes from it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _with_metadata(src: Path, dst: Path, value: object) -> Path:
+    ckpt = torch.load(src, weights_only=False)  # our own file
+    ckpt['state']['metadata']['extra'] = value
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_checkpoint_that_runs_code_is_refused(trained, tmp_path, capsys):
+    root = trained
+    marker = tmp_path / 'PWNED'
+    shared = _with_metadata(root / 'ok' / 'checkpoints' / 'best.pt', tmp_path / 'shared.pt', Payload(marker))
+    overrides = args(root, 'evil', 'do_train=false', 'do_eval=true', f'resume={shared}')
+    with pytest.raises(CheckpointRefusedError) as info:
+        train(load_config(DEMO, overrides))
+    assert not marker.exists()
+    msg = str(info.value)
+    assert msg.startswith(f'resume={shared}: refusing to load checkpoint {shared}: its pickle calls the global '
+                          'posix.system, which is not one of the types')
+    assert f'tempme-export {shared} --out DIR' in msg and 'allow_unsafe_checkpoint=true' in msg
+    assert main([str(DEMO), *overrides]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: resume={shared}: refusing') and 'Traceback' not in err and not marker.exists()
+    # autoresume: the run's own latest-rank0.pt replaced by such a file is refused too, and nothing is touched.
+    run = resumed(root, 'evil-auto')
+    latest = run / 'checkpoints' / os.readlink(run / 'checkpoints' / 'latest-rank0.pt')
+    _with_metadata(latest, latest, Payload(marker))
+    before = on_disk(run / 'checkpoints')
+    with pytest.raises(CheckpointRefusedError, match=r'autoresume \(the latest checkpoint of .*evil-auto\)=.*'
+                                                     r'latest-rank0.pt: refusing .* the global posix.system'):
+        train(load_config(DEMO, args(root, 'evil-auto', 'autoresume=true', 'epochs=2')))
+    assert not marker.exists() and on_disk(run / 'checkpoints') == before
+
+
+def test_unlisted_type_needs_allow_unsafe_checkpoint(trained, tmp_path):
+    root = trained
+    other = _with_metadata(root / 'ok' / 'checkpoints' / 'best.pt', tmp_path / 'other.pt', fractions.Fraction(1, 3))
+    overrides = args(root, 'other', 'do_train=false', 'do_eval=true', f'resume={other}')
+    with pytest.raises(CheckpointRefusedError, match=r'the global fractions\.Fraction, which is not one of'):
+        train(load_config(DEMO, overrides))
+    train(load_config(DEMO, [*overrides, 'allow_unsafe_checkpoint=true'])).close()  # the user trusts it
+    assert json.loads((root / 'other' / 'eval-demo.json').read_text())['results']['num_videos'] == 12
+
+
+def test_every_checkpoint_kind_the_recipe_writes_loads(trained, tmp_path):
+    """best.pt, ep*-ba*-rank0.pt and the latest-rank0.pt symlink of an AdamW run; then BertAdam with GradCache,
+    LoRA and TempMe: written, checked by the allowlist and loaded by Composer (eval, resume=, autoresume)."""
+    root = trained
+    ckpts = root / 'ok' / 'checkpoints'
+    kinds = sorted(p.name for p in ckpts.glob('*.pt'))
+    assert kinds == ['best.pt', 'ep1-ba3-rank0.pt', 'latest-rank0.pt']
+    for name in kinds:
+        assert safe_torch_load(ckpts / name, mmap=True)['state']['model']
+    eval_run = train(load_config(DEMO, args(root, 'eval-ep', 'do_train=false', 'do_eval=true',
+                                            f'resume={ckpts / "ep1-ba3-rank0.pt"}')))
+    eval_run.close()
+    variant = ['optimizer.optim=BertAdam', 'gradient_accumulation_steps=2', 'model.lora.enabled=true',
+               'model.tempme.enabled=true', 'model.tempme.merge_layers=[0,1]', 'model.tempme.merge_frame_num=[2,2]']
+    train(load_config(DEMO, args(tmp_path, 'bert', *variant, f'data.demo.root={root / "data"}'))).close()
+    files = tmp_path / 'bert' / 'checkpoints'
+    for name in ('best.pt', 'ep1-ba3-rank0.pt', 'latest-rank0.pt'):
+        state = safe_torch_load(files / name, mmap=True)['state']
+        assert any('LoRA' in k for k in state['model'])
+    assert 'BertAdam' in safe_torch_load(files / 'latest-rank0.pt')['state']['optimizers']
+    trainer = train(load_config(DEMO, args(tmp_path, 'bert', *variant, f'data.demo.root={root / "data"}',
+                                           'autoresume=true', 'epochs=2')))
+    assert int(trainer.state.timestamp.epoch) == 2 and int(trainer.state.timestamp.batch) == 6
+    trainer.close()
+    trainer = train(load_config(DEMO, args(tmp_path, 'bert-resume', *variant, f'data.demo.root={root / "data"}',
+                                           f'resume={files / "ep1-ba3-rank0.pt"}', 'epochs=2')))
+    assert int(trainer.state.timestamp.batch) == 6  # continued from batch 3
+    trainer.close()
 
 
 # ---------------------------------------------------------------- failures during training keep what was saved
