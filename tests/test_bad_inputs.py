@@ -13,16 +13,19 @@ import pytest
 import torch
 from composer.utils import checkpoint as composer_checkpoint
 from streaming import MDSWriter
+from video_fixtures import PALETTE, write_video
 
 import tempme_composer.composer_model as composer_model
 from tempme_composer.callbacks import BestCheckpoint, NonFiniteLossError
 from tempme_composer.checkpoint_safety import safe_torch_load
 from tempme_composer.config import ConfigError, load_config
+from tempme_composer.data.convert import main as convert
 from tempme_composer.preflight import CheckpointRefusedError, RecipeError
 from tempme_composer.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'yamls' / 'demo.yaml'
+SHARED = Path('/work/shared/data') if Path('/work/shared/data').is_dir() else REPO.parent / 'shared' / 'data'
 
 
 def args(root: Path, run: str, *extra: str) -> list[str]:
@@ -151,6 +154,35 @@ def test_train_batch_larger_than_the_train_set(trained, tmp_path):
     with pytest.raises(ConfigError, match=r'batch_size=32 is larger than the training set \(24 videos per rank.*'
                                           r'zero batches. Lower batch_size'):
         train(load_config(DEMO, args(root, 'big', 'batch_size=32')))
+
+
+def test_eval_on_a_smaller_test_gallery_says_so(trained, tmp_path, capsys):
+    """A converted MSR-VTT 1k-A subset (real ids) with a missing and a non-video file: the metric lines come
+    with '3 of 5 test videos', also in eval-msrvtt.json."""
+    root = trained
+    csv_path = SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv'
+    if not csv_path.is_file():
+        pytest.skip('shared/data (real annotation files) not available')
+    rows = csv_path.read_bytes().split(b'\r\n')
+    (tmp_path / 'MSRVTT_JSFUSION_test.csv').write_bytes(b'\r\n'.join(rows[:6]) + b'\r\n')
+    ids = [r.split(b',')[2].decode() for r in rows[1:6]]
+    for i, video_id in enumerate(ids[:3]):
+        write_video(tmp_path / 'videos' / f'{video_id}.mp4', seconds=3, colours=[PALETTE[i]])
+    (tmp_path / 'videos' / f'{ids[3]}.mp4').write_text('not a video')  # ids[4]: no file
+    assert convert(['msrvtt', '--test-csv', str(tmp_path / 'MSRVTT_JSFUSION_test.csv'), '--videos',
+                    str(tmp_path / 'videos'), '--out', str(tmp_path / 'mds'), '--size', '32', '--workers', '1',
+                    '--no-progress', '--max-failed-fraction', '1']) == 0
+    capsys.readouterr()
+    trainer = train(load_config(DEMO, args(root, 'gallery', 'do_train=false', 'do_eval=true', 'data.datatype=msrvtt',
+                                           'data.demo=null', f'data.eval.local={tmp_path / "mds"}',
+                                           'data.eval.split=test', f'resume={root / "ok" / "checkpoints" / "best.pt"}')))
+    trainer.close()
+    out = capsys.readouterr().out
+    note = (f'gallery: 3 of 5 test videos of msrvtt/test (2 not converted, reasons in {tmp_path / "mds" / "test"}'
+            '/skipped.csv): these metrics are NOT comparable with published tables, which rank against all 5')
+    assert note in out and out.index('Text-to-Video:') < out.index(note)
+    record = json.loads((root / 'gallery' / 'eval-msrvtt.json').read_text())
+    assert record['results']['num_videos'] == 3 and record['gallery_note'] == note
 
 
 # ---------------------------------------------------------------- checkpoints of another model
