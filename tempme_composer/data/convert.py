@@ -11,8 +11,12 @@ Pipeline per split: annotations -> find every video file (recursive walk, by ste
 in ``--workers`` processes into a per-video cache under ``--work-dir`` (atomic writes: an interrupted run
 resumes where it stopped, finished videos are never decoded again) -> write the split's shards into a
 temporary sibling folder and rename it into place (readers never see a half-written split). Bad videos are
-skipped with a reason, never zero-filled; missing videos of a benchmark's official test split are reported
-in a banner; the exit code is 1 when more than ``--max-failed-fraction`` of a split failed.
+skipped with a reason, never zero-filled (an incomplete download, a file that is no video and an empty file
+are told apart by :mod:`~tempme_composer.data.media_probe`); a truncated tail is kept with its decoded
+duration and listed (or skipped with ``skip_truncated``); every unwritten video of a benchmark's official
+test split is listed with its reason in a banner; each split's figures are stored with it
+(``conversion_summary.json``) so ``conversion_report.json`` keeps them across re-runs; the exit code is 1 when
+more than ``--max-failed-fraction`` of a split failed.
 
 Per-dataset differences live only in :mod:`tempme_composer.data.annotations`.
 """
