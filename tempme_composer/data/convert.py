@@ -274,7 +274,7 @@ def _decode_one(task: tuple[str, str, ConvertSettings]) -> tuple[str, dict[str, 
     except OSError as e:
         return path_str, {'status': 'failed', 'reason': 'missing', 'detail': str(e)}
     try:
-        decoded = decode_video(path, fps=settings.fps, short_side=settings.size,
+        decoded = decode_video(path.absolute(), fps=settings.fps, short_side=settings.size,
                                apply_rotation=settings.apply_rotation)
         if len(decoded.frames) < settings.min_frames:
             raise VideoDecodeError(f'only {len(decoded.frames)} frames at {settings.fps:g} fps '
