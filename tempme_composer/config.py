@@ -220,6 +220,7 @@ class TrainConfig:
     do_eval: bool = False  # with do_train false: evaluate the checkpoint given by `resume`
     resume: str | None = None  # checkpoint to resume training from, or to evaluate
     autoresume: bool = False  # continue from output_dir's latest checkpoint if one exists
+    allow_unsafe_checkpoint: bool = False  # load resume/autoresume files with full unpickling (trusted files only)
     epochs: int = 5
     batch_size: int = 128  # global, over all ranks
     batch_size_val: int = 128  # global, over all ranks

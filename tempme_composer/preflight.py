@@ -2,8 +2,9 @@
 an error deep inside streaming, torch or Composer.
 
 - `check_dataset`: an MDS folder that is missing, empty (zero samples) or has a missing/truncated shard file.
-- `check_checkpoint_matches`: a checkpoint whose model weights do not fit this model (another CLIP
-  architecture, another model variant such as LoRA on/off): missing, unexpected and mis-shaped keys.
+- `check_checkpoint_matches`: a checkpoint whose pickle would run code (refused before Composer unpickles
+  it, see `checkpoint_safety`), or whose model weights do not fit this model (another CLIP architecture,
+  another model variant such as LoRA on/off): missing, unexpected and mis-shaped keys.
 - `disk_full_message`: the message for ``OSError(ENOSPC)`` while a checkpoint is written.
 
 `RecipeError` is what the recipe raises for a bad input that is not a config typo; ``main`` prints it as one
@@ -21,16 +22,21 @@ from typing import Any
 
 import torch
 
+from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
 from tempme_composer.fsdp import same_shape_up_to_scalar
 
-__all__ = ['RecipeError', 'check_dataset', 'check_checkpoint_matches', 'is_disk_full', 'disk_full_message',
-           'latest_checkpoint']
+__all__ = ['RecipeError', 'CheckpointRefusedError', 'check_dataset', 'check_checkpoint_matches', 'is_disk_full',
+           'disk_full_message', 'latest_checkpoint']
 
 _SHOW = 3  # keys listed per kind of mismatch
 
 
 class RecipeError(RuntimeError):
     """A bad input found while running (data, checkpoint, disk, diverged loss): one paragraph with the fix."""
+
+
+class CheckpointRefusedError(RecipeError, UnsafeCheckpointError):
+    """``resume=``/autoresume/``do_eval`` on a checkpoint that cannot be loaded without running its code."""
 
 
 _DATA_FIX = ('Point it at a folder written by `tempme-convert` (or `python -m tempme_composer.data.synthetic '
@@ -101,24 +107,32 @@ def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _model_state(path: Path) -> Mapping[str, Any]:
+def _model_state(path: Path, key: str, allow_unsafe: bool) -> Mapping[str, Any]:
+    """``state.model`` of a checkpoint, loaded without running code from it (unless ``allow_unsafe``)."""
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - not a zip file (e.g. a tarball): let Composer load it as usual
+        ckpt = safe_torch_load(path, mmap=True, allow_unsafe=allow_unsafe)
+    except UnsafeCheckpointError as e:
+        raise CheckpointRefusedError(f'{key}={path}: {e}', e.path, e.global_name) from e
+    except Exception:  # noqa: BLE001 - allow_unsafe on a file torch cannot read: Composer reports it
         return {}
     state = ckpt.get('state', {}) if isinstance(ckpt, dict) else {}
     model = state.get('model') if isinstance(state, dict) else None
     return model if isinstance(model, Mapping) else {}
 
 
-def check_checkpoint_matches(path: str | Path, model: torch.nn.Module, key: str) -> None:
-    """Compare the Composer checkpoint's model weights (``state.model``) with ``model.state_dict()``.
+def check_checkpoint_matches(path: str | Path, model: torch.nn.Module, key: str, *,
+                             allow_unsafe: bool = False) -> None:
+    """Load the checkpoint with ``torch.load(weights_only=True)`` under the recipe's allowlist (so Composer,
+    which unpickles fully, only ever gets a file that carries no code), then compare its model weights
+    (``state.model``) with ``model.state_dict()``.
 
     Raises:
+        CheckpointRefusedError: the pickle names a global outside the allowlist, or the file cannot be read
+            safely (skipped with ``allow_unsafe``: the user trusts the file).
         RecipeError: listing the missing, unexpected and mis-shaped keys, and where the run's config is.
     """
     path = Path(path)
-    saved = _model_state(path)
+    saved = _model_state(path, key, allow_unsafe)
     if not saved:
         return
     own = model.state_dict()

@@ -48,6 +48,7 @@ from tempme_composer.config import (
     load_config,
     paragraph_mode,
 )
+from tempme_composer.data.gallery import gallery_of_source
 from tempme_composer.fsdp import prepare_for_fsdp
 from tempme_composer.model import UnifiedModel
 from tempme_composer.preflight import (
@@ -110,9 +111,10 @@ def train(cfg: TrainConfig) -> Trainer:
         prepare_for_fsdp(model, cfg.fsdp.activation_checkpointing, per_block_units=model.model.blocks_called_whole)
     latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
     if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
-        check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})')
+        check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})',
+                                 allow_unsafe=cfg.allow_unsafe_checkpoint)  # also refuses a pickle that runs code
     elif cfg.resume:
-        check_checkpoint_matches(cfg.resume, model, 'resume')
+        check_checkpoint_matches(cfg.resume, model, 'resume', allow_unsafe=cfg.allow_unsafe_checkpoint)
     if dist.get_global_rank() == 0:  # after the checkpoint check: a refused restart keeps the run's config.yaml
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / 'config.yaml').write_text(config_to_yaml(cfg))
@@ -140,7 +142,9 @@ def train(cfg: TrainConfig) -> Trainer:
         metric_names=[PRIMARY_METRIC],
         device_eval_microbatch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
     )
-    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir), TrainLogLine(cfg.n_display), FramePaddingNotice()]
+    gallery = gallery_of_source(cfg.data.eval)  # says so when the eval gallery is smaller than listed
+    callbacks: list[Callback] = [RetrievalLogger(results_dir=output_dir, gallery=gallery), TrainLogLine(cfg.n_display),
+                                 FramePaddingNotice()]
     if cfg.evaluation.save_ranks or cfg.evaluation.save_similarity:
         callbacks.append(RetrievalAnalysis(output_dir / 'analysis', cfg.evaluation.save_ranks, cfg.evaluation.save_similarity))
     loggers = [TensorboardLogger(log_dir=str(output_dir / 'tensorboard'))]

@@ -2,6 +2,7 @@
 already saved is lost (README "Troubleshooting")."""
 
 import errno
+import fractions
 import hashlib
 import json
 import os
@@ -12,15 +13,19 @@ import pytest
 import torch
 from composer.utils import checkpoint as composer_checkpoint
 from streaming import MDSWriter
+from video_fixtures import PALETTE, write_video
 
 import tempme_composer.composer_model as composer_model
 from tempme_composer.callbacks import BestCheckpoint, NonFiniteLossError
+from tempme_composer.checkpoint_safety import safe_torch_load
 from tempme_composer.config import ConfigError, load_config
-from tempme_composer.preflight import RecipeError
+from tempme_composer.data.convert import main as convert
+from tempme_composer.preflight import CheckpointRefusedError, RecipeError
 from tempme_composer.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'yamls' / 'demo.yaml'
+SHARED = Path('/work/shared/data') if Path('/work/shared/data').is_dir() else REPO.parent / 'shared' / 'data'
 
 
 def args(root: Path, run: str, *extra: str) -> list[str]:
@@ -151,6 +156,35 @@ def test_train_batch_larger_than_the_train_set(trained, tmp_path):
         train(load_config(DEMO, args(root, 'big', 'batch_size=32')))
 
 
+def test_eval_on_a_smaller_test_gallery_says_so(trained, tmp_path, capsys):
+    """A converted MSR-VTT 1k-A subset (real ids) with a missing and a non-video file: the metric lines come
+    with '3 of 5 test videos', also in eval-msrvtt.json."""
+    root = trained
+    csv_path = SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv'
+    if not csv_path.is_file():
+        pytest.skip('shared/data (real annotation files) not available')
+    rows = csv_path.read_bytes().split(b'\r\n')
+    (tmp_path / 'MSRVTT_JSFUSION_test.csv').write_bytes(b'\r\n'.join(rows[:6]) + b'\r\n')
+    ids = [r.split(b',')[2].decode() for r in rows[1:6]]
+    for i, video_id in enumerate(ids[:3]):
+        write_video(tmp_path / 'videos' / f'{video_id}.mp4', seconds=3, colours=[PALETTE[i]])
+    (tmp_path / 'videos' / f'{ids[3]}.mp4').write_text('not a video')  # ids[4]: no file
+    assert convert(['msrvtt', '--test-csv', str(tmp_path / 'MSRVTT_JSFUSION_test.csv'), '--videos',
+                    str(tmp_path / 'videos'), '--out', str(tmp_path / 'mds'), '--size', '32', '--workers', '1',
+                    '--no-progress', '--max-failed-fraction', '1']) == 0
+    capsys.readouterr()
+    trainer = train(load_config(DEMO, args(root, 'gallery', 'do_train=false', 'do_eval=true', 'data.datatype=msrvtt',
+                                           'data.demo=null', f'data.eval.local={tmp_path / "mds"}',
+                                           'data.eval.split=test', f'resume={root / "ok" / "checkpoints" / "best.pt"}')))
+    trainer.close()
+    out = capsys.readouterr().out
+    note = (f'gallery: 3 of 5 test videos of msrvtt/test (2 not converted, reasons in {tmp_path / "mds" / "test"}'
+            '/skipped.csv): these metrics are NOT comparable with published tables, which rank against all 5')
+    assert note in out and out.index('Text-to-Video:') < out.index(note)
+    record = json.loads((root / 'gallery' / 'eval-msrvtt.json').read_text())
+    assert record['results']['num_videos'] == 3 and record['gallery_note'] == note
+
+
 # ---------------------------------------------------------------- checkpoints of another model
 
 
@@ -186,6 +220,92 @@ def test_autoresume_into_another_architecture(trained):
                                           r'saved from a different model.*config.yaml'):
         train(load_config(DEMO, args(root, 'auto-arch', 'autoresume=true', 'epochs=2', 'model.clip.preset=ViT-B/16')))
     assert on_disk(run / 'checkpoints') == before
+
+
+# ---------------------------------------------------------------- checkpoints whose pickle would run code
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``: what a shared checkpoint could do to whoever resumes from it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _with_metadata(src: Path, dst: Path, value: object) -> Path:
+    ckpt = torch.load(src, weights_only=False)  # our own file
+    ckpt['state']['metadata']['extra'] = value
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_checkpoint_that_runs_code_is_refused(trained, tmp_path, capsys):
+    root = trained
+    marker = tmp_path / 'PWNED'
+    shared = _with_metadata(root / 'ok' / 'checkpoints' / 'best.pt', tmp_path / 'shared.pt', Payload(marker))
+    overrides = args(root, 'evil', 'do_train=false', 'do_eval=true', f'resume={shared}')
+    with pytest.raises(CheckpointRefusedError) as info:
+        train(load_config(DEMO, overrides))
+    assert not marker.exists()
+    msg = str(info.value)
+    assert msg.startswith(f'resume={shared}: refusing to load checkpoint {shared}: its pickle calls the global '
+                          'posix.system, which is not one of the types')
+    assert f'tempme-export {shared} --out DIR' in msg and 'allow_unsafe_checkpoint=true' in msg
+    assert main([str(DEMO), *overrides]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: resume={shared}: refusing') and 'Traceback' not in err and not marker.exists()
+    # autoresume: the run's own latest-rank0.pt replaced by such a file is refused too, and nothing is touched.
+    run = resumed(root, 'evil-auto')
+    latest = run / 'checkpoints' / os.readlink(run / 'checkpoints' / 'latest-rank0.pt')
+    _with_metadata(latest, latest, Payload(marker))
+    before = on_disk(run / 'checkpoints')
+    with pytest.raises(CheckpointRefusedError, match=r'autoresume \(the latest checkpoint of .*evil-auto\)=.*'
+                                                     r'latest-rank0.pt: refusing .* the global posix.system'):
+        train(load_config(DEMO, args(root, 'evil-auto', 'autoresume=true', 'epochs=2')))
+    assert not marker.exists() and on_disk(run / 'checkpoints') == before
+
+
+def test_unlisted_type_needs_allow_unsafe_checkpoint(trained, tmp_path):
+    root = trained
+    other = _with_metadata(root / 'ok' / 'checkpoints' / 'best.pt', tmp_path / 'other.pt', fractions.Fraction(1, 3))
+    overrides = args(root, 'other', 'do_train=false', 'do_eval=true', f'resume={other}')
+    with pytest.raises(CheckpointRefusedError, match=r'the global fractions\.Fraction, which is not one of'):
+        train(load_config(DEMO, overrides))
+    train(load_config(DEMO, [*overrides, 'allow_unsafe_checkpoint=true'])).close()  # the user trusts it
+    assert json.loads((root / 'other' / 'eval-demo.json').read_text())['results']['num_videos'] == 12
+
+
+def test_every_checkpoint_kind_the_recipe_writes_loads(trained, tmp_path):
+    """best.pt, ep*-ba*-rank0.pt and the latest-rank0.pt symlink of an AdamW run; then BertAdam with GradCache,
+    LoRA and TempMe: written, checked by the allowlist and loaded by Composer (eval, resume=, autoresume)."""
+    root = trained
+    ckpts = root / 'ok' / 'checkpoints'
+    kinds = sorted(p.name for p in ckpts.glob('*.pt'))
+    assert kinds == ['best.pt', 'ep1-ba3-rank0.pt', 'latest-rank0.pt']
+    for name in kinds:
+        assert safe_torch_load(ckpts / name, mmap=True)['state']['model']
+    eval_run = train(load_config(DEMO, args(root, 'eval-ep', 'do_train=false', 'do_eval=true',
+                                            f'resume={ckpts / "ep1-ba3-rank0.pt"}')))
+    eval_run.close()
+    variant = ['optimizer.optim=BertAdam', 'gradient_accumulation_steps=2', 'model.lora.enabled=true',
+               'model.tempme.enabled=true', 'model.tempme.merge_layers=[0,1]', 'model.tempme.merge_frame_num=[2,2]']
+    train(load_config(DEMO, args(tmp_path, 'bert', *variant, f'data.demo.root={root / "data"}'))).close()
+    files = tmp_path / 'bert' / 'checkpoints'
+    for name in ('best.pt', 'ep1-ba3-rank0.pt', 'latest-rank0.pt'):
+        state = safe_torch_load(files / name, mmap=True)['state']
+        assert any('LoRA' in k for k in state['model'])
+    assert 'BertAdam' in safe_torch_load(files / 'latest-rank0.pt')['state']['optimizers']
+    trainer = train(load_config(DEMO, args(tmp_path, 'bert', *variant, f'data.demo.root={root / "data"}',
+                                           'autoresume=true', 'epochs=2')))
+    assert int(trainer.state.timestamp.epoch) == 2 and int(trainer.state.timestamp.batch) == 6
+    trainer.close()
+    trainer = train(load_config(DEMO, args(tmp_path, 'bert-resume', *variant, f'data.demo.root={root / "data"}',
+                                           f'resume={files / "ep1-ba3-rank0.pt"}', 'epochs=2')))
+    assert int(trainer.state.timestamp.batch) == 6  # continued from batch 3
+    trainer.close()
 
 
 # ---------------------------------------------------------------- failures during training keep what was saved

@@ -11,6 +11,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from tempme_composer.data.gallery import Gallery
 from tempme_composer.metrics import RetrievalMetrics, format_log_lines
 
 __all__ = ['RetrievalLogger']
@@ -25,10 +26,14 @@ class RetrievalLogger(Callback):
 
     Composer itself logs only what ``compute()`` returns (text→video R@1); the rest were computed in the same
     pass and are read from the metric without another collective.
+
+    With ``gallery`` (the eval split as converted), a gallery smaller than the split's listed videos is said
+    beside the metric lines and in the JSON (``gallery_note``): "987 of 1,000 test videos ...".
     """
 
-    def __init__(self, results_dir: str | Path | None = None) -> None:
+    def __init__(self, results_dir: str | Path | None = None, gallery: Gallery | None = None) -> None:
         self.results_dir = Path(results_dir) if results_dir is not None else None
+        self.gallery = gallery
         self.last_results: dict[str, dict[str, float]] = {}
 
     def eval_end(self, state: State, logger: Logger) -> None:
@@ -53,9 +58,14 @@ class RetrievalLogger(Callback):
                     lines += format_log_lines(results, prefix='dsl_')
                 for line in lines:
                     log.info(line)
+                note = self.gallery.note(int(results['num_videos'])) if self.gallery is not None else None
+                if note:
+                    log.warning(note)
                 if self.results_dir is not None:
                     record = {'eval_label': label, 'epoch': int(state.timestamp.epoch),
                               'batch': int(state.timestamp.batch), 'results': results}
+                    if note:
+                        record['gallery_note'] = note
                     path = self.results_dir / f'eval-{label}.json'
                     tmp = path.with_name(f'.tmp-{path.name}')
                     tmp.write_text(json.dumps(record, indent=2))

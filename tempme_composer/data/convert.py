@@ -11,8 +11,12 @@ Pipeline per split: annotations -> find every video file (recursive walk, by ste
 in ``--workers`` processes into a per-video cache under ``--work-dir`` (atomic writes: an interrupted run
 resumes where it stopped, finished videos are never decoded again) -> write the split's shards into a
 temporary sibling folder and rename it into place (readers never see a half-written split). Bad videos are
-skipped with a reason, never zero-filled; missing videos of a benchmark's official test split are reported
-in a banner; the exit code is 1 when more than ``--max-failed-fraction`` of a split failed.
+skipped with a reason, never zero-filled (an incomplete download, a file that is no video and an empty file
+are told apart by :mod:`~tempme_composer.data.media_probe`); a truncated tail is kept with its decoded
+duration and listed (or skipped with ``skip_truncated``); every unwritten video of a benchmark's official
+test split is listed with its reason in a banner; each split's figures are stored with it
+(``conversion_summary.json``) so ``conversion_report.json`` keeps them across re-runs; the exit code is 1 when
+more than ``--max-failed-fraction`` of a split failed.
 
 Per-dataset differences live only in :mod:`tempme_composer.data.annotations`.
 """
@@ -33,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +85,10 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.3gp', '.3
                     '.wmv', '.ogv', '.ts', '.mts', '.m2ts', '.gif')
 PAIRS_COLUMNS = {'video_id': 'str', 'video_index': 'int', 'caption_index': 'int', 'caption': 'str'}
 _CACHE_MAGIC = b'TMVC1\n'
+#: Bumped when the decoder's verdicts change (2: truncated tails by timestamp, decoded duration), so a cache
+#: left by an older version is decoded again instead of reused.
+_DECODER_VERSION = 2
+SPLIT_REPORT_FILE = 'conversion_summary.json'  # this split's SplitSummary, written with the split
 
 
 def pairs_split(split: str) -> str:
@@ -125,6 +133,10 @@ class SplitSummary:
     seconds: float = 0.0
     is_test: bool = False
     missing_ids: list[str] = field(default_factory=list)
+    unwritten: list[list[str]] = field(default_factory=list)  # [video_id, reason] of every video not written
+    truncated_videos: list[dict[str, Any]] = field(default_factory=list)  # id, frames, seconds, declared, kept
+    short_list: list[list[Any]] = field(default_factory=list)  # [video_id, frames] below --warn-frames
+    written_at: str = ''  # UTC time of the run that wrote this split
 
     @property
     def failed(self) -> int:
@@ -220,15 +232,16 @@ def _cached_result(cache_dir: Path, path: Path) -> dict[str, Any] | None:
     if ok.is_file():
         try:
             header, _ = _read_cache(ok)
-            if header.get('signature') == signature:
-                return {'status': 'ok', **{k: header[k] for k in ('num_frames', 'warnings')}}
+            if header.get('signature') == signature and header.get('decoder') == _DECODER_VERSION:
+                return {'status': 'ok', **{k: header[k] for k in ('num_frames', 'warnings')},
+                        'duration': header.get('duration'), 'declared_duration': header.get('declared_duration')}
         except (ValueError, OSError, KeyError, json.JSONDecodeError):
             pass
     fail = cache_dir / f'{name}.fail.json'
     if fail.is_file():
         try:
             info = json.loads(fail.read_text())
-            if info.get('signature') == signature:
+            if info.get('signature') == signature and info.get('decoder') == _DECODER_VERSION:
                 return info
         except (OSError, json.JSONDecodeError):
             pass
@@ -250,6 +263,7 @@ def _classify(message: str) -> str:
 
 def _decode_one(task: tuple[str, str, ConvertSettings]) -> tuple[str, dict[str, Any]]:
     """Worker: decode one video, write its cache file (or a failure marker), return a small status dict."""
+    from tempme_composer.data.media_probe import diagnose_file
     from tempme_composer.data.video import VideoDecodeError, decode_video, encode_jpeg
 
     path_str, cache_dir_str, settings = task
@@ -260,9 +274,7 @@ def _decode_one(task: tuple[str, str, ConvertSettings]) -> tuple[str, dict[str, 
     except OSError as e:
         return path_str, {'status': 'failed', 'reason': 'missing', 'detail': str(e)}
     try:
-        if signature[0] == 0:
-            raise VideoDecodeError(f'cannot decode video {path_str!r}: cannot open container (zero-length file)')
-        decoded = decode_video(path, fps=settings.fps, short_side=settings.size,
+        decoded = decode_video(path.absolute(), fps=settings.fps, short_side=settings.size,
                                apply_rotation=settings.apply_rotation)
         if len(decoded.frames) < settings.min_frames:
             raise VideoDecodeError(f'only {len(decoded.frames)} frames at {settings.fps:g} fps '
@@ -277,14 +289,25 @@ def _decode_one(task: tuple[str, str, ConvertSettings]) -> tuple[str, dict[str, 
         height, width = frames[0].shape[:2]
         header = {'signature': signature, 'num_frames': len(frames), 'source_fps': decoded.source_fps,
                   'duration': decoded.duration_s, 'warnings': decoded.warnings, 'width': width,
-                  'height': height, 'shape': shape, 'blob_sizes': [len(b) for b in blobs]}
+                  'height': height, 'shape': shape, 'blob_sizes': [len(b) for b in blobs],
+                  'declared_duration': decoded.declared_duration_s, 'decoder': _DECODER_VERSION}
         _write_cache(cache_dir / f'{name}.bin', header, blobs)
-        return path_str, {'status': 'ok', 'num_frames': len(frames), 'warnings': decoded.warnings}
+        return path_str, {'status': 'ok', 'num_frames': len(frames), 'warnings': decoded.warnings,
+                          'duration': decoded.duration_s, 'declared_duration': decoded.declared_duration_s}
     except Exception as e:  # noqa: BLE001 - one bad video must never stop the run
         reason = _classify(str(e)) if isinstance(e, VideoDecodeError) else 'decode_error'
         if 'min-frames' in str(e):
             reason = 'too_few_frames'
-        info = {'status': 'failed', 'reason': reason, 'detail': f'{type(e).__name__}: {e}', 'signature': signature}
+        detail = f'{type(e).__name__}: {e}'
+        if reason in ('unreadable', 'decode_error', 'no_frames'):  # cut off, or not a video at all?
+            try:
+                diagnosis = diagnose_file(path)
+            except OSError:
+                diagnosis = None
+            if diagnosis is not None:
+                reason, detail = diagnosis[0], f'{diagnosis[1]} (FFmpeg: {e})'
+        info = {'status': 'failed', 'reason': reason, 'detail': detail, 'signature': signature,
+                'decoder': _DECODER_VERSION}
         try:
             _atomic_write(cache_dir / f'{name}.fail.json', json.dumps(info).encode())
         except OSError:
@@ -343,14 +366,17 @@ def _run_decodes(todo: list[Path], cache_dir: Path, settings: ConvertSettings, w
 def _write_split(out_dir: Path, split: str, dataset: str, records: list[VideoRecord],
                  paths: dict[str, Path | None], outcomes: dict[str, dict[str, Any]], cache_dir: Path,
                  settings: ConvertSettings, summary: SplitSummary, fingerprint: str,
-                 size_limit: str, extra_rows: Sequence[Sequence[str]] = ()) -> None:
-    """Write ``out/<split>`` and ``out/<split>_pairs`` via temporary folders renamed into place."""
+                 size_limit: str, extra_rows: Sequence[Sequence[str]] = (), *, warn_frames: int = 12,
+                 skip_truncated: bool = False) -> None:
+    """Write ``out/<split>`` and ``out/<split>_pairs`` via temporary folders renamed into place; fills
+    ``summary`` (counts, unwritten videos with reasons, truncated and short videos)."""
     from streaming import MDSWriter
 
     tag = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
     tmp_videos = out_dir / f'.{split}.tmp-{tag}'
     tmp_pairs = out_dir / f'.{pairs_split(split)}.tmp-{tag}'
     skipped_rows: list[list[str]] = [list(r) for r in extra_rows]
+    summary.unwritten.extend([r[0], r[2]] for r in extra_rows if r[2] != 'duplicate_id')  # a duplicate is written
     columns = video_columns(settings.frame_format)
     try:
         with MDSWriter(out=str(tmp_videos), columns=columns, compression=None, hashes=SHARD_HASHES,
@@ -365,17 +391,31 @@ def _write_split(out_dir: Path, split: str, dataset: str, records: list[VideoRec
                     reason = 'missing' if path is None else (outcome or {}).get('reason', 'decode_error')
                     detail = 'no file with this name/stem under --videos' if path is None else \
                         (outcome or {}).get('detail', '')
-                    skipped_rows.append([record.video_id, '' if path is None else str(path), reason, detail])
+                    skipped_rows.append([record.video_id, '' if path is None else os.path.abspath(path), reason,
+                                         detail])
                     summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
+                    summary.unwritten.append([record.video_id, reason])
                     if reason == 'missing':
                         summary.missing_ids.append(record.video_id)
                     continue
                 header, blobs = _read_cache(cache_dir / f'{_cache_name(path)}.bin')
+                num_frames = int(header['num_frames'])
+                cut = next((w for w in header['warnings'] if w.startswith('truncated:')), None)
+                if cut is not None:
+                    summary.truncated_videos.append({
+                        'video_id': record.video_id, 'frames': num_frames, 'decoded_s': round(header['duration'], 2),
+                        'declared_s': header.get('declared_duration'), 'kept': not skip_truncated, 'detail': cut})
+                    if skip_truncated:
+                        skipped_rows.append([record.video_id, os.path.abspath(path), 'truncated', cut])
+                        summary.skipped['truncated'] = summary.skipped.get('truncated', 0) + 1
+                        summary.unwritten.append([record.video_id, 'truncated'])
+                        continue
+                if num_frames < warn_frames:
+                    summary.short_list.append([record.video_id, num_frames])
                 if settings.frame_format == 'jpeg':
                     frames: Any = blobs
                 else:
                     frames = np.frombuffer(blobs[0], np.uint8).reshape(header['shape'])
-                num_frames = int(header['num_frames'])
                 for w in header['warnings']:
                     kind = w.split(':', 1)[0]
                     summary.warnings[kind] = summary.warnings.get(kind, 0) + 1
@@ -390,11 +430,12 @@ def _write_split(out_dir: Path, split: str, dataset: str, records: list[VideoRec
                 summary.converted += 1
                 summary.frames += num_frames
                 video_index += 1
+        summary.short_videos = len(summary.short_list)
+        unwritten_ids = {v for v, _ in summary.unwritten}
         meta = {
             'format_version': DATASET_FORMAT_VERSION, 'dataset': dataset, 'split': split,
             'settings': asdict(settings), 'columns': columns, 'num_videos': summary.converted,
-            'num_captions': sum(len(r.captions) for r in records if outcomes.get(r.video_id, {}).get('status')
-                                == 'ok' and paths[r.video_id] is not None),
+            'num_captions': sum(len(r.captions) for r in records if r.video_id not in unwritten_ids),
             'num_listed': summary.total, 'num_skipped': summary.failed, 'fingerprint': fingerprint,
             'created': time.strftime('%Y-%m-%dT%H:%M:%S'),
         }
@@ -405,6 +446,8 @@ def _write_split(out_dir: Path, split: str, dataset: str, records: list[VideoRec
             writer = csv.writer(f)
             writer.writerow(['video_id', 'path', 'reason', 'detail'])
             writer.writerows(skipped_rows)
+        summary.written_at = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+        (tmp_videos / SPLIT_REPORT_FILE).write_text(json.dumps(_split_record(summary), indent=2) + '\n')
         for tmp, final in ((tmp_pairs, out_dir / pairs_split(split)), (tmp_videos, out_dir / split)):
             if final.exists():
                 trash = out_dir / f'.{final.name}.old-{tag}'
@@ -420,8 +463,12 @@ def convert_records(dataset: str, annotations: Annotations, videos_dir: str | os
                     out_dir: str | os.PathLike, *, settings: ConvertSettings | None = None,
                     workers: int | None = None, work_dir: str | os.PathLike | None = None,
                     splits: Sequence[str] | None = None, progress: bool = True, retry_failed: bool = False,
-                    warn_frames: int = 12, size_limit: str = '128mb') -> dict[str, SplitSummary]:
+                    warn_frames: int = 12, size_limit: str = '128mb',
+                    skip_truncated: bool = False) -> dict[str, SplitSummary]:
     """Convert every split of ``annotations`` (or only ``splits``) to ``out_dir/<split>`` MDS folders.
+
+    A video whose tail is cut off (see :func:`~tempme_composer.data.video.decode_video`) is written with the
+    frames it has and reported, or skipped with reason ``truncated`` when ``skip_truncated``.
 
     Returns one :class:`SplitSummary` per split. Never raises for a bad video; raises ``FileNotFoundError``
     when ``videos_dir`` does not exist and ``ValueError`` for an unknown split name.
@@ -457,7 +504,7 @@ def convert_records(dataset: str, annotations: Annotations, videos_dir: str | os
                 summary.total += 1  # listed but not a record: still part of the denominator
                 extra_rows.append([problem.video_id, '', problem.reason, problem.detail])
         paths = {r.video_id: index.get(r.path_stem) for r in records}
-        fingerprint = _digest([settings.cache_key()] + [
+        fingerprint = _digest([settings.cache_key() + ('-skip-truncated' if skip_truncated else '')] + [
             f'{r.video_id}|{paths[r.video_id]}|{"|".join(r.captions)}' for r in records])
         meta = read_dataset_meta(out_dir / split)
         pairs_meta = read_dataset_meta(out_dir / pairs_split(split))
@@ -490,22 +537,38 @@ def convert_records(dataset: str, annotations: Annotations, videos_dir: str | os
             path = paths[record.video_id]
             if path is not None and record.video_id not in outcomes:
                 outcomes[record.video_id] = decoded[str(path)]
-        summary.short_videos = sum(1 for r in records if outcomes.get(r.video_id, {}).get('status') == 'ok'
-                                   and outcomes[r.video_id]['num_frames'] < warn_frames)
         _write_split(out_dir, split, dataset, records, paths, outcomes, cache_dir, settings, summary,
-                     fingerprint, size_limit, extra_rows)
+                     fingerprint, size_limit, extra_rows, warn_frames=warn_frames, skip_truncated=skip_truncated)
         summary.seconds = time.perf_counter() - start
         summaries[split] = summary
     return summaries
 
 
+def _split_record(summary: SplitSummary) -> dict[str, Any]:
+    """A split's entry of ``conversion_report.json`` (and of its own ``conversion_summary.json``)."""
+    return {**asdict(summary), 'failed_fraction': summary.failed_fraction}
+
+
 def _summary_from_existing(folder: Path, summary: SplitSummary, meta: dict[str, Any]) -> SplitSummary:
+    """The figures of the run that wrote ``folder`` (its ``conversion_summary.json``; for a folder written
+    before that file existed, the counts rebuilt from ``skipped.csv``); this run's timing stays."""
+    stored = folder / SPLIT_REPORT_FILE
+    if stored.is_file():
+        try:
+            record = json.loads(stored.read_text())
+            names = {f.name for f in fields(SplitSummary)} - {'decoded_now', 'seconds', 'reused'}
+            return replace(summary, **{k: v for k, v in record.items() if k in names})
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable: rebuild from skipped.csv below
     summary.converted = int(meta.get('num_videos', 0))
+    summary.written_at = str(meta.get('created', ''))
     skipped_path = folder / SKIPPED_FILE
     if skipped_path.is_file():
         with open(skipped_path, newline='', encoding='utf-8') as f:
             for row in csv.DictReader(f):
                 summary.skipped[row['reason']] = summary.skipped.get(row['reason'], 0) + 1
+                if row['reason'] != 'duplicate_id':
+                    summary.unwritten.append([row['video_id'], row['reason']])
                 if row['reason'] == 'missing':
                     summary.missing_ids.append(row['video_id'])
     return summary
@@ -572,7 +635,10 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument('--max-failed-fraction', type=float, default=0.05,
                        help='exit 1 when a split skips more than this fraction of its videos (default 0.05)')
         p.add_argument('--warn-frames', type=int, default=12,
-                       help='count videos with fewer frames than this in the summary (default 12)')
+                       help='list videos with fewer frames than this in the summary (default 12)')
+        p.add_argument('--skip-truncated', action='store_true',
+                       help='skip videos whose tail is cut off (default: keep the frames before the cut and '
+                            'list the video as truncated)')
         p.add_argument('--size-limit', default='128mb', help='MDS shard size limit (default 128mb)')
         p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
@@ -617,21 +683,64 @@ def _print_summary(dataset: str, summaries: dict[str, SplitSummary], max_failed:
         rate = s.decoded_now / s.seconds if s.seconds and s.decoded_now else 0.0
         reasons = ', '.join(f'{k} {v}' for k, v in sorted(s.skipped.items())) or '-'
         warns = ', '.join(f'{k} {v}' for k, v in sorted(s.warnings.items()))
-        note = ' (already converted)' if s.reused else ''
+        note = f' (already converted by the run of {s.written_at or "an earlier run"})' if s.reused else ''
         print(f'{s.split:<12} {s.total:>7} {s.converted:>7} {s.failed:>7} {s.short_videos:>6} {s.frames:>8} '
               f'{s.decoded_now:>7} {rate:>7.2f}  {reasons}{"; " + warns if warns else ""}{note}')
-        if s.is_test and s.missing_ids:
-            shown = ', '.join(s.missing_ids[:10]) + (' ...' if len(s.missing_ids) > 10 else '')
-            bar = '!' * 100
-            print(f'\n{bar}\n!! WARNING: {len(s.missing_ids)} video(s) of the official TEST split {dataset}/{s.split} '
-                  f'are MISSING: {shown}\n!! Metrics on this split are NOT comparable to published numbers '
-                  f'(the gallery is smaller). See {out / s.split / SKIPPED_FILE}\n{bar}\n', file=sys.stderr)
+        _print_video_lists(dataset, s)
+        if s.is_test and s.unwritten:
+            _print_test_banner(dataset, s, out)
         if s.failed_fraction > max_failed:
             print(f'ERROR: {dataset}/{s.split}: {s.failed}/{s.total} videos skipped '
                   f'({s.failed_fraction:.1%} > --max-failed-fraction {max_failed:.1%}); see '
                   f'{out / s.split / SKIPPED_FILE}', file=sys.stderr)
             status = 1
     return status
+
+
+def _print_video_lists(dataset: str, s: SplitSummary, show: int = 20) -> None:
+    """The truncated and the short videos of a split by id (all of them are in conversion_report.json)."""
+    if s.truncated_videos:
+        kept = all(t['kept'] for t in s.truncated_videos)
+        items = [f"{t['video_id']} ({t['decoded_s']:.1f} s of {t['declared_s'] or 0:.1f} s, {t['frames']} frames)"
+                 for t in s.truncated_videos]
+        more = f' ... and {len(items) - show} more' if len(items) > show else ''
+        how = 'kept with the frames before the cut (--skip-truncated drops them)' if kept else \
+            'skipped (--skip-truncated)'
+        print(f'  {dataset}/{s.split}: {len(items)} truncated video(s), {how}: {"; ".join(items[:show])}{more}')
+    if s.short_list:
+        items = [f'{v} ({n} frames)' for v, n in s.short_list]
+        more = f' ... and {len(items) - show} more' if len(items) > show else ''
+        print(f'  {dataset}/{s.split}: {len(items)} video(s) with fewer frames than --warn-frames (the loader '
+              f'pads and masks them): {", ".join(items[:show])}{more}')
+
+
+def _print_test_banner(dataset: str, s: SplitSummary, out: Path) -> None:
+    """Every video of an official test split that was not written, with its reason (stderr)."""
+    by_reason: dict[str, list[str]] = {}
+    for video_id, reason in s.unwritten:
+        by_reason.setdefault(reason, []).append(video_id)
+    lines = [f'!!   {reason} ({len(ids)}): {", ".join(ids)}' for reason, ids in sorted(by_reason.items())]
+    bar = '!' * 100
+    written = s.total - len(s.unwritten) - s.skipped.get('duplicate_id', 0)
+    print(f'\n{bar}\n!! WARNING: {len(s.unwritten)} video(s) of the official TEST split {dataset}/{s.split} are MISSING '
+          f'from the gallery, not written ({written:,} of {written + len(s.unwritten):,} listed videos are in it):\n'
+          + '\n'.join(lines) + '\n'
+          f'!! Metrics on this split are NOT comparable to published numbers (the gallery is smaller). '
+          f'Reasons and paths: {(out / s.split / SKIPPED_FILE).resolve()}\n{bar}\n', file=sys.stderr)
+
+
+def _merge_report(path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with the split entries of the previous report kept for splits this run did not touch (and
+    whose folder still exists), so each split keeps the figures and date of the run that wrote it."""
+    try:
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get('dataset') != report['dataset'] or not isinstance(previous.get('splits'), dict):
+        return report
+    kept = {k: v for k, v in previous['splits'].items()
+            if k not in report['splits'] and (path.parent / k / 'index.json').is_file()}
+    return {**report, 'splits': {**kept, **report['splits']}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -654,7 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summaries = convert_records(args.dataset, annotations, args.videos, args.out, settings=settings,
                                     workers=args.workers, work_dir=args.work_dir, splits=splits,
                                     progress=not args.no_progress, retry_failed=args.retry_failed,
-                                    warn_frames=args.warn_frames, size_limit=args.size_limit)
+                                    warn_frames=args.warn_frames, size_limit=args.size_limit,
+                                    skip_truncated=args.skip_truncated)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f'tempme-convert: error: {e}', file=sys.stderr)
         return 2
@@ -668,13 +778,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'decoded {decoded} videos in {elapsed:.1f}s ({decoded / elapsed if elapsed else 0:.2f} videos/s, '
           f'{args.workers} workers)')
     report = {
-        'dataset': args.dataset, 'settings': asdict(settings), 'annotation_files': files,
-        'videos': str(args.videos), 'seconds': round(elapsed, 2),
-        'splits': {k: {**asdict(v), 'failed_fraction': v.failed_fraction} for k, v in summaries.items()},
+        'dataset': args.dataset, 'settings': asdict(settings), 'skip_truncated': args.skip_truncated,
+        'annotation_files': files, 'videos': os.path.abspath(args.videos), 'seconds': round(elapsed, 2),
+        'updated_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'splits': {k: _split_record(v) for k, v in summaries.items()},
         'annotation_problems': [asdict(p) for p in annotations.problems],
         'exit_code': status,
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + '\n')
+    report = _merge_report(out / REPORT_FILE, report)
+    _atomic_write(out / REPORT_FILE, (json.dumps(report, indent=2) + '\n').encode())
     if status == 0 and not args.keep_work and not args.work_dir:  # an explicit --work-dir is the user's
         shutil.rmtree(out / '.tempme_work', ignore_errors=True)
     return status

@@ -52,9 +52,20 @@ class DecodedVideo:
 
     frames: list[np.ndarray]  # each [H, W, 3] uint8 RGB
     source_fps: float  # the stream's own frame rate (before any subsampling)
-    duration_s: float  # stream duration in seconds (container value, else estimated from the frames)
+    duration_s: float  # seconds actually decoded: first frame to the end of the last decoded frame
     warnings: list[str] = field(default_factory=list)  # e.g. a truncated tail, an applied rotation
     rotation: int = 0  # display rotation (degrees counter-clockwise) that was applied to the frames
+    truncated: bool = False  # decoding stopped early: a decode error, or far short of the declared duration
+    declared_duration_s: float | None = None  # what the stream/container header says (None: not stated)
+
+
+def _truncation_gap(decoded_s: float, declared_s: float | None, frame_s: float) -> float:
+    """Seconds missing at the end when they exceed what timestamp rounding, a longer audio track or the last
+    frame's length can explain (max(1 s, 2 frames, 2 %) of the declared duration); else 0."""
+    if declared_s is None or not declared_s > 0:
+        return 0.0
+    gap = declared_s - decoded_s
+    return gap if gap > max(1.0, 2 * frame_s, 0.02 * declared_s) else 0.0
 
 
 def _scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -99,6 +110,11 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
         VideoDecodeError: the file is missing, not a video, has no video stream, or yields no frame. A decode
             error after at least one frame was decoded only logs a warning (naming the file) and keeps the
             frames decoded so far, as truncated tails are common in scraped datasets.
+
+    A truncated tail is detected two ways, because FFmpeg's multi-threaded decoder swallows the error at the
+    cut that single-threaded decoding raises: a decode error, or the last decoded frame ending far short of
+    the duration the stream (else the container) declares. Either sets ``truncated`` and a ``truncated:``
+    warning; ``duration_s`` is always the decoded span, never the declared one.
         ValueError: ``fps`` or ``short_side`` is not positive.
     """
     import av  # local import: keep ``import tempme_composer.data`` light for processes that never decode
@@ -132,9 +148,11 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
         first_pts: int | None = None
         last_interval = -1
         last_time: Fraction | None = None
+        last_len: Fraction | None = None  # presentation length of the last decoded frame
         n_decoded = 0
         warnings: list[str] = []
         rotation = 0
+        decode_error: av.FFmpegError | None = None
         try:
             for frame in container.decode(stream):
                 # Presentation time relative to the first frame; fall back to the frame counter without pts.
@@ -146,6 +164,8 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
                     t = Fraction(n_decoded) / Fraction(rate if rate else 1)
                 n_decoded += 1
                 last_time = t
+                length = getattr(frame, 'duration', None)
+                last_len = Fraction(length) * time_base if length and time_base is not None else None
                 if keep_rate is not None:
                     interval = math.floor(t * keep_rate)  # exact: Fraction arithmetic, no float drift
                     if interval <= last_interval:
@@ -163,26 +183,35 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
         except av.FFmpegError as e:
             if not frames:
                 raise VideoDecodeError(f'cannot decode video {str(path)!r}: decoding failed ({e})') from e
-            log.warning('video %s: decoding stopped after %d frames (%s); keeping the frames read so far',
-                        path, n_decoded, e)
-            warnings.append(f'truncated: decoding stopped after {n_decoded} frames ({e})')
+            decode_error = e
 
         if not frames:
             raise VideoDecodeError(f'cannot decode video {str(path)!r}: the video stream has zero frames')
         if not source_fps:
             source_fps = float(n_decoded / float(last_time)) if last_time else 1.0
+        frame_s = float(last_len) if last_len else 1.0 / source_fps
+        duration_s = float(last_time) + frame_s if last_time is not None else n_decoded / source_fps
         if stream.duration is not None and time_base is not None:
-            duration_s = float(stream.duration * time_base)
+            declared_s: float | None = float(stream.duration * time_base)
         elif container.duration is not None:
-            duration_s = container.duration / av.time_base
+            declared_s = container.duration / av.time_base
         else:
-            duration_s = n_decoded / source_fps
+            declared_s = None
+        gap = _truncation_gap(duration_s, declared_s, frame_s)
+        truncated = decode_error is not None or gap > 0
+        if truncated:
+            of = f' of the {declared_s:.1f} s the file declares' if declared_s else ''
+            why = f'decode error: {decode_error}' if decode_error is not None else 'no error, the frames just stop'
+            log.warning('video %s: truncated, decoded %.1f s%s (%d frames, %s); keeping the frames read so far',
+                        path, duration_s, of, n_decoded, why)
+            warnings.append(f'truncated: decoded {duration_s:.1f} s{of} ({n_decoded} frames; {why}): the file ends '
+                            'early, e.g. an incomplete download')
     finally:
         container.close()
     if rotation:
         warnings.append(f'rotated: display matrix {rotation} degrees applied')
     return DecodedVideo(frames=frames, source_fps=source_fps, duration_s=duration_s, warnings=warnings,
-                        rotation=rotation)
+                        rotation=rotation, truncated=truncated, declared_duration_s=declared_s)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
