@@ -14,7 +14,6 @@ import datetime
 import json
 import logging
 import os
-import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
 from tempme_composer.config import ConfigError, TrainConfig, config_from_dict, paragraph_mode
 from tempme_composer.data.video import CLIP_MEAN, CLIP_STD
@@ -61,10 +61,13 @@ def read_checkpoint_model_state(path: str | os.PathLike, *, trust: bool = False)
     if not path.is_file():
         raise ExportError(f'checkpoint {path} does not exist')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False) if trust else _load_allowlisted(path)
-    except pickle.UnpicklingError as e:
-        raise ExportError(f'{path} holds objects outside the recipe\'s checkpoint allowlist ({str(e).splitlines()[-1]}); '
-                          'if you made this checkpoint yourself on this machine, add --trust-checkpoint') from e
+        ckpt = safe_torch_load(path, allow_unsafe=trust)
+    except UnsafeCheckpointError as e:
+        if e.global_name is None:  # truncated, or not a torch checkpoint
+            raise ExportError(str(e)) from e
+        raise ExportError(f'{path} holds {e.global_name}, outside the recipe\'s checkpoint allowlist '
+                          '(loading it would run its pickled code); if you made this checkpoint yourself on this '
+                          'machine, add --trust-checkpoint') from e
     except Exception as e:  # a file-format boundary: any parser failure means "not a checkpoint"
         raise ExportError(f'cannot read checkpoint {path}: {type(e).__name__}: {e}') from e
     state = ckpt.get('state', {}).get('model') if isinstance(ckpt, dict) else None
@@ -74,14 +77,6 @@ def read_checkpoint_model_state(path: str | os.PathLike, *, trust: bool = False)
     if not tensors:
         raise ExportError(f'{path}: state.model holds no tensors named model.* (not a RetrievalModel checkpoint)')
     return tensors
-
-
-def _load_allowlisted(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with the non-tensor types a recipe checkpoint's metadata holds."""
-    from torch.torch_version import TorchVersion
-
-    with torch.serialization.safe_globals([TorchVersion]):
-        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, full: bool = False,
