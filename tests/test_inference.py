@@ -332,3 +332,22 @@ def test_demo_train_export_index_eval_equals_best_json(tmp_path):
     page = results_page([result], index)
     assert 'ground truth' in page and 'R@1' in page and 'data:image/jpeg;base64,' in page
     assert search_main([str(tmp_path / 'index'), '--eval']) == 0
+
+
+def test_analysis_page_lists_the_worst_captions_first(tmp_path):
+    from tempme_composer.inference.html_page import analysis_page, read_ranks
+    from tempme_composer.inference.search_cli import main as search_main
+
+    ranks = tmp_path / 'demo-ep1-ranks.jsonl'
+    rows = [{'caption': f'caption {i}', 'video_id': f'v{i}', 'video_index': i, 'caption_index': 0, 'rank': r,
+             'top_videos': [f'v{(i + j) % 5}' for j in range(3)]} for i, r in enumerate([1, 7, 2, 30, 1])]
+    ranks.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    page = analysis_page(read_ranks(ranks), None, worst=2, source=str(ranks))
+    assert page.index('caption 3') < page.index('caption 1') and 'caption 2' not in page
+    assert 'ranked #30' in page and 'R@1' in page
+    out = tmp_path / 'worst.html'
+    assert search_main(['--analysis', str(ranks), '--html', str(out)]) == 0 and out.read_text() == \
+        analysis_page(read_ranks(ranks), None, worst=20, source=str(ranks))
+    ranks.write_text('{"caption": "x"}\n')
+    with pytest.raises(ValueError, match='line 1: expected caption, video_id, rank and top_videos'):
+        read_ranks(ranks)

@@ -101,7 +101,7 @@ class VideoIndex:
         return self.store.thumbnail_path(self.rows[row])
 
     def search_embeddings(self, queries: np.ndarray, k: int, approximate: bool = False,
-                          ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
+                          ef_search: int = 512) -> tuple[np.ndarray, np.ndarray]:
         if approximate:
             from tempme_composer.inference.ann import hnsw_index
 
