@@ -234,6 +234,25 @@ def test_a_crash_mid_run_keeps_the_index_and_the_encoded_batches(tmp_path):
     report = index_videos(model, videos, out, dtype='float32', batch_size=2, progress=False)
     assert (report.recovered, report.encoded, report.indexed) == (2, 2, 8)
     assert not list((out / 'pending').glob('*'))
+    # A first run that never committed: search says how to finish it, the next run does.
+    fresh = tmp_path / 'fresh'
+    (fresh / 'pending').mkdir(parents=True)
+    IndexStore(fresh).write_pending(0, _one_batch(model, videos))
+    with pytest.raises(IndexError_, match='stopped before its first commit.*re-run the same tempme-index command'):
+        VideoIndex(fresh)
+    assert index_videos(model, videos, fresh, dtype='float32', progress=False).recovered == 1
+
+
+def _one_batch(model, videos: Path):
+    from tempme_composer.inference.index import encode_videos
+    from tempme_composer.inference.store import PendingBatch
+
+    x = video_from_file(videos / 'v0.mp4', model.preprocessing)
+    st = (videos / 'v0.mp4').stat()
+    row = {'path': 'v0.mp4', 'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'key': 'k0', 'duration': x.duration,
+           'frames': x.num_frames, 'used_frames': int(x.mask.sum()), 'warnings': [], 'thumb': None,
+           'model_hash': model.model_hash}
+    return PendingBatch([row], encode_videos(model, [x]).astype('float32'), [])
 
 
 def test_bad_inputs_get_one_clear_error(tmp_path):
