@@ -109,7 +109,7 @@ def analysis_page(ranks: Sequence[dict[str, Any]], index: VideoIndex | None, wor
     by_id = {str(r.get('video_id', r['path'])): i for i, r in enumerate(index.rows)} if index is not None else {}
     n = len(ranks)
     summary = {f'R@{k}': 100.0 * sum(r['rank'] <= k for r in ranks) / max(n, 1) for k in (1, 5, 10)}
-    body = [_metrics_banner(summary, f'{n} captions of {source}')]
+    body = [_metrics_banner(summary, f'text→video over all {n} captions of that evaluation (the run\'s tie mode)')]
 
     def card(video_id: str, rank: int | str, truth: bool) -> str:
         if video_id in by_id:

@@ -269,7 +269,8 @@ def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | o
                 texts = [texts] if isinstance(texts, str) else list(texts)
                 if paragraph:
                     texts = [' '.join(str(t) for t in texts)]
-                x = video_from_frames(frames, model.preprocessing, duration=float(sample.get('duration') or 0.0))
+                duration = sample.get('duration') or (len(frames) / float(sample['fps']) if sample.get('fps') else 0.0)
+                x = video_from_frames(frames, model.preprocessing, duration=float(duration))
                 key = _row_key(f'{split}:{sample["video_id"]}')
                 rows.append({'path': str(sample['video_id']), 'video_id': str(sample['video_id']), 'key': key,
                              'sample': i, 'duration': round(x.duration, 3), 'frames': x.num_frames,
