@@ -333,8 +333,16 @@ def test_bad_inputs_are_reported_never_zero_filled(tmp_path, capsys):
 def test_bench_smoke(tmp_path, capsys):
     from tempme_composer.data.bench import main as bench_main
 
-    result = bench_main(['--videos', '2', '--seconds', '2', '--width', '64', '--height', '48', '--fps', '10',
-                         '--workers', '1', '--loader-workers', '0', '--batch-size', '1', '--work', str(tmp_path)])
-    assert result['conversion_videos_per_s'] > 0 and result['loader_samples_per_s']['ratio'] > 0
+    result = bench_main(['--msrvtt-videos', '2', '--msrvtt-seconds', '2,3', '--anet-videos', '1', '--anet-seconds',
+                         '4', '--width', '64', '--height', '48', '--fps', '10', '--workers', '1', '--loader-workers',
+                         '0', '--batch-size', '2', '--replicas', '2', '--seconds-per-path', '0.05', '--repeats', '1',
+                         '--storage', '--work', str(tmp_path)])
+    assert result['conversion_videos_per_s'] > 0
     assert [r['format'] for r in result['storage']] == ['jpeg q75', 'jpeg q85', 'jpeg q95', 'raw uint8']
+    for kind, used in (('msrvtt', 12), ('anet', 64)):
+        row = result['kinds'][kind]
+        assert row['frames_used'] == used and row['mds_over_today'] > 0 and row['mds_over_fly'] > 0
+        assert set(row['samples_per_s_per_worker']) == {'today', 'mds', 'fly'}
+    assert result['h100_loader_cores']['forward'] >= result['h100_loader_cores']['train'] >= 1
+    assert 'samples/s per loader worker' in capsys.readouterr().out
     assert 'videos/s' in capsys.readouterr().out

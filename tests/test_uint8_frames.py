@@ -184,3 +184,22 @@ def test_a_format_1_demo_dataset_is_reused(tmp_path):
     meta_path = first.root / 'demo_dataset.json'
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), 'format_version': 1}))
     assert generate_demo_dataset(tmp_path / 'ds', num_train=2, num_eval=2, seed=1).reused
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_normalisation_is_bit_identical_also_under_autocast():
+    """Pinned uint8 -> non-blocking copy -> lookup on the GPU equals the CPU float path (CUDA divides by a
+    scalar through its reciprocal, which is why the values are looked up, not recomputed)."""
+    rng = np.random.default_rng(3)
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    frames = [np.stack([levels, levels.T, levels[::-1]], axis=-1).repeat(2, 0).repeat(2, 1)]  # [32, 32, 3]
+    frames += [rng.integers(0, 256, (R, 40, 3), dtype=np.uint8) for _ in range(3)]
+    video = frames_to_uint8(frames, R)[None].pin_memory()  # [1, 4, 3, R, R]
+    mask = torch.tensor([[1, 1, 1, 0]])
+    expected = frames_to_tensor(frames, R)
+    expected[3] = 0
+    for autocast in (False, True):
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
+            out = normalize_frames(video.to('cuda', non_blocking=True), mask.cuda())
+        assert out.dtype == torch.float32 and torch.equal(out.cpu()[0], expected)
