@@ -101,12 +101,16 @@ class OnTheFlyDecodeDataset:
 
 def _today_dataset_class():
     """``VideoTextDataset`` as it was before format 2: float32 CLIP normalisation in the loader worker."""
+    import torch
+
     from tempme_composer.data.streaming import VideoTextDataset
     from tempme_composer.data.video import frames_to_tensor
 
     class TodayDataset(VideoTextDataset):
         def frames_tensor(self, frames):
-            return frames_to_tensor(frames, self.image_resolution)  # float32 [n, 3, R, R]
+            video = torch.zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # float32
+            video[: len(frames)] = frames_to_tensor(frames, self.image_resolution)
+            return video
 
     return TodayDataset
 
@@ -119,22 +123,21 @@ def _collate_today(samples):
 
 
 def _time_loader(loader, seconds: float) -> float:
-    """Samples/s over at least ``seconds`` and two batches, after one warm-up batch (worker start, page cache).
+    """Samples/s over whole epochs (persistent workers), from the second batch on, for at least ``seconds``.
 
-    The workers are shut down before returning, so nothing prefetches in the background of the next timing.
+    Whole epochs: an iterator left mid-epoch would keep its worker prefetching behind the next timing.
     """
-    batches = iter(loader)
-    try:
-        next(batches)
-        n, start = 0, time.perf_counter()
-        while True:
-            for batch in batches:
-                n += batch['video'].shape[0]
-                if time.perf_counter() - start >= seconds and n >= 2 * batch['video'].shape[0]:
-                    return n / (time.perf_counter() - start)
-            batches = iter(loader)  # next epoch
-    finally:
-        del batches  # non-persistent workers: joined here
+    n, elapsed, first = 0, 0.0, True
+    while elapsed < seconds or n == 0:
+        batches = iter(loader)
+        if first:  # warm-up batch (worker start, page cache), not timed
+            next(batches)
+            first = False
+        start = time.perf_counter()
+        for batch in batches:
+            n += batch['video'].shape[0]
+        elapsed += time.perf_counter() - start
+    return n / elapsed
 
 
 def _jpeg_table(frames: list[np.ndarray]) -> list[dict]:
@@ -176,7 +179,7 @@ def _collate_uint8(samples):
 
 
 def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) -> dict:
-    """The three loaders over one kind of clip, keyed today / mds / fly (fresh workers per timing)."""
+    """The three loaders over one kind of clip, keyed today / mds / fly."""
     from torch.utils.data import DataLoader
 
     from tempme_composer.data.frame_layout import write_format1_copy
@@ -184,12 +187,12 @@ def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) 
 
     max_frames = _KINDS[kind][1]
     common = dict(max_frames=max_frames, image_resolution=224, max_words=32)
-    loader_kw = dict(num_workers=args.loader_workers, drop_last=True)
+    loader_kw = dict(num_workers=args.loader_workers, drop_last=True, persistent_workers=args.loader_workers > 0)
     v1 = write_format1_copy(mds / kind, mds / f'{kind}_format1')
     today = _today_dataset_class()(local=str(v1), train=True, shuffle=True, batch_size=args.batch_size, **common)
     new = build_video_text_dataloader(local=str(mds), split=kind, batch_size=args.batch_size, train=True,
                                       **common).dataloader.dataset
-    fly = OnTheFlyDecodeDataset(paths * args.replicas, max_frames=max_frames, resolution=224, fps=1, size=224)
+    fly = OnTheFlyDecodeDataset(paths, max_frames=max_frames, resolution=224, fps=1, size=224)
     return {
         'today': DataLoader(today, batch_size=args.batch_size, collate_fn=_collate_today, **loader_kw),
         'mds': DataLoader(new, batch_size=args.batch_size, collate_fn=collate_train, **loader_kw),

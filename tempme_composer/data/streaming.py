@@ -177,8 +177,12 @@ class VideoTextDataset(StreamingDataset):
         return '<unknown>'
 
     def frames_tensor(self, frames: list) -> torch.Tensor:
-        """The kept frames as the ``uint8 [n, 3, R, R]`` the model normalises on its device."""
-        return frames_to_uint8(frames, self.image_resolution)
+        """The kept frames, zero-padded to ``max_frames``: the ``uint8 [T, 3, R, R]`` the model normalises on its
+        device (written in place: no second copy per sample)."""
+        video = torch.empty(self.max_frames, 3, self.image_resolution, self.image_resolution, dtype=torch.uint8)
+        frames_to_uint8(frames, self.image_resolution, out=video[: len(frames)])
+        video[len(frames):] = 0
+        return video
 
     def _pair(self, idx: int) -> tuple[int, str, str] | None:
         """(video sample index, video_id, caption) when ``idx`` is a caption-level pair, else None."""
@@ -226,9 +230,7 @@ class VideoTextDataset(StreamingDataset):
             keep = keep[::-1]
         elif self.frame_order == 2:
             keep = keep[np.random.default_rng([self.caption_seed, self.caption_epoch, idx, 1]).permutation(len(keep))]
-        clip = self.frames_tensor(frames.select(keep))  # [n, 3, R, R]; only the kept frames are decoded
-        video = clip.new_zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # [T, 3, R, R]
-        video[: len(keep)] = clip
+        video = self.frames_tensor(frames.select(keep))  # [T, 3, R, R]; only the kept frames are decoded
         video_mask = torch.zeros(self.max_frames, dtype=torch.long)  # [T]
         video_mask[: len(keep)] = 1
 

@@ -27,32 +27,42 @@ __all__ = ['clip_lookup_table', 'frames_to_uint8', 'normalize_frames']
 _LUT: dict[torch.device, torch.Tensor] = {}  # per device: [3 * 256] float32
 
 
-def frames_to_uint8(frames: Sequence[Image.Image | np.ndarray], resolution: int) -> torch.Tensor:
+def frames_to_uint8(frames: Sequence[Image.Image | np.ndarray], resolution: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """The loader half of ``frames_to_tensor``: short side resized to R (bicubic), centre crop, ``uint8``.
 
     Args:
         frames: PIL images (any mode) or ``[H, W, 3]`` uint8 RGB arrays.
         resolution: output side R.
+        out: optional contiguous uint8 ``[T, 3, R, R]`` to write into (e.g. the first T slots of a padded
+            sample, which saves a copy per sample).
 
     Returns:
         uint8 ``[T, 3, R, R]``; ``normalize_frames`` of it equals ``frames_to_tensor(frames, R)`` exactly.
     """
     if not frames:
         raise ValueError('frames_to_uint8 needs at least one frame')
-    out = np.empty((len(frames), resolution, resolution, 3), dtype=np.uint8)  # [T, R, R, 3]
+    shape = (len(frames), 3, resolution, resolution)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.uint8)
+    elif tuple(out.shape) != shape or out.dtype != torch.uint8 or not out.is_contiguous():
+        raise ValueError(f'out must be a contiguous uint8 tensor of shape {shape}, got {out.dtype} '
+                         f'{tuple(out.shape)}')
+    target = out.numpy()  # [T, 3, R, R], shares memory with out
     for i, frame in enumerate(frames):
         if isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 \
                 and min(frame.shape[:2]) == resolution:
-            out[i] = _center_crop_array(frame, resolution)  # stored at short side R: a slice, no PIL round trip
-            continue
-        image = Image.fromarray(frame) if isinstance(frame, np.ndarray) else frame
-        if image.mode != 'RGB':
-            image = image.convert('RGB')
-        if min(image.size) == resolution:
-            out[i] = _center_crop_array(np.asarray(image), resolution)
+            crop = _center_crop_array(frame, resolution)  # stored at short side R: a slice, no PIL round trip
         else:
-            out[i] = np.asarray(_resize_center_crop(image, resolution))
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))  # [T, 3, R, R]
+            image = Image.fromarray(frame) if isinstance(frame, np.ndarray) else frame
+            if image.mode != 'RGB':
+                image = image.convert('RGB')
+            if min(image.size) == resolution:
+                crop = _center_crop_array(np.asarray(image), resolution)
+            else:
+                crop = np.asarray(_resize_center_crop(image, resolution))
+        target[i] = crop.transpose(2, 0, 1)  # [R, R, 3] -> [3, R, R]
+    return out
 
 
 def _center_crop_array(array: np.ndarray, resolution: int) -> np.ndarray:
