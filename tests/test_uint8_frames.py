@@ -175,7 +175,9 @@ def test_model_output_is_identical_for_uint8_and_float_batches(demo, tempme, sto
     model = _tiny_model(tempme, stop)
     with torch.no_grad():
         a, b = model(batch), model(floats)
+        direct = model.model.encode_video(batch['video'], batch['video_mask'])  # callers outside Composer
     assert all(torch.equal(a[k], b[k]) for k in ('text', 'video', 'logit_scale'))
+    assert torch.equal(direct, b['video'])
 
 
 def test_a_format_1_demo_dataset_is_reused(tmp_path):
