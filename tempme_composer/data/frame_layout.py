@@ -95,7 +95,7 @@ class StoredFrames:
         """Frame ``i``: a PIL image (JPEG, decoded lazily by PIL when read) or a ``[H, W, 3]`` uint8 array."""
         if self._data is None:
             return self._frames[i]
-        return Image.open(io.BytesIO(self.jpeg_bytes(i)))
+        return Image.open(io.BytesIO(self.jpeg_bytes(i)), formats=('JPEG',))  # no probing of other formats
 
     def jpeg_bytes(self, i: int) -> bytes:
         """The stored JPEG of frame ``i`` (format 2 only)."""
