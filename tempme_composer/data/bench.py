@@ -14,8 +14,9 @@ in one process, one after the other, ``--repeats`` times each (the best run coun
 - **on the fly**: decoding the mp4 file per sample (the research codebases' way: every frame at 1 fps, then
   the same frame selection), ``uint8`` output like MDS.
 
-Rates are samples/s per loader worker (the measured rate divided by ``--loader-workers``, which defaults to
-one worker). Then it prints how many loader cores one H100 needs at the README's TempMe rates (591 train and
+Rates are samples per CPU second of the loader workers (= samples/s one loader core delivers; robust when
+other jobs share the machine) and, in brackets, wall-clock samples/s divided by ``--loader-workers`` (one by
+default); the ratios use the CPU rates. Then it prints how many loader cores one H100 needs at the README's TempMe rates (591 train and
 1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw table.
 """
 
@@ -122,22 +123,40 @@ def _collate_today(samples):
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def _time_loader(loader, seconds: float) -> float:
-    """Samples/s over whole epochs (persistent workers), from the second batch on, for at least ``seconds``.
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's live children (the loader workers)."""
+    import psutil
 
-    Whole epochs: an iterator left mid-epoch would keep its worker prefetching behind the next timing.
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # a worker that just exited
+            pass
+    return total
+
+
+def _time_loader(loader, seconds: float) -> tuple[float, float]:
+    """``(samples per wall second, samples per worker CPU second)`` over whole epochs (persistent workers),
+    from the second batch on, for at least ``seconds`` of wall time.
+
+    Whole epochs: an iterator left mid-epoch would keep its worker prefetching behind the next timing. CPU
+    seconds of the workers measure a loader core's capacity even when other jobs share the machine (wall time
+    then also counts the time the worker waited for a core).
     """
-    n, elapsed, first = 0, 0.0, True
+    n, elapsed, cpu, first = 0, 0.0, 0.0, True
     while elapsed < seconds or n == 0:
         batches = iter(loader)
         if first:  # warm-up batch (worker start, page cache), not timed
             next(batches)
             first = False
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _children_cpu_s()
         for batch in batches:
             n += batch['video'].shape[0]
         elapsed += time.perf_counter() - start
-    return n / elapsed
+        cpu += _children_cpu_s() - cpu0
+    return n / elapsed, n / cpu if cpu > 0 else float('nan')
 
 
 def _jpeg_table(frames: list[np.ndarray]) -> list[dict]:
@@ -178,6 +197,18 @@ def _collate_uint8(samples):
     return {k: default_collate([s[k] for s in samples]) for k in samples[0]}
 
 
+def _retrying(make, attempts: int = 3):
+    """``make()``, again after a second when streaming loses a shared-memory name race to another process
+    creating a StreamingDataset at the same moment (FileExistsError on ``/NNNNNN_locals``; shared machines)."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except FileExistsError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
 def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) -> dict:
     """The three loaders over one kind of clip, keyed today / mds / fly."""
     from torch.utils.data import DataLoader
@@ -188,10 +219,11 @@ def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) 
     max_frames = _KINDS[kind][1]
     common = dict(max_frames=max_frames, image_resolution=224, max_words=32)
     loader_kw = dict(num_workers=args.loader_workers, drop_last=True, persistent_workers=args.loader_workers > 0)
-    v1 = write_format1_copy(mds / kind, mds / f'{kind}_format1')
-    today = _today_dataset_class()(local=str(v1), train=True, shuffle=True, batch_size=args.batch_size, **common)
-    new = build_video_text_dataloader(local=str(mds), split=kind, batch_size=args.batch_size, train=True,
-                                      **common).dataloader.dataset
+    v1 = _retrying(lambda: write_format1_copy(mds / kind, mds / f'{kind}_format1'))
+    today = _retrying(lambda: _today_dataset_class()(local=str(v1), train=True, shuffle=True,
+                                                     batch_size=args.batch_size, **common))
+    new = _retrying(lambda: build_video_text_dataloader(local=str(mds), split=kind, batch_size=args.batch_size,
+                                                        train=True, **common).dataloader.dataset)
     fly = OnTheFlyDecodeDataset(paths, max_frames=max_frames, resolution=224, fps=1, size=224)
     return {
         'today': DataLoader(today, batch_size=args.batch_size, collate_fn=_collate_today, **loader_kw),
@@ -264,21 +296,27 @@ def main(argv: list[str] | None = None) -> dict:
 
         for kind in counts:
             loaders = _loaders(kind, work / 'mds', paths[kind], args)
-            best = dict.fromkeys(loaders, 0.0)
+            wall, core = dict.fromkeys(loaders, 0.0), dict.fromkeys(loaders, 0.0)
             for repeat in range(args.repeats):
                 for name, loader in loaders.items():
                     if name != 'fly' or repeat == 0:
-                        best[name] = max(best[name], _time_loader(loader, args.seconds_per_path))
-            per_worker = {k: v / max(args.loader_workers, 1) for k, v in best.items()}
+                        w, c = _time_loader(loader, args.seconds_per_path)
+                        wall[name], core[name] = max(wall[name], w), max(core[name], c)
+            per_worker = {k: v / max(args.loader_workers, 1) for k, v in wall.items()}
+            if args.loader_workers == 0:  # everything ran in this process: no worker CPU to count
+                core = dict(per_worker)
             stored = [decode_video(p, fps=1, short_side=224) for p in paths[kind][:1]]
             result['kinds'][kind] = {
                 'name': _KINDS[kind][0], 'frames_used': _KINDS[kind][1],
                 'frames_stored_first_clip': len(stored[0].frames),
                 'samples_per_s_per_worker': {k: round(v, 2) for k, v in per_worker.items()},
-                'mds_over_today': round(per_worker['mds'] / per_worker['today'], 2),
-                'mds_over_fly': round(per_worker['mds'] / per_worker['fly'], 2),
+                'samples_per_cpu_s': {k: round(v, 2) for k, v in core.items()},
+                'mds_over_today': round(core['mds'] / core['today'], 2),
+                'mds_over_fly': round(core['mds'] / core['fly'], 2),
+                'wall_mds_over_today': round(per_worker['mds'] / per_worker['today'], 2),
+                'wall_mds_over_fly': round(per_worker['mds'] / per_worker['fly'], 2),
             }
-    msrvtt = result['kinds']['msrvtt']['samples_per_s_per_worker']['mds']
+    msrvtt = result['kinds']['msrvtt']['samples_per_cpu_s']['mds']
     result['h100_loader_cores'] = {k: math.ceil(v / msrvtt) for k, v in H100_VIDEOS_PER_S.items()}
     _print(result, args)
     return result
@@ -291,14 +329,16 @@ def _print(result: dict, args: argparse.Namespace) -> None:
         for r in result['storage']:
             print(f"{r['format']:<10} {r['kb_per_frame']:>9.1f} {r['encode_ms']:>9.2f} {r['decode_ms']:>9.2f} "
                   f"{r['psnr_db']:>8.1f}")
-    print(f"\ntraining loader, samples/s per loader worker ({args.loader_workers} worker(s), batch "
-          f"{args.batch_size}, 224 px, best of {args.repeats})")
-    print(f"{'clips':<18} {'stored':>6} {'used':>5} {'today':>8} {'MDS':>8} {'on the fly':>10} "
+    print(f"\ntraining loader, samples per CPU second of a loader worker = samples/s per loader core "
+          f"(wall-clock samples/s per worker in brackets; {args.loader_workers} worker(s), batch {args.batch_size}, "
+          f"224 px, best of {args.repeats})")
+    print(f"{'clips':<18} {'stored':>6} {'used':>4} {'today':>15} {'MDS':>15} {'on the fly':>13} "
           f"{'MDS/today':>9} {'MDS/fly':>8}")
     for k in result['kinds'].values():
-        r = k['samples_per_s_per_worker']
-        print(f"{k['name']:<18} {k['frames_stored_first_clip']:>6} {k['frames_used']:>5} {r['today']:>8.2f} "
-              f"{r['mds']:>8.2f} {r['fly']:>10.2f} {k['mds_over_today']:>8.2f}x {k['mds_over_fly']:>7.1f}x")
+        c, w = k['samples_per_cpu_s'], k['samples_per_s_per_worker']
+        cells = ' '.join(f"{c[p]:>7.2f} ({w[p]:>5.1f})" for p in ('today', 'mds')) + f" {c['fly']:>6.2f} ({w['fly']:>4.1f})"
+        print(f"{k['name']:<18} {k['frames_stored_first_clip']:>6} {k['frames_used']:>4} {cells} "
+              f"{k['mds_over_today']:>8.2f}x {k['mds_over_fly']:>7.1f}x")
     cores = result['h100_loader_cores']
     print(f"loader cores per H100 at TempMe's rates (12 frames): train {H100_VIDEOS_PER_S['train']}/s -> "
           f"{cores['train']}, forward {H100_VIDEOS_PER_S['forward']}/s -> {cores['forward']}")
