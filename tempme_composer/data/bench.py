@@ -1,4 +1,4 @@
-"""Data-path benchmark: conversion, frame storage, and the training loader's samples/s per loader worker.
+"""Data-path benchmark: conversion, frame storage, and the training loader's samples/s per loader core.
 
     python -m tempme_composer.data.bench [--msrvtt-videos 8 --msrvtt-seconds 10,20,30]
         [--anet-videos 4 --anet-seconds 120] [--loader-workers 1] [--batch-size 4] [--seconds-per-path 4]
@@ -16,8 +16,10 @@ in one process, one after the other, ``--repeats`` times each (the best run coun
 
 Rates are samples per CPU second of the loader workers (= samples/s one loader core delivers; robust when
 other jobs share the machine) and, in brackets, wall-clock samples/s divided by ``--loader-workers`` (one by
-default); the ratios use the CPU rates. Then it prints how many loader cores one H100 needs at the README's TempMe rates (591 train and
-1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw table.
+default); the ratios use the CPU rates. Then it prints how many loader cores one H100 needs at the README's
+TempMe rates (591 train and 1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw
+table. The on-the-fly path is timed once (its epochs are long); each shard stores every clip ``--replicas``
+times so that an epoch of the MDS paths is long enough to time.
 """
 
 from __future__ import annotations

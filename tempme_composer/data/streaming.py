@@ -7,8 +7,8 @@ evaluation keeps all captions so that text->video retrieval ranks every caption 
 Batch layouts (B videos, T = max_frames, R = image_resolution, L = max_words):
 
 - train: ``video [B,T,3,R,R]`` uint8 (resized and centre-cropped, zero padding; the model normalises it on
-  its device with :func:`~tempme_composer.data.uint8_frames.normalize_frames`), ``video_mask [B,T]`` int64, ``video_index [B]`` int64,
-  ``text_ids [B,L]`` int64, ``text_mask [B,L]`` int64.
+  its device with :func:`~tempme_composer.data.uint8_frames.normalize_frames`), ``video_mask [B,T]`` int64,
+  ``video_index [B]`` int64, ``text_ids [B,L]`` int64, ``text_mask [B,L]`` int64.
 - eval: the same video keys plus ``text_ids/text_mask [K_total,L]``, ``text_video_index [K_total]`` (the
   ``video_index`` of each caption's video) and ``text_caption_index [K_total]`` (0..K-1 within the video).
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from composer.core import DataSpec
+from PIL import Image
 from streaming import Stream, StreamingDataset
 from torch.utils.data import DataLoader, default_collate
 
@@ -176,7 +177,7 @@ class VideoTextDataset(StreamingDataset):
             log.debug('could not recover the video_id of sample %d: %s', idx, e)
         return '<unknown>'
 
-    def frames_tensor(self, frames: list) -> torch.Tensor:
+    def frames_tensor(self, frames: list[Image.Image | np.ndarray]) -> torch.Tensor:
         """The kept frames, zero-padded to ``max_frames``: the ``uint8 [T, 3, R, R]`` the model normalises on its
         device (written in place: no second copy per sample)."""
         video = torch.empty(self.max_frames, 3, self.image_resolution, self.image_resolution, dtype=torch.uint8)
