@@ -79,6 +79,11 @@ def test_padding_is_positive_zero_and_float_input_passes_through():
         normalize_frames(torch.zeros(2, 3, R, R, dtype=torch.uint8), torch.ones(2, 3))
     with pytest.raises(ValueError, match='video_mask'):
         normalize_frames(torch.zeros(1, 2, 3, R, R, dtype=torch.uint8), torch.ones(1, 3))
+    padded = torch.full((3, 3, R, R), 9, dtype=torch.uint8)
+    frames_to_uint8([frame, frame], R, out=padded[:2])  # the loader writes into its padded sample
+    assert torch.equal(padded[:2], frames_to_uint8([frame, frame], R)) and padded[2].eq(9).all()
+    with pytest.raises(ValueError, match='contiguous uint8'):
+        frames_to_uint8([frame], R, out=torch.empty(2, 3, R, R, dtype=torch.uint8))
 
 
 def test_loader_batches_are_uint8_and_normalise_to_the_old_values(demo):
