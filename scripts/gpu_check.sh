@@ -44,7 +44,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run nvidia-smi
 run -t 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py \
-  tests/test_ddp_resume.py tests/test_training_controls.py
+  tests/test_ddp_resume.py tests/test_training_controls.py tests/test_uint8_frames.py
 run -t 150 "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
   --json "$(dirname "$log")/efficiency_gpu.json"
 run -t 60 "$PY" recipes/train.py yamls/demo_unified.yaml precision=amp_bf16 output_dir=outputs/gpu_check_demo

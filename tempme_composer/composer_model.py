@@ -10,6 +10,7 @@ from composer.models import ComposerModel
 from torchmetrics import Metric
 
 from tempme_composer.algorithms.grad_cache import surrogate_loss
+from tempme_composer.data.uint8_frames import normalize_frames
 from tempme_composer.loss import symmetric_infonce
 from tempme_composer.metrics import RetrievalMetrics
 from tempme_composer.model import UnifiedModel
@@ -24,7 +25,8 @@ PRIMARY_METRIC = 't2v_R@1'  # model selection everywhere in this field: text→v
 class RetrievalModel(ComposerModel):
     """Contrastive text-video retrieval.
 
-    Train batch: ``video [B,T,3,H,W]``, ``video_mask [B,T]``, ``text_ids [B,L]`` (caption i describes video i).
+    Train batch: ``video [B,T,3,H,W]`` (uint8 from the loader, or float32 already CLIP-normalised),
+    ``video_mask [B,T]``, ``text_ids [B,L]`` (caption i describes video i).
     Eval batch: the same videos plus every caption ``text_ids [K,L]`` with ``text_video_index [K]``,
     ``text_caption_index [K]`` and ``video_index [B]`` (global ids used to drop padding duplicates).
     """
@@ -36,8 +38,11 @@ class RetrievalModel(ComposerModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Through UnifiedModel.forward, so FSDP gathers its parameters; logit_scale is consumed here, inside
-        # DDP's forward, not in loss() (composer_streaming.md pitfall 6).
-        return self.model(batch['text_ids'], batch['video'], batch['video_mask'])
+        # DDP's forward, not in loss() (composer_streaming.md pitfall 6). The loader's uint8 frames are
+        # normalised here, before FSDP's root unit: it casts float inputs to its param dtype, as it did when
+        # the loader shipped float frames.
+        video = normalize_frames(batch['video'], batch['video_mask'])
+        return self.model(batch['text_ids'], video, batch['video_mask'])
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Any, *args, **kwargs) -> torch.Tensor:
         """Symmetric InfoNCE over the global batch; under gradient accumulation (the `GradCache` algorithm put

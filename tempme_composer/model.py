@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempme_composer.clip import CLIP
+from tempme_composer.data.uint8_frames import normalize_frames
 from tempme_composer.modules.adapters import apply_adapters
 from tempme_composer.modules.lora import apply_lora
 from tempme_composer.modules.prompt_generator import PromptGenerator
@@ -177,7 +178,9 @@ class UnifiedModel(nn.Module):
         readout.
 
         Args:
-            video: ``[B, T, 3, H, W]`` normalised frames, padded with zeros.
+            video: ``[B, T, 3, H, W]`` frames: ``uint8`` as the loader hands them (normalised here, on the
+                model's device: `tempme_composer.data.uint8_frames.normalize_frames`), or float32 already
+                CLIP-normalised; padded with zeros.
             video_mask: ``[B, T]`` 1 for real frames, 0 for padding.
 
         Returns:
@@ -192,6 +195,7 @@ class UnifiedModel(nn.Module):
         if bool((frames_per_video == 0).any()):
             empty = torch.nonzero(frames_per_video == 0).flatten().tolist()
             raise ValueError(f'videos at batch positions {empty} have no valid frame (all-zero video_mask)')
+        video = normalize_frames(video, video_mask)
         if self.tempme is not None or self.stop is not None:
             # TempMe/STOP encode all T slots together (padding included, as the references do); the mask only
             # enters the frame_cls_mean readout.

@@ -18,6 +18,8 @@ from tempme_composer.data.annotations.common import read_id_list
 from tempme_composer.data.annotations.lsmdc import read_lsmdc_rows
 from tempme_composer.data.annotations.msrvtt import read_jsfusion_rows
 from tempme_composer.data.convert import META_FILE, main, pairs_split
+from tempme_composer.data.frame_layout import StoredFrames, write_format1_copy
+from tempme_composer.data.uint8_frames import normalize_frames
 
 SHARED = Path('/work/shared/data')
 if not SHARED.is_dir():
@@ -34,8 +36,13 @@ def _lines_crlf(path: Path, keep: int, header: bool) -> bytes:
 
 
 def _read_split(folder: Path) -> list[dict]:
+    """Every sample, its stored frames decoded to a list of images (whatever the frame layout)."""
     ds = StreamingDataset(local=str(folder), batch_size=1)
-    return [ds[i] for i in range(ds.size)]
+    samples = [ds[i] for i in range(ds.size)]
+    for i, s in enumerate(samples):
+        frames = StoredFrames(s['frames'], f'{folder} sample {i}')
+        s['frames'] = frames.select(range(len(frames)))
+    return samples
 
 
 def _colour(frame) -> np.ndarray:
@@ -85,7 +92,7 @@ def test_msrvtt_conversion_layout_and_samples(msrvtt):
     for split in ('train_9k', 'train_7k', 'test'):
         assert (out / split / 'index.json').is_file() and (out / pairs_split(split) / 'index.json').is_file()
         meta = json.loads((out / split / META_FILE).read_text())
-        assert meta['format_version'] == 1 and meta['settings']['fps'] == 1.0 and meta['settings']['size'] == SIZE
+        assert meta['format_version'] == 2 and meta['settings']['fps'] == 1.0 and meta['settings']['size'] == SIZE
     assert not [p for p in out.iterdir() if p.name.startswith('.') and 'tmp' in p.name]
     test = _read_split(out / 'test')
     assert [s['video_id'] for s in test] == [r['video_id'] for r in msrvtt['test_rows'][:3]]
@@ -149,7 +156,7 @@ def test_train_and_eval_loaders_read_converted_data(msrvtt):
     masks = torch.cat([b['video_mask'] for b in batches])
     assert masks.sum(1).tolist() == [3, 4, 4]  # 3, 4, 5 frames at 1 fps; max_frames 4
     assert torch.cat([b['text_video_index'] for b in batches]).tolist() == [0, 1, 2]
-    first = batches[0]['video'][0, 0]
+    first = normalize_frames(batches[0]['video'], batches[0]['video_mask'])[0, 0]  # uint8 -> as the model sees it
     assert np.abs(_unnormalise(first) - msrvtt['colours'][msrvtt['test_rows'][0]['video_id']]).max() < JPEG_TOL
     assert batches[0]['video'][0, 3].abs().sum() == 0  # padding frame
 
@@ -184,6 +191,18 @@ def test_mixed_streams_with_repeat(msrvtt):
     with pytest.raises(ValueError, match='either `streams` or'):
         build_video_text_dataloader(local=out, split='test', streams=[{'local': out, 'split': 'test'}],
                                     batch_size=1, train=True, max_frames=4, image_resolution=RES, max_words=16)
+
+
+def test_format_1_conversions_are_still_read(msrvtt, tmp_path):
+    """A split written by the format-1 converter (jpegarray frames) loads exactly like its format-2 twin."""
+    v1 = write_format1_copy(msrvtt['out'] / 'test', tmp_path / 'out' / 'test')
+    assert json.loads((v1 / META_FILE).read_text())['format_version'] == 1
+    kw = dict(split='test', batch_size=2, train=False, max_frames=4, image_resolution=RES, max_words=16)
+    new = list(build_video_text_dataloader(local=str(msrvtt['out']), **kw).dataloader)
+    old = list(build_video_text_dataloader(local=str(tmp_path / 'out'), **kw).dataloader)
+    assert len(new) == len(old) == 2
+    for a, b in zip(new, old, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unknown_format_version_fails_clearly(msrvtt, tmp_path):
@@ -315,8 +334,16 @@ def test_bad_inputs_are_reported_never_zero_filled(tmp_path, capsys):
 def test_bench_smoke(tmp_path, capsys):
     from tempme_composer.data.bench import main as bench_main
 
-    result = bench_main(['--videos', '2', '--seconds', '2', '--width', '64', '--height', '48', '--fps', '10',
-                         '--workers', '1', '--loader-workers', '0', '--batch-size', '1', '--work', str(tmp_path)])
-    assert result['conversion_videos_per_s'] > 0 and result['loader_samples_per_s']['ratio'] > 0
+    result = bench_main(['--msrvtt-videos', '2', '--msrvtt-seconds', '2,3', '--anet-videos', '1', '--anet-seconds',
+                         '4', '--width', '64', '--height', '48', '--fps', '10', '--workers', '1', '--loader-workers',
+                         '0', '--batch-size', '2', '--replicas', '2', '--seconds-per-path', '0.05', '--repeats', '1',
+                         '--storage', '--work', str(tmp_path)])
+    assert result['conversion_videos_per_s'] > 0
     assert [r['format'] for r in result['storage']] == ['jpeg q75', 'jpeg q85', 'jpeg q95', 'raw uint8']
-    assert 'videos/s' in capsys.readouterr().out
+    for kind, used in (('msrvtt', 12), ('anet', 64)):
+        row = result['kinds'][kind]
+        assert row['frames_used'] == used and row['mds_over_today'] > 0 and row['mds_over_fly'] > 0
+        assert set(row['samples_per_s_per_worker']) == set(row['samples_per_cpu_s']) == {'today', 'mds', 'fly'}
+    assert result['h100_loader_cores']['forward'] >= result['h100_loader_cores']['train'] >= 1
+    out = capsys.readouterr().out
+    assert 'samples/s per loader core' in out and 'videos/s' in out

@@ -29,6 +29,7 @@ from tempme_composer.data import (
     frames_to_tensor,
     select_frame_indices,
 )
+from tempme_composer.data.frame_layout import StoredFrames, pack_jpeg_frames
 from tempme_composer.data.streaming import (
     VideoTextDataset,
     build_video_text_dataloader,
@@ -37,6 +38,7 @@ from tempme_composer.data.streaming import (
     split_eval_batch_by_size,
 )
 from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset, main
+from tempme_composer.data.uint8_frames import normalize_frames
 
 R = 32  # small CLIP resolution keeps the streaming tests fast
 L = 16  # max_words
@@ -246,7 +248,7 @@ def test_demo_eval_set_has_distinct_classes_and_varied_captions(demo):
     for i in range(ds.size):
         caps = ds[i]['captions']
         assert 3 <= len(caps) <= 5 and len(set(caps)) == len(caps)
-        assert ds[i]['num_frames'] == len(ds[i]['frames']) == 16
+        assert ds[i]['num_frames'] == len(StoredFrames(ds[i]['frames'], f'sample {i}')) == 16
 
 
 def test_synthetic_cli(tmp_path, capsys):
@@ -265,7 +267,7 @@ def test_train_loader_contract(demo):
     batches = list(spec.dataloader)
     assert len(batches) == 3
     b = batches[0]
-    assert b['video'].shape == (4, 12, 3, R, R) and b['video'].dtype == torch.float32
+    assert b['video'].shape == (4, 12, 3, R, R) and b['video'].dtype == torch.uint8  # normalised on the device
     assert b['video_mask'].shape == (4, 12) and b['video_mask'].dtype == torch.int64
     assert b['video_mask'].all()  # 16 stored frames >= 12
     assert b['video_index'].shape == (4,) and b['video_index'].dtype == torch.int64
@@ -294,8 +296,9 @@ def test_eval_loader_contract_and_caption_mapping(demo):
             ids, mask = tokenize(captions, L)
             assert torch.equal(b['text_ids'][rows], ids) and torch.equal(b['text_mask'][rows], mask)
             assert b['text_caption_index'][rows].tolist() == list(range(len(captions)))
-            frames = [raw[vid]['frames'][i] for i in select_frame_indices(16, 12)]
-            torch.testing.assert_close(b['video'][j], frames_to_tensor(frames, R))
+            frames = StoredFrames(raw[vid]['frames'], f'sample {vid}').select(select_frame_indices(16, 12))
+            new = normalize_frames(b['video'][j:j + 1], b['video_mask'][j:j + 1])[0]
+            assert torch.equal(new, frames_to_tensor(frames, R))
     assert seen == list(range(8))  # eval is not shuffled
 
 
@@ -384,11 +387,11 @@ def test_split_eval_batch_with_duplicate_padding_video():
 
 
 def test_bad_samples_raise_naming_the_video(tmp_path):
-    frame = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
+    frame = pack_jpeg_frames([encode_jpeg(np.zeros((8, 8, 3), np.uint8))])
     rows = [
-        {'video_id': 'ok', 'captions': ['fine'], 'frames': [frame], 'num_frames': 1, 'fps': 1.0},
-        {'video_id': 'no_captions', 'captions': [], 'frames': [frame], 'num_frames': 1, 'fps': 1.0},
-        {'video_id': 'no_frames', 'captions': ['x'], 'frames': [], 'num_frames': 0, 'fps': 1.0},
+        {'video_id': 'ok', 'captions': ['fine'], 'frames': frame, 'num_frames': 1, 'fps': 1.0},
+        {'video_id': 'no_captions', 'captions': [], 'frames': frame, 'num_frames': 1, 'fps': 1.0},
+        {'video_id': 'no_frames', 'captions': ['x'], 'frames': np.uint32(0).tobytes(), 'num_frames': 0, 'fps': 1.0},
     ]
     with MDSWriter(out=str(tmp_path / 'bad'), columns=MDS_COLUMNS) as writer:
         for row in rows:

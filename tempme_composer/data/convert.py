@@ -54,6 +54,7 @@ from tempme_composer.data.annotations import (
     read_msvd,
     read_vatex,
 )
+from tempme_composer.data.frame_layout import FRAME_COLUMN_ENCODINGS, pack_jpeg_frames
 from tempme_composer.data.mds_format import SHARD_HASHES
 
 __all__ = [
@@ -73,8 +74,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Version of the on-disk layout written here; the loader refuses versions it does not know.
-DATASET_FORMAT_VERSION = 1
+#: Version of the on-disk layout written here; the loader refuses versions it does not know. 2: JPEG frames
+#: as one ``bytes`` blob the loader decodes selectively (`tempme_composer.data.frame_layout`); 1: ``jpegarray``.
+DATASET_FORMAT_VERSION = 2
+#: Version of the per-video decode cache (its files did not change with the shard layout).
+_CACHE_VERSION = 1
 META_FILE = 'tempme_dataset.json'
 SKIPPED_FILE = 'skipped.csv'
 REPORT_FILE = 'conversion_report.json'
@@ -98,7 +102,7 @@ def pairs_split(split: str) -> str:
 
 def video_columns(frame_format: str) -> dict[str, str]:
     """MDS columns of a video split (compatible with the demo data's ``MDS_COLUMNS`` plus extras)."""
-    frames = 'jpegarray' if frame_format == 'jpeg' else 'ndarray:uint8'
+    frames = FRAME_COLUMN_ENCODINGS[frame_format]
     return {'video_id': 'str', 'captions': 'json', 'timestamps': 'json', 'frames': frames, 'num_frames': 'int',
             'fps': 'float32', 'duration': 'float32'}
 
@@ -109,14 +113,14 @@ class ConvertSettings:
 
     fps: float = 1.0
     size: int = 224
-    frame_format: str = 'jpeg'  # 'jpeg' (jpegarray) or 'raw' (ndarray:uint8 [T, H, W, 3])
+    frame_format: str = 'jpeg'  # 'jpeg' (one blob, frame_layout.py) or 'raw' (ndarray:uint8 [T, H, W, 3])
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     min_frames: int = 1
     apply_rotation: bool = True
 
     def cache_key(self) -> str:
         q = f'q{self.jpeg_quality}' if self.frame_format == 'jpeg' else 'raw'
-        return f'v{DATASET_FORMAT_VERSION}-fps{self.fps:g}-s{self.size}-{q}-r{int(self.apply_rotation)}'
+        return f'v{_CACHE_VERSION}-fps{self.fps:g}-s{self.size}-{q}-r{int(self.apply_rotation)}'
 
 
 @dataclass
@@ -413,7 +417,7 @@ def _write_split(out_dir: Path, split: str, dataset: str, records: list[VideoRec
                 if num_frames < warn_frames:
                     summary.short_list.append([record.video_id, num_frames])
                 if settings.frame_format == 'jpeg':
-                    frames: Any = blobs
+                    frames: Any = pack_jpeg_frames(blobs)
                 else:
                     frames = np.frombuffer(blobs[0], np.uint8).reshape(header['shape'])
                 for w in header['warnings']:
@@ -621,7 +625,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                                               '1/fps interval; default 1)')
         p.add_argument('--size', type=int, default=224, help='short side in pixels, aspect kept (default 224)')
         p.add_argument('--frame-format', choices=('jpeg', 'raw'), default='jpeg',
-                       help='jpeg (jpegarray, default) or raw uint8 (ndarray, ~10x larger)')
+                       help='jpeg (default) or raw uint8 (ndarray, ~10x larger)')
         p.add_argument('--jpeg-quality', type=int, default=DEFAULT_JPEG_QUALITY,
                        help=f'JPEG quality (default {DEFAULT_JPEG_QUALITY})')
         p.add_argument('--min-frames', type=int, default=1, help='fewer kept frames -> skipped (default 1)')

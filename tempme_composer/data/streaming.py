@@ -6,8 +6,9 @@ evaluation keeps all captions so that text->video retrieval ranks every caption 
 
 Batch layouts (B videos, T = max_frames, R = image_resolution, L = max_words):
 
-- train: ``video [B,T,3,R,R]`` float32, ``video_mask [B,T]`` int64, ``video_index [B]`` int64,
-  ``text_ids [B,L]`` int64, ``text_mask [B,L]`` int64.
+- train: ``video [B,T,3,R,R]`` uint8 (resized and centre-cropped, zero padding; the model normalises it on
+  its device with :func:`~tempme_composer.data.uint8_frames.normalize_frames`), ``video_mask [B,T]`` int64,
+  ``video_index [B]`` int64, ``text_ids [B,L]`` int64, ``text_mask [B,L]`` int64.
 - eval: the same video keys plus ``text_ids/text_mask [K_total,L]``, ``text_video_index [K_total]`` (the
   ``video_index`` of each caption's video) and ``text_caption_index [K_total]`` (0..K-1 within the video).
 
@@ -27,11 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from composer.core import DataSpec
+from PIL import Image
 from streaming import Stream, StreamingDataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from tempme_composer.clip.tokenizer import tokenize
-from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, frames_to_tensor, select_frame_indices
+from tempme_composer.data.frame_layout import StoredFrames
+from tempme_composer.data.uint8_frames import frames_to_uint8
+from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, select_frame_indices
 
 __all__ = [
     'FRAME_ORDER_CHOICES',
@@ -53,7 +57,7 @@ log = logging.getLogger(__name__)
 #: ``frame_order`` values of the references (data_metrics.md §2.3): applied after the max_frames selection.
 FRAME_ORDER_CHOICES = {0: 'as stored', 1: 'reversed', 2: 'random permutation'}
 #: ``tempme_dataset.json`` format versions this loader reads (written by ``tempme-convert``).
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (1, 2)  # frame layouts: data/frame_layout.py
 _META_FILE = 'tempme_dataset.json'
 _PAIRS_SUFFIX = '_pairs'
 
@@ -173,6 +177,14 @@ class VideoTextDataset(StreamingDataset):
             log.debug('could not recover the video_id of sample %d: %s', idx, e)
         return '<unknown>'
 
+    def frames_tensor(self, frames: list[Image.Image | np.ndarray]) -> torch.Tensor:
+        """The kept frames, zero-padded to ``max_frames``: the ``uint8 [T, 3, R, R]`` the model normalises on its
+        device (written in place: no second copy per sample)."""
+        video = torch.empty(self.max_frames, 3, self.image_resolution, self.image_resolution, dtype=torch.uint8)
+        frames_to_uint8(frames, self.image_resolution, out=video[: len(frames)])
+        video[len(frames):] = 0
+        return video
+
     def _pair(self, idx: int) -> tuple[int, str, str] | None:
         """(video sample index, video_id, caption) when ``idx`` is a caption-level pair, else None."""
         if not self._video_stream_of:
@@ -202,9 +214,7 @@ class VideoTextDataset(StreamingDataset):
         if pair is not None and video_id != pair_video_id:
             raise ValueError(f'caption index says video {pair_video_id!r} but sample {idx} is {video_id!r}: '
                              'the <split>_pairs folder does not belong to this video split; re-run tempme-convert')
-        frames = sample['frames']
-        if isinstance(frames, np.ndarray):  # raw uint8 [T, H, W, 3] (tempme-convert --frame-format raw)
-            frames = list(frames)
+        frames = StoredFrames(sample['frames'], f'sample {idx} (video_id {video_id!r})')
         if not len(frames):
             raise ValueError(f'sample {idx} (video_id {video_id!r}) has zero frames')
         if 'num_frames' in sample and int(sample['num_frames']) != len(frames):
@@ -221,9 +231,7 @@ class VideoTextDataset(StreamingDataset):
             keep = keep[::-1]
         elif self.frame_order == 2:
             keep = keep[np.random.default_rng([self.caption_seed, self.caption_epoch, idx, 1]).permutation(len(keep))]
-        clip = frames_to_tensor([frames[i] for i in keep], self.image_resolution)  # [n, 3, R, R]
-        video = torch.zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # [T, 3, R, R]
-        video[: len(keep)] = clip
+        video = self.frames_tensor(frames.select(keep))  # [T, 3, R, R]; only the kept frames are decoded
         video_mask = torch.zeros(self.max_frames, dtype=torch.long)  # [T]
         video_mask[: len(keep)] = 1
 
@@ -331,19 +339,25 @@ def check_dataset_format(stream: Stream) -> dict[str, Any] | None:
     return meta
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, written straight into shared memory in a loader worker (torch's default_collate does
+    that; a plain stack there costs a second copy of the batch on its way to the main process)."""
+    return default_collate(tensors)
+
+
 def collate_train(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack training samples: every key gets a leading batch dimension B."""
     if not samples:
         raise ValueError('collate_train got an empty list of samples')
     keys = ('video', 'video_mask', 'video_index', 'text_ids', 'text_mask')
-    return {k: torch.stack([s[k] for s in samples]) for k in keys}
+    return {k: _stack([s[k] for s in samples]) for k in keys}
 
 
 def collate_eval(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack videos ([B, ...]) and concatenate every caption ([K_total, L]) with its video's index."""
     if not samples:
         raise ValueError('collate_eval got an empty list of samples')
-    batch = {k: torch.stack([s[k] for s in samples]) for k in VIDEO_KEYS}
+    batch = {k: _stack([s[k] for s in samples]) for k in VIDEO_KEYS}
     counts = torch.tensor([s['text_ids'].shape[0] for s in samples], dtype=torch.long)  # [B]
     batch['text_ids'] = torch.cat([s['text_ids'] for s in samples])  # [K_total, L]
     batch['text_mask'] = torch.cat([s['text_mask'] for s in samples])  # [K_total, L]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tempme_composer.data.frame_layout import FRAME_COLUMN_ENCODINGS, pack_jpeg_frames
 from tempme_composer.data.mds_format import SHARD_HASHES
 from tempme_composer.data.video import decode_video, encode_jpeg
 
@@ -67,11 +68,11 @@ DIRECTIONS: dict[str, tuple[int, int]] = {'left': (-1, 0), 'right': (1, 0), 'up'
 NUM_CLASSES = len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
 
 #: MDS schema of every split written here (what :class:`~.streaming.VideoTextDataset` reads).
-MDS_COLUMNS = {'video_id': 'str', 'captions': 'json', 'frames': 'jpegarray', 'num_frames': 'int',
+MDS_COLUMNS = {'video_id': 'str', 'captions': 'json', 'frames': FRAME_COLUMN_ENCODINGS['jpeg'], 'num_frames': 'int',
                'fps': 'float32'}
 
 _META_NAME = 'demo_dataset.json'
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: JPEG frames in one blob (frame_layout.py); 1: jpegarray, still read and reused
 
 # ------------------------------------------------------------------------------------------------------------
 # Captions
@@ -330,7 +331,7 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: i
             writer.write({
                 'video_id': video_id,
                 'captions': captions,
-                'frames': [encode_jpeg(f, quality=jpeg_quality) for f in decoded.frames],
+                'frames': pack_jpeg_frames([encode_jpeg(f, quality=jpeg_quality) for f in decoded.frames]),
                 'num_frames': len(decoded.frames),
                 'fps': float(decoded.source_fps),
             })
@@ -372,7 +373,10 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
 
     def existing_params() -> dict:
         meta = json.loads((root / _META_NAME).read_text())
-        return {k: meta.get(k) for k in params}
+        existing = {k: meta.get(k) for k in params}
+        if existing['format_version'] == 1:  # the loader reads format 1 too: same data, reuse it
+            existing['format_version'] = _FORMAT_VERSION
+        return existing
 
     if _is_complete(root) and not overwrite:
         if existing_params() != params:
