@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.video import VideoDecodeError
 from tempme_composer.inference.exported import ExportedModel, ExportError, load_exported
 from tempme_composer.inference.preprocess import VideoInput, video_from_file, video_from_frames
@@ -263,8 +264,7 @@ def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | o
         for s in range(0, len(samples), batch_size):
             inputs = []
             for i, sample in samples[s : s + batch_size]:
-                frames = sample['frames']
-                frames = list(frames) if isinstance(frames, np.ndarray) else frames
+                frames = StoredFrames(sample['frames'], f'{split} sample {i} (video_id {sample["video_id"]!r})')
                 texts = sample['captions']
                 texts = [texts] if isinstance(texts, str) else list(texts)
                 if paragraph:

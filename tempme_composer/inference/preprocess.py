@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from tempme_composer.clip.tokenizer import tokenize
-from tempme_composer.data.video import decode_video, frames_to_tensor, select_frame_indices
+from tempme_composer.data.uint8_frames import frames_to_uint8
+from tempme_composer.data.video import decode_video, select_frame_indices
 from tempme_composer.inference.exported import Preprocessing
 
 __all__ = ['VideoInput', 'QueryError', 'video_from_file', 'video_from_frames', 'tokenize_queries',
@@ -33,7 +34,7 @@ class QueryError(ValueError):
 class VideoInput:
     """One video ready for the model, plus what the index stores about it."""
 
-    video: torch.Tensor  # [T, 3, R, R] float32, zero padded
+    video: torch.Tensor  # [T, 3, R, R] uint8 as the training loader hands it (the model normalises), zero padded
     mask: torch.Tensor  # [T] int64
     duration: float  # seconds actually decoded (or stored)
     num_frames: int  # frames taken by the frame rule (before selection)
@@ -43,12 +44,13 @@ class VideoInput:
 
 def video_from_frames(frames: Sequence[np.ndarray | Image.Image], prep: Preprocessing, *, duration: float,
                       warnings: Sequence[str] = ()) -> VideoInput:
-    """Select ``max_frames`` of ``frames`` and preprocess them exactly as evaluation does."""
+    """Select ``max_frames`` of ``frames`` and preprocess them exactly as evaluation does (``frames`` may be a
+    `StoredFrames`, which decodes only the selected ones)."""
     keep = select_frame_indices(len(frames), prep.max_frames, prep.slice_framepos)
-    clip = frames_to_tensor([frames[i] for i in keep], prep.image_resolution)  # [n, 3, R, R]
+    picked = frames.select(keep) if hasattr(frames, 'select') else [frames[i] for i in keep]
     R = prep.image_resolution
-    video = torch.zeros(prep.max_frames, 3, R, R)
-    video[: len(keep)] = clip
+    video = torch.zeros(prep.max_frames, 3, R, R, dtype=torch.uint8)
+    frames_to_uint8(picked, R, out=video[: len(keep)])
     mask = torch.zeros(prep.max_frames, dtype=torch.long)
     mask[: len(keep)] = 1
     return VideoInput(video, mask, float(duration), len(frames), thumbnail_strip(frames), list(warnings))
