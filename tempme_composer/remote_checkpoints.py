@@ -63,6 +63,23 @@ class CheckpointUploader(RemoteUploaderDownloader):
         super().__init__(bucket_uri=f'{scheme}://{bucket}', num_concurrent_uploads=1, num_attempts=UPLOAD_ATTEMPTS)
         self.save_folder = save_folder
         self.local_folder = Path(local_folder)
+        self._prefix = remote_key(save_folder, '')
+
+    def init(self, state, logger) -> None:  # noqa: ANN001 - composer State, Logger
+        try:  # Composer writes a probe object (.credentials_validated_successfully) at the bucket root
+            super().init(state, logger)
+        except Exception as e:
+            reason = str(e).split('\n')[0] or type(e).__name__
+            raise CheckpointUploadError(
+                f'save_folder={self.save_folder}: cannot write to the store ({type(e).__name__}: {reason}), '
+                f'checked before training. Nothing was trained or saved yet. Check that the bucket exists, the '
+                'credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and S3_ENDPOINT_URL.') from e
+
+    def upload_file(self, state, remote_file_name: str, file_path: Path, *, overwrite: bool) -> None:  # noqa: ANN001
+        """Only the checkpoints under save_folder; TensorBoard's event files (which Composer would put at
+        ``tensorboard_logs/`` of the bucket) stay in output_dir/tensorboard."""
+        if remote_file_name.startswith(self._prefix):
+            super().upload_file(state, remote_file_name, file_path, overwrite=overwrite)
 
     def _check_workers(self) -> None:
         try:

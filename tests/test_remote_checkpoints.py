@@ -11,8 +11,8 @@ import torch
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
 from tempme_composer.preflight import RecipeError
-from tempme_composer.remote import download_file, list_objects
-from tempme_composer.remote_checkpoints import CheckpointUploadError
+from tempme_composer.remote import download_file, list_objects, upload_file
+from tempme_composer.remote_checkpoints import CheckpointUploader, CheckpointUploadError
 from tempme_composer.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,16 +66,30 @@ def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_the
 
 
 @pytest.mark.e2e
-def test_a_failed_upload_stops_training_and_says_what_is_saved(tmp_path, s3_server):
+def test_an_unwritable_store_is_refused_before_training(tmp_path, s3_server):
     store = 's3://tempme-no-such-bucket/runs/demo'
     with pytest.raises(CheckpointUploadError) as info:
         train(load_config(DEMO, demo_args(tmp_path, 'run', 'epochs=2', f'save_folder={store}')))
     message = str(info.value)
-    assert f'uploading a checkpoint to save_folder={store} failed after 3 attempts' in message
-    assert f'Saved locally in {tmp_path / "run" / "checkpoints"}: ' in message
-    assert 'ep1-ba3-rank0.pt' in message and 'Not uploaded: ' in message and 'autoresume=true' in message
+    assert message.startswith(f'save_folder={store}: cannot write to the store (') and 'NoSuchBucket' in message
+    assert 'Nothing was trained or saved yet' in message and '\n' not in message
     assert isinstance(info.value, RecipeError)  # main() prints it as one `error: ...` paragraph, exit 1
-    assert (tmp_path / 'run' / 'checkpoints' / 'ep1-ba3-rank0.pt').is_file()
+    assert not list((tmp_path / 'run' / 'checkpoints').glob('*.pt'))
+
+
+def test_a_failed_upload_says_what_is_saved_locally_and_on_the_store(tmp_path, s3_bucket):
+    store = f's3://{s3_bucket}/runs/demo'
+    local = tmp_path / 'checkpoints'
+    local.mkdir()
+    for name in ('ep1-ba3-rank0.pt', 'best.pt', 'best.json'):
+        (local / name).write_bytes(b'x')
+    (local / 'latest-rank0.pt').symlink_to('ep1-ba3-rank0.pt')
+    upload_file(local / 'best.pt', f'{store}/best.pt')
+    message = CheckpointUploader(store, local).failure_message(RuntimeError('connection reset'))
+    assert message.startswith(f'uploading a checkpoint to save_folder={store} failed after 3 attempts '
+                              '(RuntimeError: connection reset). Training stopped. ')
+    assert f'Saved locally in {local}: best.json, best.pt, ep1-ba3-rank0.pt, latest-rank0.pt. ' in message
+    assert f'On {store}: best.pt. Not uploaded: best.json, ep1-ba3-rank0.pt, latest-rank0.pt.' in message
 
 
 @pytest.mark.e2e
