@@ -109,8 +109,9 @@ def upload_file(local: str | Path, uri: str, *, attempts: int = ATTEMPTS) -> Non
                   attempts, f'upload {local} to {uri}')
 
 
-def upload_folder(local_dir: str | Path, uri: str, *, attempts: int = ATTEMPTS) -> list[str]:
+def upload_folder(local_dir: str | Path, uri: str, *, attempts: int = ATTEMPTS, skip_hidden: bool = False) -> list[str]:
     """Upload every file under ``local_dir`` to ``uri`` with the same relative keys; returns the URIs.
+    ``skip_hidden`` leaves out paths with a part starting with ``.`` (work caches, temporary files).
 
     Files are uploaded sorted by path, ``index.json`` files last, so that a reader never sees an index whose
     shards are not there yet.
@@ -119,7 +120,8 @@ def upload_folder(local_dir: str | Path, uri: str, *, attempts: int = ATTEMPTS) 
         RemoteStorageError: a file failed every attempt (the message names it; earlier files are uploaded).
     """
     local_dir = Path(local_dir)
-    files = sorted((p for p in local_dir.rglob('*') if p.is_file()),
+    files = sorted((p for p in local_dir.rglob('*') if p.is_file() and not (
+        skip_hidden and any(part.startswith('.') for part in p.relative_to(local_dir).parts))),
                    key=lambda p: (p.name == 'index.json', str(p)))
     uploader = _with_retries(lambda: _uploader_for(local_dir, uri), attempts, f'open {uri} for upload')
     done = []

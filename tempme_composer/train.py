@@ -319,6 +319,7 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         shuffle_seed=cfg.seed,
         slice_framepos=data.slice_framepos,
         paragraph=paragraph_mode(data),
+        check_remote_hashes=data.validate_hash,
     )
     for key, src in (('data.train', train_src), ('data.eval', eval_src)):
         if key == 'data.train' and not cfg.do_train:
