@@ -2,7 +2,8 @@
 
 streaming 0.13 downloads shards in background threads. When a shard object is missing or corrupt the thread
 dies, the shard stays marked "being prepared" in shared memory (so other workers wait on it forever), and
-the iterator only says ``Background thread failed. Check other traceback.``. `ShardErrors` (mixed into the
+the epoch silently ends early (the next one fails with ``Background thread failed. Check other
+traceback.``). `ShardErrors` (mixed into the
 dataset class) turns that into one `RemoteShardError` naming the object, the number of download attempts
 (streaming's ``download_retry``) and the fix; it puts the shard back to "remote" and deletes a corrupt
 download from the cache, so no worker waits forever and no corrupt copy is reused by a later run.
@@ -72,6 +73,8 @@ class ShardErrors:
             if self._shard_error is not None and not isinstance(e, RemoteShardError):
                 raise self._shard_error from e
             raise
+        if self._shard_error is not None:  # streaming ends the epoch early, silently, when its thread died
+            raise self._shard_error
 
     def _shard_failure(self, shard_id: int, error: BaseException) -> str:
         """Reset the shard so nobody waits on it, drop a corrupt download, and describe the failure."""
@@ -90,8 +93,9 @@ class ShardErrors:
                     path = os.path.join(stream.local, stream.split or '', info.basename)
                     if os.path.isfile(path):
                         os.remove(path)
+            index = '/'.join(p.strip('/') for p in (stream.remote or stream.local, stream.split or '', 'index.json') if p)
             return (f'shard {where} is corrupt: its {stream.validate_hash} hash does not match the one in '
-                    f'{stream.remote}/{stream.split or ""}/index.json (the downloaded copy was deleted from the '
+                    f'{index} (the downloaded copy was deleted from the '
                     f'cache {stream.local}). Upload the dataset again (tempme-convert --out {stream.remote} ...), '
                     'or set data.validate_hash=false to skip the check.')
         attempts = stream.download_retry
