@@ -1,8 +1,11 @@
 """The ``loggers:`` section: Composer's TensorBoard (default), MLflow, W&B and file loggers, run for real.
 
 MLflow writes to a local SQLite store, W&B runs offline; both must hold the resolved config as parameters and
-the retrieval numbers of every evaluation, equal to what the recipe computed."""
+the retrieval numbers of every evaluation, equal to what the recipe computed. MLflow is in the ``dev`` extra
+(CI runs it); W&B is not (importing it costs seconds in every process that imports open_clip, through timm),
+so its part runs where ``.[wandb]`` is installed."""
 
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -42,14 +45,14 @@ def test_names_for_the_trackers():
 @pytest.mark.e2e
 def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(tmp_path):
     mlflow = pytest.importorskip('mlflow')
-    pytest.importorskip('wandb')
+    with_wandb = importlib.util.find_spec('wandb') is not None
     store = f'sqlite:///{tmp_path / "mlflow.db"}'
     run = tmp_path / 'run'
     cfg = load_config(DEMO, [
         f'output_dir={run}', f'data.demo.root={tmp_path / "data"}', 'data.demo.num_train=24',
         'data.demo.num_eval=12', 'epochs=2', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0',
         f'loggers.mlflow={{tracking_uri: "{store}", experiment_name: tempme}}',
-        'loggers.wandb={project: tempme, mode: offline}', 'loggers.file={}',
+        'loggers.file={}', *(['loggers.wandb={project: tempme, mode: offline}'] if with_wandb else []),
     ])
     trainer = train(cfg)
     (retrieval,) = [cb for cb in trainer.state.callbacks if isinstance(cb, RetrievalLogger)]
@@ -69,13 +72,16 @@ def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(t
     (mlrun,) = client.search_runs([client.get_experiment_by_name('tempme').experiment_id])
     params = mlrun.data.params
     assert params['epochs'] == '2' and params['optimizer.lr'] == '0.001' and params['output_dir'] == str(run)
-    assert params['model.clip.preset'] == 'tiny' and params['loggers.wandb.mode'] == 'offline'
+    assert params['model.clip.preset'] == 'tiny' and params['loggers.tensorboard.flush_interval'] == '100'
     for key in final:
         history = client.get_metric_history(mlrun.info.run_id, mlflow_metric_name(f'metrics/demo/{key}'))
         values = {h.step: h.value for h in history}
         assert sorted(values) == [3, 6] and values[6] == final[key], key
         assert values[3] == pytest.approx(per_step[3][f'metrics/demo/{key}'], abs=5e-5), key
 
+    assert any((run / 'tensorboard').rglob('events.out.tfevents.*'))  # still on by default
+    if not with_wandb:
+        return
     # W&B offline: the run file holds the config and every evaluation's numbers (what `wandb sync` uploads).
     (run_file,) = (run / 'wandb' / 'wandb').glob('offline-run-*/run-*.wandb')
     history, config = history_and_config(run_file)
@@ -84,5 +90,3 @@ def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(t
             mlflow_value = client.get_metric_history(mlrun.info.run_id, mlflow_metric_name(f'metrics/demo/{key}'))
             assert history[step][f'metrics/demo/{key}'] == {h.step: h.value for h in mlflow_value}[step], key
     assert config['optimizer.lr'] == 0.001 and config['epochs'] == 2 and config['output_dir'] == str(run)
-
-    assert any((run / 'tensorboard').rglob('events.out.tfevents.*'))  # still on by default
