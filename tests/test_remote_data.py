@@ -71,10 +71,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
 @pytest.mark.e2e
 def test_remote_data_trains_exactly_like_local_data(tmp_path, s3_bucket):
     root, remote = demo_data(tmp_path, s3_bucket)
-    local = train(load_config(DEMO, args(tmp_path, 'local', root, None, 'epochs=2')))
+    local = train(load_config(DEMO, args(tmp_path, 'local', root, None, 'epochs=1')))
     local_results = results(local)
     local.close()
-    streamed = train(load_config(DEMO, args(tmp_path, 'remote', root, remote, 'epochs=2')))
+    streamed = train(load_config(DEMO, args(tmp_path, 'remote', root, remote, 'epochs=1')))
     assert results(streamed) == local_results
     streamed.close()
     assert_same_weights(weights(tmp_path / 'local' / 'checkpoints' / 'latest-rank0.pt'),
