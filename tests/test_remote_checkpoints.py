@@ -34,7 +34,10 @@ def _results(trainer) -> dict:
 @pytest.mark.e2e
 def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_there(tmp_path, s3_bucket):
     store = f's3://{s3_bucket}/runs/demo'
-    first = train(load_config(DEMO, demo_args(tmp_path, 'machine-a', 'epochs=1', f'save_folder={store}')))
+    # autoresume on an empty store: nothing to resume, a fresh start
+    first = train(load_config(DEMO, demo_args(tmp_path, 'machine-a', 'epochs=1', f'save_folder={store}',
+                                              'autoresume=true')))
+    assert int(first.state.timestamp.epoch) == 1
     first.close()  # waits for the uploads
     objects = list_objects(store)
     assert {'ep1-ba3-rank0.pt', 'latest-rank0.pt.symlink', 'best.pt', 'best.json'} <= set(objects), objects
