@@ -35,6 +35,7 @@ __all__ = [
     'ModelConfig',
     'OptimizerConfig',
     'FSDPConfig',
+    'LoggersConfig',
     'TrainConfig',
     'load_config',
     'config_from_dict',
@@ -212,6 +213,54 @@ class FSDPConfig:
 
 
 @dataclass
+class TensorboardLoggerConfig:
+    """Composer's TensorboardLogger, writing to output_dir/tensorboard."""
+
+    flush_interval: int = 100  # batches between writes
+
+
+@dataclass
+class WandBLoggerConfig:
+    """Composer's WandBLogger (``pip install -e '.[wandb]'``); the run folder is output_dir/wandb."""
+
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None  # defaults to the run name
+    tags: list[str] = field(default_factory=list)
+    mode: Literal['online', 'offline'] = 'online'  # offline: files only, `wandb sync` uploads them later
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """Composer's MLFlowLogger (``pip install -e '.[mlflow]'``): params = the resolved config, metrics = the
+    retrieval numbers per evaluation."""
+
+    tracking_uri: str | None = None  # a server URL, file:/path or sqlite:///path; null: MLflow's default
+    experiment_name: str | None = None  # null: Composer's default
+    run_name: str | None = None  # defaults to the run name
+    log_system_metrics: bool = False  # CPU/GPU/memory sampling by MLflow
+
+
+@dataclass
+class FileLoggerConfig:
+    """Composer's FileLogger: every logged metric as text, one file per rank in output_dir."""
+
+    filename: str = 'logs-rank{rank}.txt'  # relative to output_dir; {rank} and {run_name} are filled in
+    flush_interval: int = 100  # logged lines between writes to disk
+
+
+@dataclass
+class LoggersConfig:
+    """Experiment trackers (llm-foundry's ``loggers:`` section); a null entry turns one off."""
+
+    tensorboard: TensorboardLoggerConfig | None = field(default_factory=TensorboardLoggerConfig)
+    wandb: WandBLoggerConfig | None = None
+    mlflow: MLflowLoggerConfig | None = None
+    file: FileLoggerConfig | None = None
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _REQUIRED  # type: ignore[assignment]
     run_name: str | None = None  # defaults to the name of output_dir
@@ -238,6 +287,8 @@ class TrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     fsdp: FSDPConfig | None = None  # shard the model with FSDP (GPU); null: DDP
+    save_folder: str | None = None  # object store (s3://bucket/prefix) the checkpoints are also uploaded to
+    loggers: LoggersConfig = field(default_factory=LoggersConfig)  # experiment trackers
 
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
@@ -407,6 +458,7 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"'fsdp.activation_checkpointing=true' in {source} works for the baseline model only: TempMe "
                           'and STOP run each residual block piece by piece, which the checkpoint wrapper around a '
                           "block's forward never sees. Set fsdp.activation_checkpointing=false")
+    _check_storage_and_loggers(cfg, source)
     if cfg.data.datatype == 'demo':
         if cfg.data.demo is None:
             raise ConfigError(f"{source}: data.datatype is 'demo' but the 'data.demo' section (root: ...) is missing")
@@ -416,6 +468,48 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: do_train is true but 'data.train' (local: ...) is missing")
     if cfg.data.eval is None and cfg.data.datatype != 'demo' and (cfg.do_eval or cfg.do_train):
         raise ConfigError(f"{source}: 'data.eval' (local: ...) is missing; evaluation needs it")
+
+
+#: Tracker -> (module it needs, pyproject extra that installs it).
+_LOGGER_EXTRAS = {'wandb': ('wandb', 'wandb'), 'mlflow': ('mlflow', 'mlflow')}
+
+
+def _check_storage_and_loggers(cfg: TrainConfig, source: str) -> None:
+    """save_folder is an object-store URI; configured trackers are installed; no two datasets that read
+    from a remote share a cache folder (streaming keys its shared memory and shards by local/split)."""
+    import importlib.util
+
+    from tempme_composer.remote import is_remote, split_uri
+
+    if cfg.save_folder is not None:
+        try:
+            split_uri(cfg.save_folder)
+        except ValueError:
+            raise ConfigError(f"'save_folder={cfg.save_folder}' in {source}: expected an object-store URI such as "
+                              's3://bucket/prefix (local checkpoints always go to output_dir/checkpoints)') from None
+    for name, (module, extra) in _LOGGER_EXTRAS.items():
+        if getattr(cfg.loggers, name) is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"'loggers.{name}' in {source} needs the {module} package, which is not installed: "
+                              f"pip install -e '.[{extra}]' (or remove loggers.{name})")
+    for name in ('tensorboard', 'file'):
+        sub = getattr(cfg.loggers, name)
+        if sub is not None and sub.flush_interval <= 0:
+            raise ConfigError(f"'loggers.{name}.flush_interval' in {source} must be positive, got {sub.flush_interval}")
+    caches: dict[str, tuple[str, bool]] = {}
+    for key in ('train', 'eval'):
+        src = getattr(cfg.data, key)
+        if src is None:
+            continue
+        items = [(f'data.{key}.streams[{i}]', s) for i, s in enumerate(src.streams)] if src.streams else [(f'data.{key}', src)]
+        for where, one in items:
+            folder = str(Path(one.local or '').joinpath(one.split or '').resolve())
+            if folder in caches and (is_remote(one.remote) or caches[folder][1]):
+                raise ConfigError(
+                    f"{source}: '{where}' and '{caches[folder][0]}' use the same cache folder {folder} (local + "
+                    'split) and one of them reads from a remote. streaming keys its shared memory and downloaded '
+                    'shards by that folder, so two datasets sharing it collide (Reused local directory). Give '
+                    f'each split its own local, e.g. {Path(one.local or "cache").parent}/<split>')
+            caches.setdefault(folder, (where, is_remote(one.remote)))
 
 
 def _check_tempme(cfg: TrainConfig, source: str) -> None:

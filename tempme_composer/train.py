@@ -16,7 +16,6 @@ from composer import Trainer
 from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 from composer.core import Algorithm, Callback, DataSpec, Evaluator
-from composer.loggers import TensorboardLogger
 from composer.optim import CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, get_device, reproducibility
 
@@ -50,6 +49,7 @@ from tempme_composer.config import (
 )
 from tempme_composer.data.gallery import gallery_of_source
 from tempme_composer.fsdp import prepare_for_fsdp
+from tempme_composer.loggers import LogConfigToTrackers, build_loggers
 from tempme_composer.model import UnifiedModel
 from tempme_composer.preflight import (
     RecipeError,
@@ -58,6 +58,13 @@ from tempme_composer.preflight import (
     disk_full_message,
     is_disk_full,
     latest_checkpoint,
+)
+from tempme_composer.remote import is_remote
+from tempme_composer.remote_checkpoints import (
+    CheckpointUploader,
+    build_checkpoint_saver,
+    local_checkpoint,
+    prefetch_latest,
 )
 
 __all__ = ['train', 'main', 'build_model', 'build_optimizer', 'build_dataloaders', 'configure_logging']
@@ -96,7 +103,7 @@ def train(cfg: TrainConfig) -> Trainer:
     clean_stale_shared_memory()  # once, before any StreamingDataset (composer_streaming.md §6.8)
     if device == 'cpu' and cfg.precision != 'fp32':  # Composer rejects AMP on CPU (composer_streaming.md §4)
         raise ConfigError(f'precision={cfg.precision} needs a GPU; this machine has none, use precision=fp32')
-    if cfg.resume and not Path(cfg.resume).is_file():
+    if cfg.resume and not is_remote(cfg.resume) and not Path(cfg.resume).is_file():
         raise ConfigError(f'resume={cfg.resume}: no such checkpoint file')
     if cfg.fsdp is not None and device == 'cpu':  # Composer's FSDP calls torch.cuda.current_device()
         raise ConfigError('fsdp is set but this machine has no GPU: Composer 0.32 FSDP needs CUDA devices. '
@@ -109,12 +116,15 @@ def train(cfg: TrainConfig) -> Trainer:
     model = RetrievalModel(build_model(cfg), tie_mode=cfg.evaluation.tie_mode, dsl=cfg.evaluation.dsl)
     if cfg.fsdp is not None:  # FSDP units, 1-element logit_scale; before the checkpoint check and the optimizer
         prepare_for_fsdp(model, cfg.fsdp.activation_checkpointing, per_block_units=model.model.blocks_called_whole)
+    resume = local_checkpoint(cfg.resume, output_dir / 'fetched') if cfg.resume else None  # s3://.../best.pt
+    if cfg.save_folder and cfg.autoresume and cfg.do_train:  # fresh machine: the newest remote checkpoint
+        prefetch_latest(cfg.save_folder, output_dir / 'checkpoints')
     latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
     if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
         check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})',
                                  allow_unsafe=cfg.allow_unsafe_checkpoint)  # also refuses a pickle that runs code
-    elif cfg.resume:
-        check_checkpoint_matches(cfg.resume, model, 'resume', allow_unsafe=cfg.allow_unsafe_checkpoint)
+    elif resume:
+        check_checkpoint_matches(resume, model, 'resume', allow_unsafe=cfg.allow_unsafe_checkpoint)
     if dist.get_global_rank() == 0:  # after the checkpoint check: a refused restart keeps the run's config.yaml
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / 'config.yaml').write_text(config_to_yaml(cfg))
@@ -147,7 +157,9 @@ def train(cfg: TrainConfig) -> Trainer:
                                  FramePaddingNotice()]
     if cfg.evaluation.save_ranks or cfg.evaluation.save_similarity:
         callbacks.append(RetrievalAnalysis(output_dir / 'analysis', cfg.evaluation.save_ranks, cfg.evaluation.save_similarity))
-    loggers = [TensorboardLogger(log_dir=str(output_dir / 'tensorboard'))]
+    loggers = build_loggers(cfg.loggers, output_dir, run_name)
+    if cfg.loggers.mlflow is not None or cfg.loggers.wandb is not None:
+        callbacks.append(LogConfigToTrackers(dataclasses.asdict(cfg)))
 
     if not cfg.do_train:
         trainer = Trainer(
@@ -159,14 +171,19 @@ def train(cfg: TrainConfig) -> Trainer:
             seed=cfg.seed,
             device=device,
             precision=cfg.precision,
-            load_path=cfg.resume,
+            load_path=resume,
             load_weights_only=True,
             progress_bar=False,
         )
         trainer.eval()
         return trainer
 
-    callbacks.append(BestCheckpoint(output_dir / 'checkpoints', label, PRIMARY_METRIC, dataclasses.asdict(cfg)))
+    callbacks.append(BestCheckpoint(output_dir / 'checkpoints', label, PRIMARY_METRIC, dataclasses.asdict(cfg),
+                                    remote_folder=cfg.save_folder))
+    if cfg.save_folder:  # Composer uploads every checkpoint; local copies stay in output_dir/checkpoints
+        loggers.append(CheckpointUploader(cfg.save_folder, output_dir / 'checkpoints'))
+        callbacks.append(build_checkpoint_saver(cfg.save_folder, output_dir / 'checkpoints', cfg.save_interval,
+                                                cfg.checkpoints_to_keep))
     callbacks.append(FiniteLossGuard(output_dir / 'checkpoints'))
     if len(train_spec.dataloader) == 0:  # drop_last with fewer videos per rank than the batch: a silent no-op
         raise ConfigError(
@@ -215,7 +232,7 @@ def train(cfg: TrainConfig) -> Trainer:
         # (or no `latest` at all), which save_overwrite=False would refuse to overwrite on the next start.
         save_overwrite=True,
         autoresume=cfg.autoresume,
-        load_path=cfg.resume,
+        load_path=resume,
         progress_bar=True,
         parallelism_config=_parallelism_config(cfg),
     )
@@ -306,6 +323,7 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         shuffle_seed=cfg.seed,
         slice_framepos=data.slice_framepos,
         paragraph=paragraph_mode(data),
+        check_remote_hashes=data.validate_hash,
     )
     for key, src in (('data.train', train_src), ('data.eval', eval_src)):
         if key == 'data.train' and not cfg.do_train:

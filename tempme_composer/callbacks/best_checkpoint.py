@@ -20,6 +20,7 @@ from composer.utils import checkpoint, dist
 
 from tempme_composer.metrics import RetrievalMetrics
 from tempme_composer.preflight import RecipeError, disk_full_message, is_disk_full
+from tempme_composer.remote import split_uri
 
 __all__ = ['BestCheckpoint', 'BEST_WEIGHTS', 'BEST_RECORD']
 
@@ -39,10 +40,15 @@ class BestCheckpoint(Callback):
     files, leaves the previous best.pt/best.json untouched and raises a `RecipeError` saying so. The best value and when it
     was reached are part of the callback's state, so autoresume keeps comparing against the true best.
     Logs ``best/<label>/<metric_name>``. YAML: always on in training runs (no key).
+
+    With ``remote_folder`` (the ``save_folder`` URI), rank 0 then uploads ``best.pt`` and ``best.json`` there
+    through the run's RemoteUploaderDownloader (``logger.upload_file``, in that order, one at a time).
     """
 
-    def __init__(self, folder: str | Path, eval_label: str, metric_name: str, config: dict[str, Any]) -> None:
+    def __init__(self, folder: str | Path, eval_label: str, metric_name: str, config: dict[str, Any],
+                 remote_folder: str | None = None) -> None:
         self.folder = Path(folder)
+        self.remote_folder = remote_folder
         self.eval_label = eval_label
         self.metric_name = metric_name
         self.config = config
@@ -86,6 +92,8 @@ class BestCheckpoint(Callback):
                 tmp_json.write_text(json.dumps(record, indent=2))  # both written before either is replaced
                 os.replace(written, self.folder / BEST_WEIGHTS)
                 os.replace(tmp_json, self.folder / BEST_RECORD)
+                if self.remote_folder is not None:
+                    self._upload(logger)
         except OSError as e:
             for tmp in (Path(tmp_name), tmp_json):
                 tmp.unlink(missing_ok=True)  # frees the space the partial file took
@@ -102,3 +110,10 @@ class BestCheckpoint(Callback):
                      self.best_batch, self.folder / BEST_WEIGHTS)
         dist.barrier()
         logger.log_metrics({f'best/{self.eval_label}/{self.metric_name}': value})
+
+    def _upload(self, logger: Logger) -> None:
+        """Queue best.pt then best.json for upload (copied now, so the next best cannot race them)."""
+        _, _, prefix = split_uri(self.remote_folder)
+        for name in (BEST_WEIGHTS, BEST_RECORD):
+            logger.upload_file(remote_file_name=f'{prefix}/{name}' if prefix else name,
+                               file_path=self.folder / name, overwrite=True)

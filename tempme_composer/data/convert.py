@@ -33,6 +33,7 @@ import re
 import shutil
 import struct
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ from tempme_composer.data.annotations import (
 )
 from tempme_composer.data.frame_layout import FRAME_COLUMN_ENCODINGS, pack_jpeg_frames
 from tempme_composer.data.mds_format import SHARD_HASHES
+from tempme_composer.remote import RemoteStorageError, is_remote, upload_folder
 
 __all__ = [
     'DATASET_FORMAT_VERSION',
@@ -615,7 +617,11 @@ def _build_parser() -> argparse.ArgumentParser:
     for dataset, flags in _FLAGS.items():
         p = sub.add_parser(dataset, help=f'convert {dataset}')
         p.add_argument('--videos', required=True, help='folder with the video files (searched recursively)')
-        p.add_argument('--out', required=True, help='output root: OUT/<split>/ and OUT/<split>_pairs/')
+        p.add_argument('--out', required=True, help='output root: OUT/<split>/ and OUT/<split>_pairs/; an '
+                                                    'object store (s3://bucket/prefix) is written to --staging '
+                                                    'first, then uploaded')
+        p.add_argument('--staging', help='local folder for an --out object store (default: a temporary one, '
+                                         'deleted after the upload)')
         p.add_argument('--annotations', help='folder holding the official annotation files under their usual '
                                              'names (any file flag below overrides one)')
         for flag, (_, default_name) in flags.items():
@@ -756,6 +762,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    remote = args.out if is_remote(args.out) else None
+    if remote is not None:  # convert locally, upload at the end (shards before their index.json)
+        args.out = args.staging or tempfile.mkdtemp(prefix='tempme-convert-')
     try:
         files = _resolve_files(args)
         annotations = read_annotations(args.dataset, files)
@@ -793,7 +802,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     _atomic_write(out / REPORT_FILE, (json.dumps(report, indent=2) + '\n').encode())
     if status == 0 and not args.keep_work and not args.work_dir:  # an explicit --work-dir is the user's
         shutil.rmtree(out / '.tempme_work', ignore_errors=True)
+    if remote is not None:
+        return _upload(out, remote, status, keep=bool(args.staging))
     return status
+
+
+def _upload(out: Path, remote: str, status: int, keep: bool) -> int:
+    """Upload a finished conversion (not the hidden work cache); a failed conversion is not uploaded."""
+    if status != 0:
+        print(f'tempme-convert: not uploaded to {remote} because the conversion failed; the result is in {out}',
+              file=sys.stderr)
+        return status
+    try:
+        uploaded = upload_folder(out, remote, skip_hidden=True)
+    except RemoteStorageError as e:
+        print(f'tempme-convert: error: {e}. The converted data is kept in {out}: rerun with --staging {out} '
+              'to upload it without decoding again.', file=sys.stderr)
+        return 1
+    print(f'uploaded {len(uploaded)} files to {remote}')
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data.frame_layout import StoredFrames
+from tempme_composer.data.remote_shards import RemoteShardError, ShardErrors
 from tempme_composer.data.uint8_frames import frames_to_uint8
 from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, select_frame_indices
 
@@ -66,7 +67,7 @@ VIDEO_KEYS = ('video', 'video_mask', 'video_index')
 TEXT_KEYS = ('text_ids', 'text_mask', 'text_video_index', 'text_caption_index')
 
 
-class VideoTextDataset(StreamingDataset):
+class VideoTextDataset(ShardErrors, StreamingDataset):
     """StreamingDataset over per-video MDS samples that returns model-ready tensors.
 
     Args:
@@ -88,6 +89,8 @@ class VideoTextDataset(StreamingDataset):
             only indexed, and shares streaming's download/caching). ``video_index`` is then the video's
             global sample index, identical for all pairs of one video. Needs ``streams`` given as dicts or
             ``local``/``remote``/``split``; relative ``proportion`` weights are not supported here.
+        check_remote_hashes: verify each downloaded remote shard against the xxh64 hash in its index (a
+            missing or corrupt object is one `RemoteShardError` naming it; see ``remote_shards.py``).
         **streaming_kwargs: passed to :class:`StreamingDataset` (``local``, ``remote``, ``split``,
             ``streams``, ``shuffle``, ``shuffle_seed``, ``batch_size`` (required to iterate), ...).
 
@@ -101,7 +104,7 @@ class VideoTextDataset(StreamingDataset):
 
     def __init__(self, *, max_frames: int, image_resolution: int, max_words: int, train: bool,
                  slice_framepos: int = 2, caption_seed: int = 0, frame_order: int = 0, paragraph: bool = False,
-                 expand_sentences: bool = False, **streaming_kwargs: Any) -> None:
+                 expand_sentences: bool = False, check_remote_hashes: bool = True, **streaming_kwargs: Any) -> None:
         if max_frames < 1:
             raise ValueError(f'max_frames must be >= 1, got {max_frames}')
         if image_resolution < 1:
@@ -120,7 +123,16 @@ class VideoTextDataset(StreamingDataset):
         self._video_stream_of: dict[int, int] = {}
         if expand_sentences:
             streaming_kwargs = _expand_streams(streaming_kwargs)
-        super().__init__(**streaming_kwargs)
+        try:
+            super().__init__(**streaming_kwargs)
+        except Exception as e:  # e.g. the remote index.json cannot be downloaded
+            if not _has_remote(streaming_kwargs):
+                raise
+            raise RemoteShardError(f'cannot open the remote dataset {_describe(streaming_kwargs)}: '
+                                   f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}. Check the '
+                                   'remote path (it must hold index.json), the credentials and S3_ENDPOINT_URL.') from e
+        if check_remote_hashes:
+            self.enable_remote_hash_checks()
         if expand_sentences:
             half = len(self.streams) // 2
             self._video_stream_of = {i: half + i for i in range(half)}
@@ -252,6 +264,17 @@ class VideoTextDataset(StreamingDataset):
             'text_ids': ids,
             'text_mask': mask,
         }
+
+
+def _has_remote(kwargs: Mapping[str, Any]) -> bool:
+    streams = kwargs.get('streams') or []
+    return kwargs.get('remote') is not None or any(_stream_spec(s).get('remote') is not None for s in streams)
+
+
+def _describe(kwargs: Mapping[str, Any]) -> str:
+    specs = [_stream_spec(s) for s in kwargs.get('streams') or []] or [kwargs]
+    return ', '.join(f"{s.get('remote')}/{s.get('split') or ''} (cache {s.get('local')})" for s in specs
+                     if s.get('remote') is not None)
 
 
 def _stream_spec(stream: Stream | Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""The ``loggers:`` section: Composer's TensorBoard (default), MLflow, W&B and file loggers, run for real.
+
+MLflow writes to a local SQLite store, W&B runs offline; both must hold the resolved config as parameters and
+the retrieval numbers of every evaluation, equal to what the recipe computed. MLflow is in the ``dev`` extra
+(CI runs it); W&B is not (importing it costs seconds in every process that imports open_clip, through timm),
+so its part runs where ``.[wandb]`` is installed."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from wandb_records import history_and_config
+
+from tempme_composer.callbacks import RetrievalLogger
+from tempme_composer.config import ConfigError, load_config
+from tempme_composer.loggers import flatten_config, mlflow_metric_name
+from tempme_composer.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / 'yamls' / 'demo.yaml'
+
+
+def test_a_configured_tracker_without_its_package_is_a_config_error_naming_the_extra(tmp_path, monkeypatch):
+    for name in ('wandb', 'mlflow'):
+        monkeypatch.setitem(sys.modules, name, None)  # how Python marks a module as not importable
+        with pytest.raises(ConfigError, match=rf"'loggers.{name}' in .* needs the {name} package, which is not "
+                                              rf"installed: pip install -e '.\[{name}\]'"):
+            load_config(DEMO, [f'output_dir={tmp_path}', f'loggers.{name}={{}}'])
+    cfg = load_config(DEMO, [f'output_dir={tmp_path}'])
+    assert cfg.loggers.tensorboard is not None and cfg.loggers.wandb is None and cfg.loggers.mlflow is None
+    with pytest.raises(ConfigError, match=r"unknown key 'loggers.neptune'"):
+        load_config(DEMO, [f'output_dir={tmp_path}', 'loggers.neptune={}'])
+    with pytest.raises(ConfigError, match=r"'save_folder=/tmp/x' .* expected an object-store URI"):
+        load_config(DEMO, [f'output_dir={tmp_path}', 'save_folder=/tmp/x'])
+
+
+def test_names_for_the_trackers():
+    assert mlflow_metric_name('metrics/demo/t2v_R@10') == 'metrics/demo/t2v_R10'
+    assert mlflow_metric_name('lr-AdamW/group0') == 'lr-AdamW/group0'
+    assert flatten_config({'a': {'b': 1, 'c': [1, 2]}, 'd': None}) == {'a.b': 1, 'a.c': '[1, 2]', 'd': None}
+
+
+@pytest.mark.e2e
+def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(tmp_path):
+    mlflow = pytest.importorskip('mlflow')
+    with_wandb = importlib.util.find_spec('wandb') is not None
+    store = f'sqlite:///{tmp_path / "mlflow.db"}'
+    run = tmp_path / 'run'
+    cfg = load_config(DEMO, [
+        f'output_dir={run}', f'data.demo.root={tmp_path / "data"}', 'data.demo.num_train=24',
+        'data.demo.num_eval=12', 'epochs=2', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0',
+        f'loggers.mlflow={{tracking_uri: "{store}", experiment_name: tempme}}',
+        'loggers.file={}', *(['loggers.wandb={project: tempme, mode: offline}'] if with_wandb else []),
+    ])
+    trainer = train(cfg)
+    (retrieval,) = [cb for cb in trainer.state.callbacks if isinstance(cb, RetrievalLogger)]
+    final = retrieval.last_results['demo']
+    trainer.close()
+
+    # FileLogger: one line per logged value, `[metric][batch=N]: key: value`.
+    lines = (run / 'logs-rank0.txt').read_text()
+    per_step: dict[int, dict[str, float]] = {}
+    for step, key, value in re.findall(r'\[metric\]\[batch=(\d+)\]: (metrics/demo/\S+): (\S+)', lines):
+        per_step.setdefault(int(step), {})[key] = float(value)
+    assert sorted(per_step) == [3, 6]  # one evaluation per epoch
+    assert per_step[6] == pytest.approx({f'metrics/demo/{k}': v for k, v in final.items()}, abs=5e-5)  # 4 decimals
+
+    # MLflow: params = the resolved config (dotted keys), metrics = every evaluation's numbers.
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name('tempme').experiment_id])
+    params = mlrun.data.params
+    assert params['epochs'] == '2' and params['optimizer.lr'] == '0.001' and params['output_dir'] == str(run)
+    assert params['model.clip.preset'] == 'tiny' and params['loggers.tensorboard.flush_interval'] == '100'
+    for key in final:
+        history = client.get_metric_history(mlrun.info.run_id, mlflow_metric_name(f'metrics/demo/{key}'))
+        values = {h.step: h.value for h in history}
+        assert sorted(values) == [3, 6] and values[6] == final[key], key
+        assert values[3] == pytest.approx(per_step[3][f'metrics/demo/{key}'], abs=5e-5), key
+
+    assert any((run / 'tensorboard').rglob('events.out.tfevents.*'))  # still on by default
+    if not with_wandb:
+        return
+    # W&B offline: the run file holds the config and every evaluation's numbers (what `wandb sync` uploads).
+    (run_file,) = (run / 'wandb' / 'wandb').glob('offline-run-*/run-*.wandb')
+    history, config = history_and_config(run_file)
+    for step in (3, 6):
+        for key in final:
+            mlflow_value = client.get_metric_history(mlrun.info.run_id, mlflow_metric_name(f'metrics/demo/{key}'))
+            assert history[step][f'metrics/demo/{key}'] == {h.step: h.value for h in mlflow_value}[step], key
+    assert config['optimizer.lr'] == 0.001 and config['epochs'] == 2 and config['output_dir'] == str(run)

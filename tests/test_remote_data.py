@@ -1,0 +1,193 @@
+"""Training data streamed from an object store (moto's S3 server on loopback) behaves exactly like the same
+data read locally: same metrics and weights in one process, and under `composer -n 2` a mid-epoch SIGKILL +
+autoresume from remote data ends with the weights of the uninterrupted local run. A missing or corrupt
+remote shard is one error naming the object; two splits sharing one cache folder are refused at config load;
+`tempme-convert --out s3://...` uploads a conversion that trains like the local one."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+from video_fixtures import PALETTE, write_video
+
+from tempme_composer.callbacks import RetrievalLogger
+from tempme_composer.config import ConfigError, load_config
+from tempme_composer.data import build_video_text_dataloader
+from tempme_composer.data.convert import main as convert_main
+from tempme_composer.data.remote_shards import RemoteShardError
+from tempme_composer.data.synthetic import generate_demo_dataset
+from tempme_composer.remote import list_objects, upload_folder
+from tempme_composer.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / 'yamls' / 'demo.yaml'
+
+
+def demo_data(tmp_path: Path, bucket: str) -> tuple[Path, str]:
+    """The 24/12-video demo set, locally and uploaded to s3://bucket/demo/{train,eval}."""
+    root = tmp_path / 'data'
+    generate_demo_dataset(root, num_train=24, num_eval=12, seed=0)
+    remote = f's3://{bucket}/demo'
+    upload_folder(root / 'mds', remote)
+    return root, remote
+
+
+def args(tmp_path: Path, run: str, root: Path, remote: str | None, *extra: str) -> list[str]:
+    """Batch 8 over 24 videos (3 batches per epoch); data from `remote` (cache in tmp_path) or local."""
+    if remote is None:
+        data = [f'data.train.local={root}/mds/train', f'data.eval.local={root}/mds/eval']
+    else:
+        cache = tmp_path / f'cache-{run}'
+        data = [f'data.train={{remote: {remote}/train, local: {cache}/train}}',
+                f'data.eval={{remote: {remote}/eval, local: {cache}/eval}}']
+    return [f'output_dir={tmp_path / run}', 'run_name=data', f'data.demo.root={root}', 'data.demo.num_train=24',
+            'data.demo.num_eval=12', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0', 'n_display=100',
+            *data, *extra]
+
+
+def results(trainer) -> dict:
+    (logger,) = [cb for cb in trainer.state.callbacks if isinstance(cb, RetrievalLogger)]
+    return logger.last_results['demo']
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=False)['state']['model']
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(b[key], value), key
+
+
+@pytest.mark.e2e
+def test_remote_data_trains_exactly_like_local_data(tmp_path, s3_bucket):
+    root, remote = demo_data(tmp_path, s3_bucket)
+    local = train(load_config(DEMO, args(tmp_path, 'local', root, None, 'epochs=1')))
+    local_results = results(local)
+    local.close()
+    streamed = train(load_config(DEMO, args(tmp_path, 'remote', root, remote, 'epochs=1')))
+    assert results(streamed) == local_results
+    streamed.close()
+    assert_same_weights(weights(tmp_path / 'local' / 'checkpoints' / 'latest-rank0.pt'),
+                        weights(tmp_path / 'remote' / 'checkpoints' / 'latest-rank0.pt'))
+    shards = sorted(p.name for p in (tmp_path / 'cache-remote' / 'train').glob('shard.*.mds'))
+    assert shards and shards == sorted(p.name for p in (root / 'mds' / 'train').glob('shard.*.mds'))
+
+
+def _launch(tmp_path: Path, run: str, root: Path, remote: str | None, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2',
+           '--stdout', str(tmp_path / f'{run}.{{rank}}.out'), '--stderr', str(tmp_path / f'{run}.{{rank}}.err'),
+           str(REPO / 'recipes' / 'train.py'), str(DEMO),
+           *args(tmp_path, run, root, remote, 'epochs=2', 'save_interval=2ba', 'autoresume=true')]
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _finish(proc: subprocess.Popen, tmp_path: Path, run: str) -> None:
+    out, _ = proc.communicate(timeout=400)
+    logs = out + ''.join(p.read_text() for p in sorted(tmp_path.glob(f'{run}.*')))
+    assert proc.returncode == 0, logs[-4000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.multiprocess
+def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(tmp_path, s3_bucket):
+    root, remote = demo_data(tmp_path, s3_bucket)
+    # One run after another: concurrent streaming jobs race for /dev/shm names (composer_streaming.md §6.8).
+    _finish(_launch(tmp_path, 'local', root, None), tmp_path, 'local')
+    killed = _launch(tmp_path, 'remote', root, remote, start_new_session=True)
+    latest = tmp_path / 'remote' / 'checkpoints' / 'latest-rank0.pt'
+    deadline = time.time() + 300
+    try:  # kill mid-epoch 2 (batch 4 of 6), after epoch 1's evaluation
+        while not (latest.is_symlink() and os.readlink(latest) == 'ep1-ba4-rank0.pt'):
+            if killed.poll() is not None:
+                pytest.fail('the run ended before the batch-4 checkpoint:\n' + killed.stdout.read()[-4000:])
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks
+        killed.wait()
+    _finish(_launch(tmp_path, 'remote', root, remote), tmp_path, 'remote')  # same command: autoresumes
+
+    final = {run: weights(tmp_path / run / 'checkpoints' / 'latest-rank0.pt') for run in ('local', 'remote')}
+    assert_same_weights(final['local'], final['remote'])
+    best = {run: json.loads((tmp_path / run / 'checkpoints' / 'best.json').read_text()) for run in final}
+    for key in ('value', 'epoch', 'batch', 'results'):  # the 2-rank metrics of remote = local data
+        assert best['remote'][key] == best['local'][key], key
+
+
+def _corrupt(bucket: str, key: str) -> None:
+    s3 = boto3.client('s3', endpoint_url=os.environ['S3_ENDPOINT_URL'])
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)['Body'].read())
+    body[len(body) // 2] ^= 0xFF  # same size, one byte flipped
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+
+@pytest.mark.e2e
+def test_missing_or_corrupt_remote_shard_is_one_error_naming_the_object(tmp_path, s3_bucket):
+    root, remote = demo_data(tmp_path, s3_bucket)
+    (shard,) = [k for k in list_objects(f'{remote}/train') if k.startswith('shard.')]
+    _corrupt(s3_bucket, f'demo/train/{shard}')
+    with pytest.raises(RemoteShardError) as info:
+        train(load_config(DEMO, args(tmp_path, 'corrupt', root, remote, 'epochs=1', 'data.num_workers=1')))
+    message = str(info.value)  # raised in a DataLoader worker: the paragraph survives the re-raise
+    assert message.startswith(f'shard {remote}/train/{shard} is corrupt: its xxh64 hash does not match')
+    assert '\n' not in message and 'Traceback' not in message
+    assert not (tmp_path / 'cache-corrupt' / 'train' / shard).exists()  # the bad copy is not kept
+
+    boto3.client('s3', endpoint_url=os.environ['S3_ENDPOINT_URL']).delete_object(
+        Bucket=s3_bucket, Key=f'demo/train/{shard}')
+    with pytest.raises(RemoteShardError, match=rf'^shard {remote}/train/{shard} could not be downloaded after '
+                                               r'2 attempts \(ClientError: Object .* not found'):
+        train(load_config(DEMO, args(tmp_path, 'missing', root, remote, 'epochs=1')))
+
+
+def test_two_splits_sharing_a_cache_folder_are_refused_at_config_load(tmp_path):
+    shared = tmp_path / 'cache'
+    with pytest.raises(ConfigError, match=r"'data.eval' and 'data.train' use the same cache folder .*cache.* "
+                                          r'reads from a remote'):
+        load_config(DEMO, [f'output_dir={tmp_path}', f'data.train={{remote: s3://b/d/train, local: {shared}}}',
+                           f'data.eval={{remote: s3://b/d/eval, local: {shared}}}'])
+    with pytest.raises(ConfigError, match=r"'data.eval.streams\[0\]' and 'data.train' use the same cache folder"):
+        load_config(DEMO, [f'output_dir={tmp_path}', f'data.train={{local: {shared}, split: x}}',
+                           f'data.eval={{streams: [{{remote: s3://b/d, local: {shared}, split: x}}]}}'])
+    # Distinct folders, or a purely local dataset read twice, are fine.
+    load_config(DEMO, [f'output_dir={tmp_path}', f'data.train={{remote: s3://b/d/train, local: {shared}/train}}',
+                       f'data.eval={{remote: s3://b/d/eval, local: {shared}/eval}}'])
+    load_config(DEMO, [f'output_dir={tmp_path}', f'data.train.local={shared}', f'data.eval.local={shared}'])
+
+
+def test_convert_uploads_to_s3_and_the_remote_dataset_reads_like_the_local_one(tmp_path, s3_bucket):
+    ids = ['vid_a', 'vid_b']
+    (tmp_path / 'test_list.txt').write_text('\n'.join(ids))
+    (tmp_path / 'raw-captions.pkl').write_bytes(pickle.dumps({ids[0]: [['a', 'cat'], ['a', 'kitten']],
+                                                              ids[1]: [['a', 'car']]}))
+    for i, v in enumerate(ids):
+        write_video(tmp_path / 'videos' / f'{v}.avi', seconds=2, colours=[PALETTE[i]], container_format='avi')
+    common = ['msvd', '--captions-pkl', str(tmp_path / 'raw-captions.pkl'), '--test-list',
+              str(tmp_path / 'test_list.txt'), '--videos', str(tmp_path / 'videos'), '--size', '32',
+              '--workers', '1', '--no-progress']
+    remote = f's3://{s3_bucket}/msvd'
+    assert convert_main([*common, '--out', str(tmp_path / 'local')]) == 0
+    assert convert_main([*common, '--out', remote, '--staging', str(tmp_path / 'staging')]) == 0
+    objects = list_objects(remote)
+    assert 'test/index.json' in objects and not any(k.startswith('.') for k in objects)
+    loaders = {
+        'local': build_video_text_dataloader(local=str(tmp_path / 'local'), split='test', batch_size=2,
+                                             train=False, max_frames=4, image_resolution=28, max_words=16),
+        'remote': build_video_text_dataloader(local=str(tmp_path / 'cache'), remote=remote, split='test',
+                                              batch_size=2, train=False, max_frames=4, image_resolution=28,
+                                              max_words=16),
+    }
+    (a,), (b,) = (list(spec.dataloader) for spec in loaders.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
