@@ -67,6 +67,13 @@ def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_the
     assert (tmp_path / 'machine-c' / 'fetched' / 'best.pt').is_file()
     evaluator.close()
 
+    # tempme-export takes the remote best.pt too (its config comes from the best.json beside it).
+    from tempme_composer.inference import load_exported
+    from tempme_composer.inference.export import export_checkpoint
+
+    exported = load_exported(export_checkpoint(f'{store}/best.pt', tmp_path / 'export'))
+    assert exported.config['training']['best']['results'] == best['results']
+
 
 @pytest.mark.e2e
 def test_an_unwritable_store_is_refused_before_training(tmp_path, s3_server):

@@ -9,6 +9,7 @@ shared model is megabytes and names the exact base it needs. No Composer import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,22 +87,52 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     """Write ``out_dir/{model.safetensors, config.json, README.md}`` for a checkpoint; returns ``out_dir``.
 
     Args:
-        checkpoint: ``best.pt`` or any Composer checkpoint of the recipe.
+        checkpoint: ``best.pt`` or any Composer checkpoint of the recipe, local or remote (``s3://…``).
         full: write every tensor (no base checkpoint needed to load it).
-        config_path: the run's ``config.yaml`` (default: found next to the checkpoint or one folder up).
+        config_path: the run's ``config.yaml`` (default: found next to the checkpoint or one folder up, else the
+            config recorded in ``best.json``).
         clip_checkpoint: the base CLIP file (default: ``model.clip.checkpoint`` of the run's config).
         trust: load a checkpoint outside the allowlist (see `read_checkpoint_model_state`).
     """
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix='tempme-export-') as scratch:
+        checkpoint = _local_copy(str(checkpoint), Path(scratch))
+        best_file = checkpoint.parent / 'best.json'
+        best = json.loads(best_file.read_text()) if checkpoint.name == 'best.pt' and best_file.is_file() else None
+        cfg_file = Path(config_path) if config_path else _find_beside(checkpoint, 'config.yaml')
+        if cfg_file is None and best is not None and best.get('config'):  # best.json carries the resolved config
+            cfg_file = Path(scratch) / 'config.yaml'
+            cfg_file.write_text(OmegaConf.to_yaml(OmegaConf.create(best['config'])))
+        if cfg_file is None:
+            raise ExportError(f'no config.yaml next to {checkpoint} or in {checkpoint.parent.parent} (nor a best.json '
+                              'holding the config): pass the run\'s config with --config PATH (every run writes it to '
+                              'output_dir/config.yaml)')
+        return _export(checkpoint, out_dir, full=full, cfg_file=cfg_file, best=best, clip_checkpoint=clip_checkpoint,
+                       trust=trust)
+
+
+def _local_copy(checkpoint: str, scratch: Path) -> Path:
+    """A local checkpoint as is; a remote one (``s3://…``, any store streaming supports) downloaded into
+    ``scratch`` with the ``best.json`` beside it, if there is one."""
+    from tempme_composer.remote import RemoteStorageError, download_file, fetch_checkpoint, is_remote
+
+    if not is_remote(checkpoint):
+        return Path(checkpoint)
+    try:
+        local = fetch_checkpoint(checkpoint, scratch)
+    except RemoteStorageError as e:
+        raise ExportError(f'cannot download checkpoint {checkpoint}: {e}') from e
+    if local.name == 'best.pt':
+        with contextlib.suppress(RemoteStorageError):
+            download_file(checkpoint.rsplit('/', 1)[0] + '/best.json', scratch / 'best.json', attempts=1)
+    return local
+
+
+def _export(checkpoint: Path, out_dir: Path, *, full: bool, cfg_file: Path, best: dict[str, Any] | None,
+            clip_checkpoint: str | os.PathLike | None, trust: bool) -> Path:
     from safetensors.torch import save_file
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    cfg_file = Path(config_path) if config_path else _find_beside(checkpoint, 'config.yaml')
-    if cfg_file is None:
-        raise ExportError(f'no config.yaml next to {checkpoint} or in {checkpoint.parent.parent}: pass the run\'s '
-                          'config with --config PATH (every run writes it to output_dir/config.yaml)')
     cfg = _read_run_config(cfg_file)
-    best_file = checkpoint.parent / 'best.json'
-    best = json.loads(best_file.read_text()) if checkpoint.name == 'best.pt' and best_file.is_file() else None
     trained = read_checkpoint_model_state(checkpoint, trust=trust)
 
     base_path = Path(clip_checkpoint) if clip_checkpoint else (Path(cfg.model.clip.checkpoint) if cfg.model.clip.checkpoint else None)
