@@ -2,7 +2,7 @@
 
     python -m tempme_composer.bench_efficiency [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch N]
         [--iters K] [--warmup W] [--device cpu|cuda] [--bf16] [--no-timing] [--timing-presets ...]
-        [--configs baseline tempme stop unified] [--json PATH] [--stop-reference]
+        [--configs baseline tempme stop unified] [--conv-impls auto direct fft] [--json PATH] [--stop-reference]
 
 Random weights (no checkpoint). Each config is built exactly as the recipe builds it
 (`UnifiedModel.from_config` with ``model.tempme``/``model.lora``/``model.stop`` enabled, every other setting at
@@ -32,13 +32,17 @@ row (the same rows go to ``--json``):
   with achieved = ``2 * GMAC * videos/s`` for the forward and the usual estimate ``3 *`` that for a training
   step (the measured fwd+bwd count is in the table too: with a frozen backbone it is nearer 2.5x).
 
+``--conv-impls``: the ``model.stop.conv_impl`` values to time; STOP and unified get one row each (same counts:
+on the meta device the pixel convolution is counted as the direct Conv3d, whatever the implementation), so
+``--conv-impls direct auto`` measures the FFT convolution's effect in one run.
+
 For configs with STOP a second table splits the GMAC per video into the pixel prompt, the inter-frame
 prompt, the prompt generator (per batch / batch) and the rest (ViT with prompts/merging, readout).
 
 ``--stop-reference``: when `tempme_composer.modules.stop_reference` exists, a third table compares STOP's
-efficient path with the straightforward, reference-shaped implementation at ViT-B/32: GFLOP per video and
-per caption (meta-device count), and forward / train-step seconds per video-caption pair (text + video) on
-``--ref-device`` (default cpu), with the speed-up.
+efficient path (one row per ``--conv-impls`` value, same weights) with the straightforward, reference-shaped
+implementation at ViT-B/32: GFLOP per video and per caption (meta-device count), and forward / train-step
+seconds per video-caption pair (text + video) on ``--ref-device`` (default cpu), with the speed-ups.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from tempme_composer.algorithms.freeze import freeze_parameters
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.config import ModelConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.modules.temporal_prompt import CONV_IMPLS
 from tempme_composer.modules.video_tower import encode_video, pool_video
 
 try:  # the tower may skip the last block's frame-CLS outputs when the readout does not use them
@@ -123,11 +128,14 @@ def peak_bf16_tflops(device_name: str) -> float | None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def model_config(config: str) -> ModelConfig:
-    """The recipe's model settings for one of `CONFIGS` (everything else at its default)."""
+def model_config(config: str, conv_impl: str | None = None) -> ModelConfig:
+    """The recipe's model settings for one of `CONFIGS` (everything else at its default; ``conv_impl``
+    overrides ``model.stop.conv_impl``)."""
     if config not in CONFIGS:
         raise ValueError(f'config must be one of {list(CONFIGS)}, got {config!r}')
     cfg = ModelConfig()
+    if conv_impl is not None:
+        cfg.stop.conv_impl = conv_impl
     if config in ('tempme', 'unified'):
         cfg.tempme.enabled = True
         cfg.lora.enabled = True
@@ -136,14 +144,16 @@ def model_config(config: str) -> ModelConfig:
     return cfg
 
 
-def build_model(config: str, preset: str, frames: int, device: str) -> tuple[UnifiedModel, int, int]:
+def build_model(
+    config: str, preset: str, frames: int, device: str, conv_impl: str | None = None
+) -> tuple[UnifiedModel, int, int]:
     """A randomly initialised model on ``device`` (``'meta'`` allocates nothing), frozen by the users' rule.
 
     Returns:
         (model, trainable parameters, total parameters).
     """
     clip = CLIP(CLIP_PRESETS[preset], device=device)
-    model = UnifiedModel.from_config(clip, model_config(config), frames).to(device)
+    model = UnifiedModel.from_config(clip, model_config(config, conv_impl), frames).to(device)
     report = freeze_parameters(model, freeze_clip=True, keep_substrings=KEEP_SUBSTRINGS, warn_absent=False)
     return model, report.num_trainable, report.num_total
 
@@ -346,11 +356,19 @@ def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
 
 
 def time_config(
-    config: str, preset: str, frames: int, batch: int, iters: int, warmup: int, device: str, bf16: bool
+    config: str,
+    preset: str,
+    frames: int,
+    batch: int,
+    iters: int,
+    warmup: int,
+    device: str,
+    bf16: bool,
+    conv_impl: str | None = None,
 ) -> dict[str, Any]:
     """Forward and train-step videos/s and peak memory of one config on ``device`` (fresh model)."""
     torch.manual_seed(0)
-    model, _, _ = build_model(config, preset, frames, device)
+    model, _, _ = build_model(config, preset, frames, device, conv_impl)
     video, mask = _inputs(model, batch, frames, device)
     target = F.normalize(
         torch.randn(batch, model.clip.config.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
@@ -451,7 +469,7 @@ def format_table(rows: Sequence[dict[str, Any]], device: str) -> str:
         skip = 'skipped'
         cells = [
             r['preset'],
-            LABELS[r['config']],
+            LABELS[r['config']] + (f' ({r["conv_impl"]} conv)' if r.get('conv_impl') else ''),
             f'{r["trainable_params"]:,} / {r["total_params"]:,}',
             str(r['tokens_per_video']),
             f'{r["gmac_per_video"]:.2f}',
@@ -495,29 +513,33 @@ def run_benchmark(
     warmup: int = 1,
     device: str = 'cpu',
     bf16: bool = False,
+    conv_impls: Sequence[str] = ('auto',),
 ) -> list[dict[str, Any]]:
-    """One row per (preset, config): meta-device counts, plus timing for presets in ``timing_presets``."""
+    """One row per (preset, config, conv_impl): meta-device counts, plus timing for presets in
+    ``timing_presets``. Configs without STOP have no pixel convolution: one row, ``conv_impl`` None."""
     device_name = torch.cuda.get_device_name() if device == 'cuda' else None
     rows = []
     for preset in presets:
         for config in configs:
-            row = count_config(config, preset, frames, batch)
-            if preset in timing_presets:
-                t0 = time.perf_counter()
-                row.update(time_config(config, preset, frames, batch, iters, warmup, device, bf16))
-                _release(device)  # the timed model is gone before the next one is built
-                row['device'] = device
-                row['bf16'] = bf16
-                row['timing_batch'] = batch
-                if device == 'cuda':
-                    _add_mfu(row, device_name)
-                print(
-                    f'[timed {preset} {config} in {time.perf_counter() - t0:.0f} s]',
-                    file=sys.stderr,
-                    flush=True,
-                )
-            rows.append(row)
-            print('ROW ' + json.dumps(row), file=sys.stderr, flush=True)  # survives a run cut short
+            counts = count_config(config, preset, frames, batch)
+            for conv_impl in conv_impls if config in ('stop', 'unified') else (None,):
+                row = {**counts, 'conv_impl': conv_impl}
+                if preset in timing_presets:
+                    t0 = time.perf_counter()
+                    row.update(time_config(config, preset, frames, batch, iters, warmup, device, bf16, conv_impl))
+                    _release(device)  # the timed model is gone before the next one is built
+                    row['device'] = device
+                    row['bf16'] = bf16
+                    row['timing_batch'] = batch
+                    if device == 'cuda':
+                        _add_mfu(row, device_name)
+                    print(
+                        f'[timed {preset} {config} conv_impl={conv_impl} in {time.perf_counter() - t0:.0f} s]',
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                rows.append(row)
+                print('ROW ' + json.dumps(row), file=sys.stderr, flush=True)  # survives a run cut short
     return rows
 
 
@@ -540,37 +562,46 @@ def _random_ids(batch: int, length: int, device: str) -> torch.Tensor:
 
 
 def stop_reference_comparison(
-    frames: int, batch: int, words: int, iters: int, warmup: int, device: str
+    frames: int, batch: int, words: int, iters: int, warmup: int, device: str, conv_impls: Sequence[str] = ('auto',)
 ) -> list[dict[str, Any]] | None:
-    """Efficient STOP vs `stop_reference` at ViT-B/32: GFLOP per video / caption, seconds per pair."""
+    """Efficient STOP (one row per pixel-conv implementation, same weights) vs `stop_reference` at ViT-B/32:
+    GFLOP per video / caption, seconds per pair; the straightforward row is last."""
     try:
         from tempme_composer.modules import stop_reference
     except ImportError:
         return None
     preset = 'ViT-B/32'
-    impls: dict[str, tuple[Callable, Callable]] = {
-        'efficient': (lambda m, v, mask: video_path(m, v, mask), lambda m, ids: m.encode_text(ids)),
-        'straightforward (stop_reference)': (
-            lambda m, v, mask: stop_reference.reference_encode_video(m, v),
-            lambda m, ids: stop_reference.reference_encode_text(m, ids),
-        ),
-    }
+    efficient = (lambda m, v, mask: video_path(m, v, mask), lambda m, ids: m.encode_text(ids))
+    impls: list[tuple[str, str | None, tuple[Callable, Callable]]] = [
+        (f'efficient ({c} conv)', c, efficient) for c in conv_impls
+    ]
+    impls.append(
+        (
+            'straightforward (stop_reference)',
+            None,
+            (
+                lambda m, v, mask: stop_reference.reference_encode_video(m, v),
+                lambda m, ids: stop_reference.reference_encode_text(m, ids),
+            ),
+        )
+    )
     rows = []
     meta, _, _ = build_model('stop', preset, frames, 'meta')
     meta.eval()
     video, mask = _inputs(meta, batch, frames, 'meta')
     ids = _random_ids(batch, words, 'meta')
-    for name, (enc_video, enc_text) in impls.items():
+    for name, conv_impl, (enc_video, enc_text) in impls:
         v, _ = _flops(lambda enc_video=enc_video: enc_video(meta, video, mask))
         t, _ = _flops(lambda enc_text=enc_text: enc_text(meta, ids))
         rows.append(
             {
                 'impl': name,
+                'conv_impl': conv_impl,
                 'preset': preset,
                 'frames': frames,
                 'words': words,
                 'batch': batch,
-                'video_gflop': v / 1e9 / batch,
+                'video_gflop': v / 1e9 / batch,  # meta device: the pixel convolution counted as Conv3d
                 'text_gflop': t / 1e9 / batch,
             }
         )
@@ -579,7 +610,9 @@ def stop_reference_comparison(
         model, _, _ = build_model('stop', preset, frames, device)
         video, mask = _inputs(model, batch, frames, device)
         ids = _random_ids(batch, words, device)
-        for row, (enc_video, enc_text) in zip(rows, impls.values(), strict=True):
+        for row, (_, conv_impl, (enc_video, enc_text)) in zip(rows, impls, strict=True):
+            if conv_impl is not None:
+                model.clip.visual.TemporalPrompt.conv_impl = conv_impl
 
             def forward(enc_video=enc_video, enc_text=enc_text) -> None:
                 with torch.no_grad():
@@ -599,28 +632,30 @@ def stop_reference_comparison(
             model.train()
             row['train_s_per_pair'] = _time(train_step, device, warmup, iters)[0] / batch
             row['device'] = device
-    eff, ref = rows
-    for key in ('fwd_s_per_pair', 'train_s_per_pair'):
-        if key in eff:
-            mode = key.split('_')[0]  # fwd / train
-            ref[f'speedup_{mode}'] = eff[f'speedup_{mode}'] = ref[key] / eff[key]
+    ref = rows[-1]
+    for row in rows:
+        for key in ('fwd_s_per_pair', 'train_s_per_pair'):
+            if key in row:
+                row[f'speedup_{key.split("_")[0]}'] = ref[key] / row[key]  # vs straightforward
     return rows
 
 
 def format_reference_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ['implementation', 'video GFLOP/video', 'text GFLOP/caption', 'fwd s/pair', 'train-step s/pair']
+    head = [
+        'implementation',
+        'video GFLOP/video',
+        'text GFLOP/caption',
+        'fwd s/pair',
+        'train-step s/pair',
+        'speed-up vs straightforward (fwd / train)',
+    ]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         lines.append(
             f'| {r["impl"]} | {r["video_gflop"]:.1f} | {r["text_gflop"]:.2f} | '
-            f'{_fmt(r.get("fwd_s_per_pair"), ".3f")} | {_fmt(r.get("train_s_per_pair"), ".3f")} |'
+            f'{_fmt(r.get("fwd_s_per_pair"), ".3f")} | {_fmt(r.get("train_s_per_pair"), ".3f")} | '
+            f'{_fmt(r.get("speedup_fwd"), ".2f")} / {_fmt(r.get("speedup_train"), ".2f")} |'
         )
-    eff, ref = rows
-    lines.append(
-        f'| straightforward / efficient (= speed-up) | {ref["video_gflop"] / eff["video_gflop"]:.2f}x | '
-        f'{ref["text_gflop"] / eff["text_gflop"]:.2f}x | {_fmt(ref.get("speedup_fwd"), ".2f")}{"x" if "speedup_fwd" in ref else ""} | '
-        f'{_fmt(ref.get("speedup_train"), ".2f")}{"x" if "speedup_train" in ref else ""} |'
-    )
     return '\n'.join(lines)
 
 
@@ -660,6 +695,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action='store_true',
         help='add STOP efficient vs straightforward (modules/stop_reference.py) at ViT-B/32',
     )
+    ap.add_argument(
+        '--conv-impls',
+        nargs='+',
+        default=['auto'],
+        choices=list(CONV_IMPLS),
+        help="model.stop.conv_impl values to time, one row each for STOP/unified (e.g. 'direct auto')",
+    )
     ap.add_argument('--ref-device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--ref-batch', type=int, default=1)
     ap.add_argument('--ref-words', type=int, default=32, help='caption length in tokens (data.max_words)')
@@ -684,7 +726,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f'keep_substrings={list(KEEP_SUBSTRINGS)}\n'
     )
     rows = run_benchmark(
-        args.presets, args.configs, args.frames, batch, timing, iters, warmup, args.device, args.bf16
+        args.presets, args.configs, args.frames, batch, timing, iters, warmup, args.device, args.bf16,
+        args.conv_impls,
     )
     print(format_table(rows, args.device))
     print(
@@ -715,6 +758,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             'timing_presets': timing,
             'keep_substrings': list(KEEP_SUBSTRINGS),
             'stop_reference_gmac': STOP_REFERENCE_GMAC,
+            'conv_impls': list(args.conv_impls),
         },
         'rows': rows,
         'stop_reference': None,
@@ -722,7 +766,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.stop_reference:
         ref_iters = 0 if args.no_timing else iters
         ref = stop_reference_comparison(
-            args.frames, args.ref_batch, args.ref_words, ref_iters, warmup, args.ref_device
+            args.frames, args.ref_batch, args.ref_words, ref_iters, warmup, args.ref_device, args.conv_impls
         )
         if ref is None:
             print(

@@ -15,8 +15,9 @@ Deviations from the reference, all options (defaults first):
   A constant set of scores (e.g. one frame) gives ``m = 0`` instead of the reference's NaN.
 - ``mask_pooling='lattice'`` reproduces the reference's pooling (cell ``(a, b)`` = mean of pixels with
   ``row ≡ a``, ``col ≡ b`` mod grid, stop.md §8.5); ``'patch'`` pools the pixels under each ViT patch.
-- ``conv_impl='direct'`` runs the pixel Conv stack as Conv3d; ``'fft'`` as `fft_conv3d` (identical up to
-  float rounding; 14x faster to train on an H100, slower on CPU).
+- ``conv_impl='auto'`` runs the pixel Conv stack as `fft_conv3d` (the same sums via FFT, identical up to fp32
+  rounding) on the devices where it measured faster (`FFT_CONV_DEVICES`: CPU and CUDA), else as Conv3d;
+  ``'fft'`` and ``'direct'`` force one.
 - ``spatial_stride=1`` is exact; ``s > 1`` runs the Conv stack and MLP on an ``s×``-average-pooled video and
   upsamples ``R`` (nearest) — ``s²×`` cheaper, accuracy unknown until trained (off by default).
 
@@ -38,9 +39,30 @@ from torch import nn
 
 from tempme_composer.modules.fft_conv import fft_conv3d
 
-__all__ = ['TemporalPrompt', 'normalise_frame_weights', 'pool_to_grid', 'top_cells_mask']
+__all__ = [
+    'CONV_IMPLS',
+    'FFT_CONV_DEVICES',
+    'TemporalPrompt',
+    'normalise_frame_weights',
+    'pool_to_grid',
+    'resolve_conv_impl',
+    'top_cells_mask',
+]
 
 PROMPT_SCALE = 0.05  # the reference's fixed prompt weight (pixel and token prompts)
+CONV_IMPLS = ('auto', 'direct', 'fft')
+# Devices where `fft_conv3d` trains the pixel Conv stack faster than Conv3d (README "STOP": bench conv on a
+# 2-core CPU; H100 with the earlier FFT path, to be confirmed per GPU by scripts/gpu_check.sh).
+FFT_CONV_DEVICES = ('cpu', 'cuda')
+
+
+def resolve_conv_impl(conv_impl: str, device: torch.device) -> str:
+    """``'direct'`` or ``'fft'`` for the pixel Conv stack on ``device`` (``'auto'``: fft on `FFT_CONV_DEVICES`)."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f'conv_impl must be one of {list(CONV_IMPLS)}, got {conv_impl!r}')
+    if conv_impl == 'auto':
+        return 'fft' if device.type in FFT_CONV_DEVICES else 'direct'
+    return conv_impl
 
 
 def _conv3d(cin: int, cout: int, kernel: tuple[int, int, int]) -> nn.Conv3d:
@@ -156,15 +178,14 @@ class TemporalPrompt(nn.Module):
         frame_weight_norm: Literal['video', 'batch'] = 'video',
         mask_pooling: Literal['lattice', 'patch'] = 'lattice',
         spatial_stride: int = 1,
-        conv_impl: Literal['direct', 'fft'] = 'direct',
+        conv_impl: Literal['auto', 'direct', 'fft'] = 'auto',
     ) -> None:
         super().__init__()
         if not 0 <= salient_cells < grid * grid:
             raise ValueError(f'salient_cells must be in [0, {grid * grid}) for a {grid}x{grid} grid')
         self.grid, self.local_prompts, self.salient_cells = grid, local_prompts, salient_cells
         self.frame_weight_norm, self.mask_pooling, self.spatial_stride = frame_weight_norm, mask_pooling, spatial_stride
-        if conv_impl not in ('direct', 'fft'):
-            raise ValueError(f"conv_impl must be 'direct' or 'fft', got {conv_impl!r}")
+        resolve_conv_impl(conv_impl, torch.device('cpu'))  # validates
         self.conv_impl = conv_impl
         k = (3, 11, 11)
         self.Conv = nn.Sequential(
@@ -198,7 +219,7 @@ class TemporalPrompt(nn.Module):
         x = video.transpose(1, 2)  # [B, 3, T, H, W]
         if s > 1:
             x = F.avg_pool3d(x, (1, s, s))
-        if self.conv_impl == 'fft':  # same sums via FFT (fft_conv.py): far fewer MACs, faster on GPUs
+        if resolve_conv_impl(self.conv_impl, x.device) == 'fft':  # same sums via FFT (fft_conv.py), fewer MACs
             feats = x
             for layer in self.Conv:
                 feats = fft_conv3d(feats, layer.weight, layer.bias) if isinstance(layer, nn.Conv3d) else layer(feats)
