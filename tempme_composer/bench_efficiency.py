@@ -488,6 +488,33 @@ def format_table(rows: Sequence[dict[str, Any]], device: str) -> str:
     return '\n'.join(lines)
 
 
+def format_conv_comparison(rows: Sequence[dict[str, Any]]) -> str:
+    """Timed STOP/unified rows per ``conv_impl`` side by side with their speed over ``direct``; '' if fewer
+    than two implementations were timed."""
+    timed = [r for r in rows if r.get('conv_impl') and 'fwd_videos_per_s' in r]
+    if len({r['conv_impl'] for r in timed}) < 2:
+        return ''
+    head = ['preset', 'config', 'conv_impl', 'fwd videos/s', 'train videos/s', 'fwd / direct', 'train / direct']
+    if any(r.get('mfu_train') is not None for r in timed):
+        head += ['MFU fwd', 'MFU train (3x fwd)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in timed:
+        base = next(
+            (b for b in timed if (b['preset'], b['config'], b['conv_impl']) == (r['preset'], r['config'], 'direct')),
+            None,
+        )
+        cells = [r['preset'], LABELS[r['config']], r['conv_impl']]
+        for key in ('fwd_videos_per_s', 'train_videos_per_s'):
+            cells.append(_fmt(r.get(key)))
+        for key in ('fwd_videos_per_s', 'train_videos_per_s'):
+            v, b = r.get(key), base.get(key) if base else None
+            cells.append(f'{v / b:.2f}x' if isinstance(v, float) and isinstance(b, float) else 'n/a')
+        if len(head) > 7:
+            cells += [_fmt(r.get('mfu_fwd'), '.1%'), _fmt(r.get('mfu_train'), '.1%')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def format_breakdown(rows: Sequence[dict[str, Any]]) -> str:
     """GMAC per video of STOP's parts for the rows that have STOP."""
     lines = ['| preset | config | component | GMAC/video | share |', '|---|---|---|---|---|']
@@ -742,6 +769,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             'MFU = achieved / peak dense bf16 FLOP/s; achieved = 2*GMAC*videos/s (fwd), 3x that (train, the '
             'usual estimate; the measured fwd+bwd count is lower with a frozen backbone).'
         )
+    comparison = format_conv_comparison(rows)
+    if comparison:
+        print('\nPixel-prompt convolution implementations (same model and inputs; ratio = videos/s over direct):\n')
+        print(comparison)
     breakdown = format_breakdown(rows)
     if breakdown.count('\n') > 1:
         print('\nSTOP components, GMAC per video (each counted alone on meta; the rest is the ViT):\n')
