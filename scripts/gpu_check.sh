@@ -48,12 +48,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run nvidia-smi
 run -t 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py \
   tests/test_ddp_resume.py tests/test_training_controls.py
-run -t 90 "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
+run -t 90 "$PY" -m tempme_composer.bench efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
   --presets ViT-B/32 --configs stop unified --conv-impls direct fft auto --json "$(dirname "$log")/conv_impl_gpu.json"
-run -t 150 "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
+run -t 150 "$PY" -m tempme_composer.bench efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
   --json "$(dirname "$log")/efficiency_gpu.json"
 run -t 60 "$PY" recipes/train.py yamls/demo_unified.yaml precision=amp_bf16 output_dir=outputs/gpu_check_demo
-run -t 40 "$PY" -m tempme_composer.bench_metrics --device cuda --sizes 1k 10k 60kx3k
-run -t 30 "$PY" -m tempme_composer.bench_conv --device cuda --batch 4 --iters 3
+run -t 40 "$PY" -m tempme_composer.bench metrics --device cuda --sizes 1k 10k 60kx3k
+run -t 30 "$PY" -m tempme_composer.bench conv --device cuda --batch 4 --iters 3
 echo "=== done in $SECONDS s (budget ${budget} s), status $status; log in $log ===" | tee -a "$log"
 exit $status

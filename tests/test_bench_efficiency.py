@@ -1,4 +1,4 @@
-"""bench_efficiency: the numbers users quote from the efficiency table (meta-device counting only, fast)."""
+"""bench efficiency: the numbers users quote from the efficiency table (meta-device counting only, fast)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tempme_composer import bench_efficiency as bench
+from tempme_composer.bench import efficiency as bench
 from tempme_composer.clip import CLIP
 from tempme_composer.clip.config import clip_config_from_dict
 from tempme_composer.model import UnifiedModel

@@ -223,6 +223,7 @@ class TemporalPrompt(nn.Module):
             feats = x
             for layer in self.Conv:
                 feats = fft_conv3d(feats, layer.weight, layer.bias) if isinstance(layer, nn.Conv3d) else layer(feats)
+            feats = self._layout(feats)  # the direct path's layout: dropout draws its mask in memory order
         else:
             feats = self.Conv(self._layout(x))
         feats = self.dropout1(feats)  # [B, 16, T, h, w]

@@ -1,6 +1,6 @@
 """Efficiency of the four configs of one model (baseline meanP, TempMe, STOP, unified) on one table.
 
-    python -m tempme_composer.bench_efficiency [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch N]
+    python -m tempme_composer.bench efficiency [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch N]
         [--iters K] [--warmup W] [--device cpu|cuda] [--bf16] [--no-timing] [--timing-presets ...]
         [--configs baseline tempme stop unified] [--conv-impls auto direct fft] [--json PATH] [--stop-reference]
 
@@ -39,7 +39,7 @@ on the meta device the pixel convolution is counted as the direct Conv3d, whatev
 For configs with STOP a second table splits the GMAC per video into the pixel prompt, the inter-frame
 prompt, the prompt generator (per batch / batch) and the rest (ViT with prompts/merging, readout).
 
-``--stop-reference``: when `tempme_composer.modules.stop_reference` exists, a third table compares STOP's
+``--stop-reference``: when `tempme_composer.reference.stop_reference` exists, a third table compares STOP's
 efficient path (one row per ``--conv-impls`` value, same weights) with the straightforward, reference-shaped
 implementation at ViT-B/32: GFLOP per video and per caption (meta-device count), and forward / train-step
 seconds per video-caption pair (text + video) on ``--ref-device`` (default cpu), with the speed-ups.
@@ -53,8 +53,6 @@ import gc
 import json
 import logging
 import os
-import platform
-import statistics
 import sys
 import threading
 import time
@@ -66,6 +64,13 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tempme_composer.algorithms.freeze import freeze_parameters
+from tempme_composer.bench.common import (
+    fmt,
+    machine_description,
+    median_seconds,
+    peak_bf16_tflops,
+    write_json,
+)
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.config import ModelConfig
 from tempme_composer.model import UnifiedModel
@@ -98,30 +103,6 @@ KEEP_SUBSTRINGS = ('logit_scale', 'LoRA', 'prompt', 'TemporalPrompt')  # with fr
 STOP_REFERENCE_GFLOP = 305.3  # stop.md §7: STOP visual encoder, ViT-B/32, 12 frames, flop_counter (2 x MAC)
 STOP_REFERENCE_GMAC = STOP_REFERENCE_GFLOP / 2
 PRESETS = ('ViT-B/32', 'ViT-B/16')
-
-# Peak dense (no sparsity) bf16 tensor-core TFLOP/s by device-name substring, first match wins.
-PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ('H100 PCIe', 756.0),
-    ('H100 NVL', 835.0),
-    ('GH200', 989.0),
-    ('H100', 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    ('H200', 989.0),
-    ('H800', 989.0),
-    ('B200', 2250.0),
-    ('A100', 312.0),
-    ('A800', 312.0),
-    ('L40S', 362.0),
-    ('A10G', 70.0),
-)
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """Peak dense bf16 TFLOP/s of a GPU from its ``torch.cuda.get_device_name``; None if unknown."""
-    for key, tflops in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return tflops
-    return None
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Models
@@ -326,29 +307,15 @@ class _RssPeak:
             self.peak_delta = (self.peak - self.start) / 2**30
 
 
-def _sync(device: str) -> None:
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
 def _time(step: Callable[[], None], device: str, warmup: int, iters: int) -> tuple[float, float | None]:
     """(median seconds per call, peak GiB: CUDA max allocated over the timed calls / CPU peak RSS increase
     over warm-up and timed calls, from the RSS before them: the allocator keeps what the warm-up took)."""
     cpu_mem = _RssPeak() if device != 'cuda' else contextlib.nullcontext()
-    times = []
+    reset = torch.cuda.reset_peak_memory_stats if device == 'cuda' else None
     with cpu_mem:
-        for _ in range(warmup):
-            step()
-        _sync(device)
-        if device == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        seconds = median_seconds(step, device, warmup, iters, on_timed_start=reset)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == 'cuda' else cpu_mem.peak_delta
-    return statistics.median(times), peak
+    return seconds, peak
 
 
 def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
@@ -412,30 +379,6 @@ def _release(device: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def machine_description(device: str) -> str:
-    cpu = platform.processor() or 'unknown CPU'
-    with contextlib.suppress(OSError):
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    text = f'CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; torch {torch.__version__}'
-    if device == 'cuda' and torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        peak = peak_bf16_tflops(name)
-        text += f'; GPU: {name} (peak dense bf16 {f"{peak:g} TFLOP/s" if peak else "unknown"}), CUDA {torch.version.cuda}'
-    return text
-
-
-def _fmt(v: Any, spec: str = '.2f') -> str:
-    if v is None:
-        return 'n/a'
-    if isinstance(v, str):
-        return v
-    return format(v, spec)
-
-
 def _add_mfu(row: dict[str, Any], device_name: str | None) -> None:
     peak = peak_bf16_tflops(device_name) if device_name else None
     for mode, factor, gmac_key in (('fwd', 2, 'gmac_per_video'), ('train', 6, 'gmac_per_video')):
@@ -473,16 +416,16 @@ def format_table(rows: Sequence[dict[str, Any]], device: str) -> str:
             f'{r["trainable_params"]:,} / {r["total_params"]:,}',
             str(r['tokens_per_video']),
             f'{r["gmac_per_video"]:.2f}',
-            _fmt(r['train_gmac_per_video']),
-            _fmt(r['gmac_vs_stop_reference'], '.3f'),
-            _fmt(r.get('fwd_videos_per_s')) if timed else skip,
-            _fmt(r.get('train_videos_per_s')) if timed else skip,
-            f'{_fmt(r.get("peak_mem_fwd_gib"))} / {_fmt(r.get("peak_mem_train_gib"))}' if timed else skip,
+            fmt(r['train_gmac_per_video']),
+            fmt(r['gmac_vs_stop_reference'], '.3f'),
+            fmt(r.get('fwd_videos_per_s')) if timed else skip,
+            fmt(r.get('train_videos_per_s')) if timed else skip,
+            f'{fmt(r.get("peak_mem_fwd_gib"))} / {fmt(r.get("peak_mem_train_gib"))}' if timed else skip,
         ]
         if cuda:
             cells += [
-                _fmt(r.get('mfu_fwd'), '.1%') if timed else skip,
-                _fmt(r.get('mfu_train'), '.1%') if timed else skip,
+                fmt(r.get('mfu_fwd'), '.1%') if timed else skip,
+                fmt(r.get('mfu_train'), '.1%') if timed else skip,
             ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
@@ -505,12 +448,12 @@ def format_conv_comparison(rows: Sequence[dict[str, Any]]) -> str:
         )
         cells = [r['preset'], LABELS[r['config']], r['conv_impl']]
         for key in ('fwd_videos_per_s', 'train_videos_per_s'):
-            cells.append(_fmt(r.get(key)))
+            cells.append(fmt(r.get(key)))
         for key in ('fwd_videos_per_s', 'train_videos_per_s'):
             v, b = r.get(key), base.get(key) if base else None
             cells.append(f'{v / b:.2f}x' if isinstance(v, float) and isinstance(b, float) else 'n/a')
         if len(head) > 7:
-            cells += [_fmt(r.get('mfu_fwd'), '.1%'), _fmt(r.get('mfu_train'), '.1%')]
+            cells += [fmt(r.get('mfu_fwd'), '.1%'), fmt(r.get('mfu_train'), '.1%')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -594,7 +537,7 @@ def stop_reference_comparison(
     """Efficient STOP (one row per pixel-conv implementation, same weights) vs `stop_reference` at ViT-B/32:
     GFLOP per video / caption, seconds per pair; the straightforward row is last."""
     try:
-        from tempme_composer.modules import stop_reference
+        from tempme_composer.reference import stop_reference
     except ImportError:
         return None
     preset = 'ViT-B/32'
@@ -680,8 +623,8 @@ def format_reference_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f'| {r["impl"]} | {r["video_gflop"]:.1f} | {r["text_gflop"]:.2f} | '
-            f'{_fmt(r.get("fwd_s_per_pair"), ".3f")} | {_fmt(r.get("train_s_per_pair"), ".3f")} | '
-            f'{_fmt(r.get("speedup_fwd"), ".2f")} / {_fmt(r.get("speedup_train"), ".2f")} |'
+            f'{fmt(r.get("fwd_s_per_pair"), ".3f")} | {fmt(r.get("train_s_per_pair"), ".3f")} | '
+            f'{fmt(r.get("speedup_fwd"), ".2f")} / {fmt(r.get("speedup_train"), ".2f")} |'
         )
     return '\n'.join(lines)
 
@@ -720,7 +663,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         '--stop-reference',
         action='store_true',
-        help='add STOP efficient vs straightforward (modules/stop_reference.py) at ViT-B/32',
+        help='add STOP efficient vs straightforward (reference/stop_reference.py) at ViT-B/32',
     )
     ap.add_argument(
         '--conv-impls',
@@ -801,7 +744,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         if ref is None:
             print(
-                '\nSTOP: efficient vs straightforward: skipped (tempme_composer.modules.stop_reference missing)'
+                '\nSTOP: efficient vs straightforward: skipped (tempme_composer.reference.stop_reference missing)'
             )
         else:
             print(
@@ -815,8 +758,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             result['stop_reference'] = ref
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
         print(f'\nwrote {args.json}')
     return result
 

@@ -1,0 +1,19 @@
+"""Benchmarks, one entry: ``python -m tempme_composer.bench NAME [ARGS...]`` (``--help`` after NAME).
+
+NAME: ``efficiency`` (the four variants' parameters, tokens, GMAC, videos/s, memory, MFU), ``conv`` (exact ways
+to run STOP's pixel Conv3d stack), ``tempme`` (per-block tokens, GMAC and videos/s: meanP vs TempMe),
+``metrics`` (evaluation time and memory) and ``data`` (video storage and loader throughput). Shared timing,
+table and JSON helpers are in `tempme_composer.bench.common`.
+"""
+
+from __future__ import annotations
+
+BENCHMARKS = {
+    'efficiency': 'tempme_composer.bench.efficiency',
+    'conv': 'tempme_composer.bench.conv',
+    'tempme': 'tempme_composer.bench.tempme',
+    'metrics': 'tempme_composer.bench.metrics',
+    'data': 'tempme_composer.bench.data',
+}
+
+__all__ = ['BENCHMARKS']
