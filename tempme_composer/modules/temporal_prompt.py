@@ -241,16 +241,24 @@ class TemporalPrompt(nn.Module):
         pixel_mask = expand_from_grid(mask, H, W, self.mask_pooling).unsqueeze(2).to(r.dtype)  # [B, T, 1, H, W]
         return video + PROMPT_SCALE * r + PROMPT_SCALE * r * pixel_mask, mask
 
+    def _token_conv(self, device: torch.device):
+        """The token-space 'same' Conv3d (``InterConv``, ``Cal_Net_Inter``): `fft_conv3d` where ``conv_impl``
+        resolves to fft (kernels of 3×15×25 over 49 × width planes: far fewer MACs), else `token_conv3d`."""
+        if resolve_conv_impl(self.conv_impl, device) == 'fft':
+            return lambda conv, x: fft_conv3d(x, conv.weight, conv.bias)
+        return token_conv3d
+
     def inter_frame(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-frame prompt offsets ``[B, T, N_loc, C]`` from ``[B, T, 1 + P, C]`` embedded tokens (CLS first)."""
         B, T, N, C = tokens.shape
         patches = tokens[:, :, 1:].reshape(B, T * (N - 1), C)
         h, _ = self.Attention(patches, patches, patches, need_weights=False)  # no LN, no residual
         h = h.reshape(B, 1, T, N - 1, C)  # a 1-channel (T, P, C) volume per video
-        cal = token_conv3d(self.Cal_Net_Inter, h)[:, 0]  # [B, T, P, C]
+        conv = self._token_conv(h.device)
+        cal = conv(self.Cal_Net_Inter, h)[:, 0]  # [B, T, P, C]
         boost = 1.0 + mask.reshape(B, T, N - 1, 1).to(cal.dtype)
         m = normalise_frame_weights((cal * boost).float().mean(dim=(2, 3)), self.frame_weight_norm)  # [B, T]
         conv1, act, conv2 = self.InterConv
-        q = token_conv3d(conv2, act(token_conv3d(conv1, h)))[:, 0]  # [B, T, P, C]
+        q = conv(conv2, act(conv(conv1, h)))[:, 0]  # [B, T, P, C]
         q = self.InterMLP(q.transpose(2, 3)).transpose(2, 3)  # [B, T, N_loc, C]
         return PROMPT_SCALE * q * (1.0 + m).to(q.dtype)[:, :, None, None]
