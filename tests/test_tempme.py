@@ -60,7 +60,7 @@ def _macs(clip, video, encoder=None):
         if encoder is None:
             clip.visual(video.flatten(0, 1))
         else:
-            encoder(clip.visual, video)
+            clip.visual.project(encode_video(clip.visual, video, tempme=encoder).frame_cls)
     return counter.get_total_flops() / 2 / 1e9
 
 
