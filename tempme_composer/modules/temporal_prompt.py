@@ -15,17 +15,18 @@ Deviations from the reference, all options (defaults first):
   A constant set of scores (e.g. one frame) gives ``m = 0`` instead of the reference's NaN.
 - ``mask_pooling='lattice'`` reproduces the reference's pooling (cell ``(a, b)`` = mean of pixels with
   ``row ≡ a``, ``col ≡ b`` mod grid, stop.md §8.5); ``'patch'`` pools the pixels under each ViT patch.
-- ``conv_impl='auto'`` runs the pixel Conv stack as `fft_conv3d` (the same sums via FFT, identical up to fp32
-  rounding) on the devices where it measured faster (`FFT_CONV_DEVICES`: CPU and CUDA), else as Conv3d;
-  ``'fft'`` and ``'direct'`` force one.
+- ``conv_impl='auto'`` runs the pixel Conv stack and the token-space convolutions (``InterConv``,
+  ``Cal_Net_Inter``) as `fft_conv3d` (the same sums via FFT, identical up to fp32 rounding) on the devices
+  where it measured faster (`FFT_CONV_DEVICES`: CPU and CUDA), else as Conv3d; ``'fft'`` and ``'direct'``
+  force one. ``Cal_Net`` (forward only, one output channel) stays a Conv3d.
 - ``spatial_stride=1`` is exact; ``s > 1`` runs the Conv stack and MLP on an ``s×``-average-pooled video and
   upsamples ``R`` (nearest) — ``s²×`` cheaper, accuracy unknown until trained (off by default).
 
 Every size is derived from the tower: grid = ``H / patch``, ``P = grid²`` patches, width ``C``. Efficiency
 (identical outputs and gradients): ``Cal_Net`` runs without autograd (its hard top-k mask gives it no
-gradient anyway); the pixel Conv3d stack runs in ``channels_last_3d`` memory format, whose backward is
-several times faster on CPU (oneDNN) than the default layout; the token-space convolutions (``InterConv``,
-``Cal_Net_Inter``) use `token_conv3d`, whose weight gradient avoids PyTorch's 10-30 s CPU path.
+gradient anyway); with ``conv_impl='direct'`` the pixel Conv3d stack runs in ``channels_last_3d`` memory
+format, whose backward is several times faster on CPU (oneDNN) than the default layout, and the token-space
+convolutions use `token_conv3d`, whose weight gradient avoids PyTorch's 10-30 s CPU path.
 """
 
 from __future__ import annotations
