@@ -2,11 +2,14 @@
 # GPU check: everything that cannot run on a CPU-only CI machine, in one log. Needs one CUDA GPU.
 #   bash scripts/gpu_check.sh [LOG]        (default log: gpu_check.log; the efficiency JSON lands beside it)
 # Runs: the gpu-marked tests (bf16/fp16 autocast of the four model variants, fused attention kernels, AMP
-# training, FSDP), the efficiency table (baseline / TempMe / STOP / unified x ViT-B/32 / ViT-B/16, 12 frames,
-# batch 32, bf16, with model FLOP utilisation), a short amp_bf16 training run of the unified model on the demo
-# data, then the evaluation and Conv3d-stack benchmarks on the GPU. Expected on one H100 (from each step's
-# measured time): tests ~80 s, table ~125 s (STOP's Conv3d stack dominates), demo ~45 s, evaluation ~25 s, so
-# the Conv3d benchmark, last, is the step the budget may skip. The efficiency header names torch and the GPU.
+# training, FSDP, the FFT pixel convolution), the pixel-convolution check (STOP and unified train step,
+# ViT-B/32, batch 32, bf16, with model.stop.conv_impl direct, fft and auto: videos/s, ratio over direct and
+# MFU; it confirms or corrects conv_impl auto = fft on CUDA), the efficiency table (baseline / TempMe / STOP /
+# unified x ViT-B/32 / ViT-B/16, 12 frames, batch 32, bf16, default conv_impl, with model FLOP utilisation),
+# a short amp_bf16 training run of the unified model on the demo data, then the evaluation and Conv3d-stack
+# benchmarks on the GPU. Expected on one H100: tests ~80 s, conv check ~60 s (its direct rows are the slow
+# ones), table ~60-125 s, demo ~45 s, evaluation ~25 s, so the last steps are the ones the budget may skip.
+# The efficiency header names torch and the GPU.
 # Time: the whole check keeps to GPU_CHECK_BUDGET seconds (default 290, i.e. under 5 minutes, wheel install
 # included). Each step has its own limit, cut to what is left of the budget; a step that finds the budget spent
 # is logged as SKIPPED. Exit status: 0 all passed, 1 a step failed or timed out, 2 none failed but some skipped.
@@ -45,10 +48,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run nvidia-smi
 run -t 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py \
   tests/test_ddp_resume.py tests/test_training_controls.py tests/test_uint8_frames.py
-run -t 150 "$PY" -m tempme_composer.bench_efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
+run -t 90 "$PY" -m tempme_composer.bench efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
+  --presets ViT-B/32 --configs stop unified --conv-impls direct fft auto --json "$(dirname "$log")/conv_impl_gpu.json"
+run -t 150 "$PY" -m tempme_composer.bench efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
   --json "$(dirname "$log")/efficiency_gpu.json"
 run -t 60 "$PY" recipes/train.py yamls/demo_unified.yaml precision=amp_bf16 output_dir=outputs/gpu_check_demo
-run -t 40 "$PY" -m tempme_composer.bench_metrics --device cuda --sizes 1k 10k 60kx3k
-run -t 30 "$PY" -m tempme_composer.bench_conv --device cuda --batch 4 --iters 3
+run -t 40 "$PY" -m tempme_composer.bench metrics --device cuda --sizes 1k 10k 60kx3k
+run -t 30 "$PY" -m tempme_composer.bench conv --device cuda --batch 4 --iters 3
 echo "=== done in $SECONDS s (budget ${budget} s), status $status; log in $log ===" | tee -a "$log"
 exit $status

@@ -110,7 +110,7 @@ class StopConfig:
     mask_pooling: Literal['lattice', 'patch'] = 'lattice'  # lattice = reference's mod-grid pooling
     salient_cells: int = 6  # top-k patch cells of the saliency mask (reference eta = 6)
     spatial_stride: int = 1  # >1: pixel prompt Conv stack on a pooled video (cheaper, approximate)
-    conv_impl: Literal['direct', 'fft'] = 'direct'  # fft: same pixel-prompt convolution via FFT (GPU: faster)
+    conv_impl: Literal['auto', 'direct', 'fft'] = 'auto'  # pixel-prompt Conv3d; auto: fft on CPU/CUDA (faster)
 
 
 @dataclass

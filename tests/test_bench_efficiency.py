@@ -1,4 +1,4 @@
-"""bench_efficiency: the numbers users quote from the efficiency table (meta-device counting only, fast)."""
+"""bench efficiency: the numbers users quote from the efficiency table (meta-device counting only, fast)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tempme_composer import bench_efficiency as bench
+from tempme_composer.bench import efficiency as bench
 from tempme_composer.clip import CLIP
 from tempme_composer.clip.config import clip_config_from_dict
 from tempme_composer.model import UnifiedModel
@@ -84,3 +84,23 @@ def test_counted_path_is_the_models_video_path(config):
     video, mask = torch.randn(2, 4, 3, R, R), torch.ones(2, 4)
     with torch.no_grad():
         torch.testing.assert_close(bench.video_path(model, video, mask), model.encode_video(video, mask))
+
+
+def test_one_row_per_conv_impl_for_configs_with_stop():
+    args = ['--no-timing', '--presets', 'ViT-B/32', '--configs', 'tempme', 'stop', '--batch', '1']
+    out = bench.main([*args, '--conv-impls', 'direct', 'auto'])
+    got = [(r['config'], r['conv_impl']) for r in out['rows']]
+    assert got == [('tempme', None), ('stop', 'direct'), ('stop', 'auto')]
+    stop_direct, stop_auto = out['rows'][1:]
+    assert stop_direct['gmac_per_video'] == stop_auto['gmac_per_video']  # counted as the Conv3d either way
+
+
+def test_conv_comparison_gives_ratios_over_direct():
+    row = {'preset': 'ViT-B/32', 'config': 'stop'}
+    rows = [
+        {**row, 'conv_impl': 'direct', 'fwd_videos_per_s': 1.0, 'train_videos_per_s': 0.1},
+        {**row, 'conv_impl': 'fft', 'fwd_videos_per_s': 2.0, 'train_videos_per_s': 0.4},
+    ]
+    table = bench.format_conv_comparison(rows)
+    assert '| ViT-B/32 | STOP | fft | 2.00 | 0.40 | 2.00x | 4.00x |' in table
+    assert bench.format_conv_comparison(rows[:1]) == ''

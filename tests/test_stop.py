@@ -1,6 +1,6 @@
 """STOP: sizes and parameter counts at ViT-B/32 (meta device), batch independence, and the efficient path
 (`UnifiedModel.encode_text` / `encode_video`) against the reference-shaped implementation
-(`tempme_composer.modules.stop_reference`) in outputs and gradients, on tiny random CLIPs."""
+(`tempme_composer.reference.stop_reference`) in outputs and gradients, on tiny random CLIPs."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.clip.config import clip_config_from_dict
 from tempme_composer.config import ModelConfig, StopConfig
 from tempme_composer.model import UnifiedModel
-from tempme_composer.modules.stop_reference import (
+from tempme_composer.modules.video_tower import encode_video
+from tempme_composer.reference.stop_reference import (
     reference_encode_text,
     reference_encode_video,
     reference_prompts,
 )
-from tempme_composer.modules.video_tower import encode_video
 
 STOP_KEEP = ['LoRA', 'prompt', 'TemporalPrompt']  # STOP's new_added_modules; logit_scale stays frozen
 SOT, EOT = 49406, 49407
@@ -85,6 +85,9 @@ ZERO_GRADIENT = {  # parameter -> the weight whose gradient sets the scale of it
 # Gradients dominated by cancellation (through the min-max 1/span of nearly equal frame scores, or sums over
 # channels that ln_1 nearly cancels): fp32 rounding leaves a larger relative spread, seen equally in fp64 runs
 # of both paths (the LayerNorms compute in fp32), e.g. 2e-4 and 2e-3 of the norm.
+# conv_impl auto runs the pixel Conv stack via FFT on CPU: its gradients agree with the reference's direct Conv3d
+# to fp32 rounding in another summation order (tests/test_fft_conv.py checks it against the direct one).
+FFT_CONV = 1e-3
 CANCELLING = {
     'clip.visual.TemporalPrompt.Cal_Net_Inter.weight': 1e-2,
     'clip.visual.TemporalPrompt.InterMLP.1.weight': 1e-2,  # the PReLU slope
@@ -228,7 +231,7 @@ def test_efficient_path_equals_the_reference(mode, output_type, norm):
         assert ge is not None and gr is not None, name
         assert gr.abs().max() > 0, name  # every other trainable parameter is reached
         rel = ((ge - gr).norm() / gr.norm()).item()
-        assert rel <= CANCELLING.get(name, 2e-4), (name, rel)
+        assert rel <= CANCELLING.get(name, FFT_CONV if '.TemporalPrompt.Conv.' in name else 2e-4), (name, rel)
 
 
 def test_dropouts_sit_in_the_same_places_in_training():

@@ -10,6 +10,7 @@ from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.config import LoRAConfig, ModelConfig, TempMeConfig
 from tempme_composer.model import UnifiedModel
 from tempme_composer.modules.tempme import TempMeVideoEncoder, plan_merging
+from tempme_composer.modules.video_tower import encode_video
 
 
 def _seqs_x_out(plans):
@@ -59,7 +60,7 @@ def _macs(clip, video, encoder=None):
         if encoder is None:
             clip.visual(video.flatten(0, 1))
         else:
-            encoder(clip.visual, video)
+            clip.visual.project(encode_video(clip.visual, video, tempme=encoder).frame_cls)
     return counter.get_total_flops() / 2 / 1e9
 
 
@@ -124,7 +125,8 @@ def test_padded_frames_are_excluded_from_the_mean_only():
     model = _tiny_model(lora=False).eval()
     video = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
-        frames = model.tempme(model.clip.visual, video)  # [1, 4, D]
+        visual = model.clip.visual
+        frames = visual.project(encode_video(visual, video, tempme=model.tempme).frame_cls)  # [1, 4, D]
         got = model.encode_video(video, torch.tensor([[1, 1, 1, 0]]))
     want = torch.nn.functional.normalize(torch.nn.functional.normalize(frames[0, :3], dim=-1).mean(0), dim=0)
     torch.testing.assert_close(got[0], want)

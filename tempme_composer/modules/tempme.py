@@ -12,7 +12,8 @@ the method description in shared/spec/tempme.md (§2), no reference code.
   zero-initialised, named ``temporal_pos_prompt.<block>`` so ``freeze_clip`` keeps them trainable: names
   containing ``prompt`` are new modules, `tempme_composer.algorithms.freeze.NEW_MODULE_SUBSTRINGS`); the
   merging forward itself is the shared video path `tempme_composer.modules.video_tower.encode_video` (also
-  used with STOP's prompts); the CLIP weights are passed in, never copied or re-registered.
+  used with STOP's prompts; the tower imports this module, never the other way round); the CLIP weights are
+  passed in, never copied or re-registered.
 
 Padded frames: like the reference, the frame mask is not used inside the encoder (all ``T`` slots are
 encoded and may be merged with real frames); it is applied only in the final masked mean (tempme.md §2.9,
@@ -33,7 +34,6 @@ import torch
 from torch import nn
 
 from tempme_composer.clip.model import VisionTransformer
-from tempme_composer.modules.video_tower import encode_video
 
 __all__ = ['LayerPlan', 'TempMeVideoEncoder', 'plan_merging', 'plan_table']
 
@@ -200,15 +200,3 @@ class TempMeVideoEncoder(nn.Module):
     def for_tower(cls, visual: VisionTransformer, num_frames: int, **schedule) -> TempMeVideoEncoder:
         """Build for the shape of ``visual``."""
         return cls(len(visual.transformer.resblocks), visual.num_tokens, visual.width, num_frames, **schedule)
-
-    def forward(self, visual: VisionTransformer, video: torch.Tensor) -> torch.Tensor:
-        """Per-frame CLS embeddings of a video batch (TempMe alone; with STOP use `video_tower.encode_video`).
-
-        Args:
-            visual: the CLIP vision tower (blocks must number ``len(self.plans)``).
-            video: ``[B, T, 3, H, W]``, ``T == num_frames``; padded frames are encoded too (see module doc).
-
-        Returns:
-            ``[B, T, output_dim]`` projected frame-CLS tokens (not normalised), in frame order.
-        """
-        return visual.project(encode_video(visual, video, tempme=self).frame_cls)

@@ -15,16 +15,18 @@ Deviations from the reference, all options (defaults first):
   A constant set of scores (e.g. one frame) gives ``m = 0`` instead of the reference's NaN.
 - ``mask_pooling='lattice'`` reproduces the reference's pooling (cell ``(a, b)`` = mean of pixels with
   ``row ≡ a``, ``col ≡ b`` mod grid, stop.md §8.5); ``'patch'`` pools the pixels under each ViT patch.
-- ``conv_impl='direct'`` runs the pixel Conv stack as Conv3d; ``'fft'`` as `fft_conv3d` (identical up to
-  float rounding; 14x faster to train on an H100, slower on CPU).
+- ``conv_impl='auto'`` runs the pixel Conv stack and the token-space convolutions (``InterConv``,
+  ``Cal_Net_Inter``) as `fft_conv3d` (the same sums via FFT, identical up to fp32 rounding) on the devices
+  where it measured faster (`FFT_CONV_DEVICES`: CPU and CUDA), else as Conv3d; ``'fft'`` and ``'direct'``
+  force one. ``Cal_Net`` (forward only, one output channel) stays a Conv3d.
 - ``spatial_stride=1`` is exact; ``s > 1`` runs the Conv stack and MLP on an ``s×``-average-pooled video and
   upsamples ``R`` (nearest) — ``s²×`` cheaper, accuracy unknown until trained (off by default).
 
 Every size is derived from the tower: grid = ``H / patch``, ``P = grid²`` patches, width ``C``. Efficiency
 (identical outputs and gradients): ``Cal_Net`` runs without autograd (its hard top-k mask gives it no
-gradient anyway); the pixel Conv3d stack runs in ``channels_last_3d`` memory format, whose backward is
-several times faster on CPU (oneDNN) than the default layout; the token-space convolutions (``InterConv``,
-``Cal_Net_Inter``) use `token_conv3d`, whose weight gradient avoids PyTorch's 10-30 s CPU path.
+gradient anyway); with ``conv_impl='direct'`` the pixel Conv3d stack runs in ``channels_last_3d`` memory
+format, whose backward is several times faster on CPU (oneDNN) than the default layout, and the token-space
+convolutions use `token_conv3d`, whose weight gradient avoids PyTorch's 10-30 s CPU path.
 """
 
 from __future__ import annotations
@@ -38,9 +40,30 @@ from torch import nn
 
 from tempme_composer.modules.fft_conv import fft_conv3d
 
-__all__ = ['TemporalPrompt', 'normalise_frame_weights', 'pool_to_grid', 'top_cells_mask']
+__all__ = [
+    'CONV_IMPLS',
+    'FFT_CONV_DEVICES',
+    'TemporalPrompt',
+    'normalise_frame_weights',
+    'pool_to_grid',
+    'resolve_conv_impl',
+    'top_cells_mask',
+]
 
 PROMPT_SCALE = 0.05  # the reference's fixed prompt weight (pixel and token prompts)
+CONV_IMPLS = ('auto', 'direct', 'fft')
+# Devices where `fft_conv3d` trains the pixel Conv stack faster than Conv3d (README "STOP": bench conv on a
+# 2-core CPU; H100 with the earlier FFT path, to be confirmed per GPU by scripts/gpu_check.sh).
+FFT_CONV_DEVICES = ('cpu', 'cuda')
+
+
+def resolve_conv_impl(conv_impl: str, device: torch.device) -> str:
+    """``'direct'`` or ``'fft'`` for the pixel Conv stack on ``device`` (``'auto'``: fft on `FFT_CONV_DEVICES`)."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f'conv_impl must be one of {list(CONV_IMPLS)}, got {conv_impl!r}')
+    if conv_impl == 'auto':
+        return 'fft' if device.type in FFT_CONV_DEVICES else 'direct'
+    return conv_impl
 
 
 def _conv3d(cin: int, cout: int, kernel: tuple[int, int, int]) -> nn.Conv3d:
@@ -156,15 +179,14 @@ class TemporalPrompt(nn.Module):
         frame_weight_norm: Literal['video', 'batch'] = 'video',
         mask_pooling: Literal['lattice', 'patch'] = 'lattice',
         spatial_stride: int = 1,
-        conv_impl: Literal['direct', 'fft'] = 'direct',
+        conv_impl: Literal['auto', 'direct', 'fft'] = 'auto',
     ) -> None:
         super().__init__()
         if not 0 <= salient_cells < grid * grid:
             raise ValueError(f'salient_cells must be in [0, {grid * grid}) for a {grid}x{grid} grid')
         self.grid, self.local_prompts, self.salient_cells = grid, local_prompts, salient_cells
         self.frame_weight_norm, self.mask_pooling, self.spatial_stride = frame_weight_norm, mask_pooling, spatial_stride
-        if conv_impl not in ('direct', 'fft'):
-            raise ValueError(f"conv_impl must be 'direct' or 'fft', got {conv_impl!r}")
+        resolve_conv_impl(conv_impl, torch.device('cpu'))  # validates
         self.conv_impl = conv_impl
         k = (3, 11, 11)
         self.Conv = nn.Sequential(
@@ -198,10 +220,11 @@ class TemporalPrompt(nn.Module):
         x = video.transpose(1, 2)  # [B, 3, T, H, W]
         if s > 1:
             x = F.avg_pool3d(x, (1, s, s))
-        if self.conv_impl == 'fft':  # same sums via FFT (fft_conv.py): far fewer MACs, faster on GPUs
+        if resolve_conv_impl(self.conv_impl, x.device) == 'fft':  # same sums via FFT (fft_conv.py), fewer MACs
             feats = x
             for layer in self.Conv:
                 feats = fft_conv3d(feats, layer.weight, layer.bias) if isinstance(layer, nn.Conv3d) else layer(feats)
+            feats = self._layout(feats)  # the direct path's layout: dropout draws its mask in memory order
         else:
             feats = self.Conv(self._layout(x))
         feats = self.dropout1(feats)  # [B, 16, T, h, w]
@@ -219,16 +242,24 @@ class TemporalPrompt(nn.Module):
         pixel_mask = expand_from_grid(mask, H, W, self.mask_pooling).unsqueeze(2).to(r.dtype)  # [B, T, 1, H, W]
         return video + PROMPT_SCALE * r + PROMPT_SCALE * r * pixel_mask, mask
 
+    def _token_conv(self, device: torch.device):
+        """The token-space 'same' Conv3d (``InterConv``, ``Cal_Net_Inter``): `fft_conv3d` where ``conv_impl``
+        resolves to fft (kernels of 3×15×25 over 49 × width planes: far fewer MACs), else `token_conv3d`."""
+        if resolve_conv_impl(self.conv_impl, device) == 'fft':
+            return lambda conv, x: fft_conv3d(x, conv.weight, conv.bias)
+        return token_conv3d
+
     def inter_frame(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-frame prompt offsets ``[B, T, N_loc, C]`` from ``[B, T, 1 + P, C]`` embedded tokens (CLS first)."""
         B, T, N, C = tokens.shape
         patches = tokens[:, :, 1:].reshape(B, T * (N - 1), C)
         h, _ = self.Attention(patches, patches, patches, need_weights=False)  # no LN, no residual
         h = h.reshape(B, 1, T, N - 1, C)  # a 1-channel (T, P, C) volume per video
-        cal = token_conv3d(self.Cal_Net_Inter, h)[:, 0]  # [B, T, P, C]
+        conv = self._token_conv(h.device)
+        cal = conv(self.Cal_Net_Inter, h)[:, 0]  # [B, T, P, C]
         boost = 1.0 + mask.reshape(B, T, N - 1, 1).to(cal.dtype)
         m = normalise_frame_weights((cal * boost).float().mean(dim=(2, 3)), self.frame_weight_norm)  # [B, T]
         conv1, act, conv2 = self.InterConv
-        q = token_conv3d(conv2, act(token_conv3d(conv1, h)))[:, 0]  # [B, T, P, C]
+        q = conv(conv2, act(conv(conv1, h)))[:, 0]  # [B, T, P, C]
         q = self.InterMLP(q.transpose(2, 3)).transpose(2, 3)  # [B, T, N_loc, C]
         return PROMPT_SCALE * q * (1.0 + m).to(q.dtype)[:, :, None, None]

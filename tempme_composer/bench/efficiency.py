@@ -1,8 +1,8 @@
 """Efficiency of the four configs of one model (baseline meanP, TempMe, STOP, unified) on one table.
 
-    python -m tempme_composer.bench_efficiency [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch N]
+    python -m tempme_composer.bench efficiency [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch N]
         [--iters K] [--warmup W] [--device cpu|cuda] [--bf16] [--no-timing] [--timing-presets ...]
-        [--configs baseline tempme stop unified] [--json PATH] [--stop-reference]
+        [--configs baseline tempme stop unified] [--conv-impls auto direct fft] [--json PATH] [--stop-reference]
 
 Random weights (no checkpoint). Each config is built exactly as the recipe builds it
 (`UnifiedModel.from_config` with ``model.tempme``/``model.lora``/``model.stop`` enabled, every other setting at
@@ -32,13 +32,17 @@ row (the same rows go to ``--json``):
   with achieved = ``2 * GMAC * videos/s`` for the forward and the usual estimate ``3 *`` that for a training
   step (the measured fwd+bwd count is in the table too: with a frozen backbone it is nearer 2.5x).
 
+``--conv-impls``: the ``model.stop.conv_impl`` values to time; STOP and unified get one row each (same counts:
+on the meta device the pixel convolution is counted as the direct Conv3d, whatever the implementation), so
+``--conv-impls direct auto`` measures the FFT convolution's effect in one run.
+
 For configs with STOP a second table splits the GMAC per video into the pixel prompt, the inter-frame
 prompt, the prompt generator (per batch / batch) and the rest (ViT with prompts/merging, readout).
 
-``--stop-reference``: when `tempme_composer.modules.stop_reference` exists, a third table compares STOP's
-efficient path with the straightforward, reference-shaped implementation at ViT-B/32: GFLOP per video and
-per caption (meta-device count), and forward / train-step seconds per video-caption pair (text + video) on
-``--ref-device`` (default cpu), with the speed-up.
+``--stop-reference``: when `tempme_composer.reference.stop_reference` exists, a third table compares STOP's
+efficient path (one row per ``--conv-impls`` value, same weights) with the straightforward, reference-shaped
+implementation at ViT-B/32: GFLOP per video and per caption (meta-device count), and forward / train-step
+seconds per video-caption pair (text + video) on ``--ref-device`` (default cpu), with the speed-ups.
 """
 
 from __future__ import annotations
@@ -49,8 +53,6 @@ import gc
 import json
 import logging
 import os
-import platform
-import statistics
 import sys
 import threading
 import time
@@ -62,9 +64,17 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tempme_composer.algorithms.freeze import freeze_parameters
+from tempme_composer.bench.common import (
+    fmt,
+    machine_description,
+    median_seconds,
+    peak_bf16_tflops,
+    write_json,
+)
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.config import ModelConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.modules.temporal_prompt import CONV_IMPLS
 from tempme_composer.modules.video_tower import encode_video, pool_video
 
 try:  # the tower may skip the last block's frame-CLS outputs when the readout does not use them
@@ -94,40 +104,19 @@ STOP_REFERENCE_GFLOP = 305.3  # stop.md §7: STOP visual encoder, ViT-B/32, 12 f
 STOP_REFERENCE_GMAC = STOP_REFERENCE_GFLOP / 2
 PRESETS = ('ViT-B/32', 'ViT-B/16')
 
-# Peak dense (no sparsity) bf16 tensor-core TFLOP/s by device-name substring, first match wins.
-PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ('H100 PCIe', 756.0),
-    ('H100 NVL', 835.0),
-    ('GH200', 989.0),
-    ('H100', 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    ('H200', 989.0),
-    ('H800', 989.0),
-    ('B200', 2250.0),
-    ('A100', 312.0),
-    ('A800', 312.0),
-    ('L40S', 362.0),
-    ('A10G', 70.0),
-)
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """Peak dense bf16 TFLOP/s of a GPU from its ``torch.cuda.get_device_name``; None if unknown."""
-    for key, tflops in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return tflops
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------
 
 
-def model_config(config: str) -> ModelConfig:
-    """The recipe's model settings for one of `CONFIGS` (everything else at its default)."""
+def model_config(config: str, conv_impl: str | None = None) -> ModelConfig:
+    """The recipe's model settings for one of `CONFIGS` (everything else at its default; ``conv_impl``
+    overrides ``model.stop.conv_impl``)."""
     if config not in CONFIGS:
         raise ValueError(f'config must be one of {list(CONFIGS)}, got {config!r}')
     cfg = ModelConfig()
+    if conv_impl is not None:
+        cfg.stop.conv_impl = conv_impl
     if config in ('tempme', 'unified'):
         cfg.tempme.enabled = True
         cfg.lora.enabled = True
@@ -136,14 +125,16 @@ def model_config(config: str) -> ModelConfig:
     return cfg
 
 
-def build_model(config: str, preset: str, frames: int, device: str) -> tuple[UnifiedModel, int, int]:
+def build_model(
+    config: str, preset: str, frames: int, device: str, conv_impl: str | None = None
+) -> tuple[UnifiedModel, int, int]:
     """A randomly initialised model on ``device`` (``'meta'`` allocates nothing), frozen by the users' rule.
 
     Returns:
         (model, trainable parameters, total parameters).
     """
     clip = CLIP(CLIP_PRESETS[preset], device=device)
-    model = UnifiedModel.from_config(clip, model_config(config), frames).to(device)
+    model = UnifiedModel.from_config(clip, model_config(config, conv_impl), frames).to(device)
     report = freeze_parameters(model, freeze_clip=True, keep_substrings=KEEP_SUBSTRINGS, warn_absent=False)
     return model, report.num_trainable, report.num_total
 
@@ -316,29 +307,15 @@ class _RssPeak:
             self.peak_delta = (self.peak - self.start) / 2**30
 
 
-def _sync(device: str) -> None:
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
 def _time(step: Callable[[], None], device: str, warmup: int, iters: int) -> tuple[float, float | None]:
     """(median seconds per call, peak GiB: CUDA max allocated over the timed calls / CPU peak RSS increase
     over warm-up and timed calls, from the RSS before them: the allocator keeps what the warm-up took)."""
     cpu_mem = _RssPeak() if device != 'cuda' else contextlib.nullcontext()
-    times = []
+    reset = torch.cuda.reset_peak_memory_stats if device == 'cuda' else None
     with cpu_mem:
-        for _ in range(warmup):
-            step()
-        _sync(device)
-        if device == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        seconds = median_seconds(step, device, warmup, iters, on_timed_start=reset)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == 'cuda' else cpu_mem.peak_delta
-    return statistics.median(times), peak
+    return seconds, peak
 
 
 def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
@@ -346,11 +323,19 @@ def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
 
 
 def time_config(
-    config: str, preset: str, frames: int, batch: int, iters: int, warmup: int, device: str, bf16: bool
+    config: str,
+    preset: str,
+    frames: int,
+    batch: int,
+    iters: int,
+    warmup: int,
+    device: str,
+    bf16: bool,
+    conv_impl: str | None = None,
 ) -> dict[str, Any]:
     """Forward and train-step videos/s and peak memory of one config on ``device`` (fresh model)."""
     torch.manual_seed(0)
-    model, _, _ = build_model(config, preset, frames, device)
+    model, _, _ = build_model(config, preset, frames, device, conv_impl)
     video, mask = _inputs(model, batch, frames, device)
     target = F.normalize(
         torch.randn(batch, model.clip.config.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
@@ -394,30 +379,6 @@ def _release(device: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def machine_description(device: str) -> str:
-    cpu = platform.processor() or 'unknown CPU'
-    with contextlib.suppress(OSError):
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    text = f'CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; torch {torch.__version__}'
-    if device == 'cuda' and torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        peak = peak_bf16_tflops(name)
-        text += f'; GPU: {name} (peak dense bf16 {f"{peak:g} TFLOP/s" if peak else "unknown"}), CUDA {torch.version.cuda}'
-    return text
-
-
-def _fmt(v: Any, spec: str = '.2f') -> str:
-    if v is None:
-        return 'n/a'
-    if isinstance(v, str):
-        return v
-    return format(v, spec)
-
-
 def _add_mfu(row: dict[str, Any], device_name: str | None) -> None:
     peak = peak_bf16_tflops(device_name) if device_name else None
     for mode, factor, gmac_key in (('fwd', 2, 'gmac_per_video'), ('train', 6, 'gmac_per_video')):
@@ -451,21 +412,48 @@ def format_table(rows: Sequence[dict[str, Any]], device: str) -> str:
         skip = 'skipped'
         cells = [
             r['preset'],
-            LABELS[r['config']],
+            LABELS[r['config']] + (f' ({r["conv_impl"]} conv)' if r.get('conv_impl') else ''),
             f'{r["trainable_params"]:,} / {r["total_params"]:,}',
             str(r['tokens_per_video']),
             f'{r["gmac_per_video"]:.2f}',
-            _fmt(r['train_gmac_per_video']),
-            _fmt(r['gmac_vs_stop_reference'], '.3f'),
-            _fmt(r.get('fwd_videos_per_s')) if timed else skip,
-            _fmt(r.get('train_videos_per_s')) if timed else skip,
-            f'{_fmt(r.get("peak_mem_fwd_gib"))} / {_fmt(r.get("peak_mem_train_gib"))}' if timed else skip,
+            fmt(r['train_gmac_per_video']),
+            fmt(r['gmac_vs_stop_reference'], '.3f'),
+            fmt(r.get('fwd_videos_per_s')) if timed else skip,
+            fmt(r.get('train_videos_per_s')) if timed else skip,
+            f'{fmt(r.get("peak_mem_fwd_gib"))} / {fmt(r.get("peak_mem_train_gib"))}' if timed else skip,
         ]
         if cuda:
             cells += [
-                _fmt(r.get('mfu_fwd'), '.1%') if timed else skip,
-                _fmt(r.get('mfu_train'), '.1%') if timed else skip,
+                fmt(r.get('mfu_fwd'), '.1%') if timed else skip,
+                fmt(r.get('mfu_train'), '.1%') if timed else skip,
             ]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def format_conv_comparison(rows: Sequence[dict[str, Any]]) -> str:
+    """Timed STOP/unified rows per ``conv_impl`` side by side with their speed over ``direct``; '' if fewer
+    than two implementations were timed."""
+    timed = [r for r in rows if r.get('conv_impl') and 'fwd_videos_per_s' in r]
+    if len({r['conv_impl'] for r in timed}) < 2:
+        return ''
+    head = ['preset', 'config', 'conv_impl', 'fwd videos/s', 'train videos/s', 'fwd / direct', 'train / direct']
+    if any(r.get('mfu_train') is not None for r in timed):
+        head += ['MFU fwd', 'MFU train (3x fwd)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in timed:
+        base = next(
+            (b for b in timed if (b['preset'], b['config'], b['conv_impl']) == (r['preset'], r['config'], 'direct')),
+            None,
+        )
+        cells = [r['preset'], LABELS[r['config']], r['conv_impl']]
+        for key in ('fwd_videos_per_s', 'train_videos_per_s'):
+            cells.append(fmt(r.get(key)))
+        for key in ('fwd_videos_per_s', 'train_videos_per_s'):
+            v, b = r.get(key), base.get(key) if base else None
+            cells.append(f'{v / b:.2f}x' if isinstance(v, float) and isinstance(b, float) else 'n/a')
+        if len(head) > 7:
+            cells += [fmt(r.get('mfu_fwd'), '.1%'), fmt(r.get('mfu_train'), '.1%')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -495,29 +483,33 @@ def run_benchmark(
     warmup: int = 1,
     device: str = 'cpu',
     bf16: bool = False,
+    conv_impls: Sequence[str] = ('auto',),
 ) -> list[dict[str, Any]]:
-    """One row per (preset, config): meta-device counts, plus timing for presets in ``timing_presets``."""
+    """One row per (preset, config, conv_impl): meta-device counts, plus timing for presets in
+    ``timing_presets``. Configs without STOP have no pixel convolution: one row, ``conv_impl`` None."""
     device_name = torch.cuda.get_device_name() if device == 'cuda' else None
     rows = []
     for preset in presets:
         for config in configs:
-            row = count_config(config, preset, frames, batch)
-            if preset in timing_presets:
-                t0 = time.perf_counter()
-                row.update(time_config(config, preset, frames, batch, iters, warmup, device, bf16))
-                _release(device)  # the timed model is gone before the next one is built
-                row['device'] = device
-                row['bf16'] = bf16
-                row['timing_batch'] = batch
-                if device == 'cuda':
-                    _add_mfu(row, device_name)
-                print(
-                    f'[timed {preset} {config} in {time.perf_counter() - t0:.0f} s]',
-                    file=sys.stderr,
-                    flush=True,
-                )
-            rows.append(row)
-            print('ROW ' + json.dumps(row), file=sys.stderr, flush=True)  # survives a run cut short
+            counts = count_config(config, preset, frames, batch)
+            for conv_impl in conv_impls if config in ('stop', 'unified') else (None,):
+                row = {**counts, 'conv_impl': conv_impl}
+                if preset in timing_presets:
+                    t0 = time.perf_counter()
+                    row.update(time_config(config, preset, frames, batch, iters, warmup, device, bf16, conv_impl))
+                    _release(device)  # the timed model is gone before the next one is built
+                    row['device'] = device
+                    row['bf16'] = bf16
+                    row['timing_batch'] = batch
+                    if device == 'cuda':
+                        _add_mfu(row, device_name)
+                    print(
+                        f'[timed {preset} {config} conv_impl={conv_impl} in {time.perf_counter() - t0:.0f} s]',
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                rows.append(row)
+                print('ROW ' + json.dumps(row), file=sys.stderr, flush=True)  # survives a run cut short
     return rows
 
 
@@ -540,37 +532,46 @@ def _random_ids(batch: int, length: int, device: str) -> torch.Tensor:
 
 
 def stop_reference_comparison(
-    frames: int, batch: int, words: int, iters: int, warmup: int, device: str
+    frames: int, batch: int, words: int, iters: int, warmup: int, device: str, conv_impls: Sequence[str] = ('auto',)
 ) -> list[dict[str, Any]] | None:
-    """Efficient STOP vs `stop_reference` at ViT-B/32: GFLOP per video / caption, seconds per pair."""
+    """Efficient STOP (one row per pixel-conv implementation, same weights) vs `stop_reference` at ViT-B/32:
+    GFLOP per video / caption, seconds per pair; the straightforward row is last."""
     try:
-        from tempme_composer.modules import stop_reference
+        from tempme_composer.reference import stop_reference
     except ImportError:
         return None
     preset = 'ViT-B/32'
-    impls: dict[str, tuple[Callable, Callable]] = {
-        'efficient': (lambda m, v, mask: video_path(m, v, mask), lambda m, ids: m.encode_text(ids)),
-        'straightforward (stop_reference)': (
-            lambda m, v, mask: stop_reference.reference_encode_video(m, v),
-            lambda m, ids: stop_reference.reference_encode_text(m, ids),
-        ),
-    }
+    efficient = (lambda m, v, mask: video_path(m, v, mask), lambda m, ids: m.encode_text(ids))
+    impls: list[tuple[str, str | None, tuple[Callable, Callable]]] = [
+        (f'efficient ({c} conv)', c, efficient) for c in conv_impls
+    ]
+    impls.append(
+        (
+            'straightforward (stop_reference)',
+            None,
+            (
+                lambda m, v, mask: stop_reference.reference_encode_video(m, v),
+                lambda m, ids: stop_reference.reference_encode_text(m, ids),
+            ),
+        )
+    )
     rows = []
     meta, _, _ = build_model('stop', preset, frames, 'meta')
     meta.eval()
     video, mask = _inputs(meta, batch, frames, 'meta')
     ids = _random_ids(batch, words, 'meta')
-    for name, (enc_video, enc_text) in impls.items():
+    for name, conv_impl, (enc_video, enc_text) in impls:
         v, _ = _flops(lambda enc_video=enc_video: enc_video(meta, video, mask))
         t, _ = _flops(lambda enc_text=enc_text: enc_text(meta, ids))
         rows.append(
             {
                 'impl': name,
+                'conv_impl': conv_impl,
                 'preset': preset,
                 'frames': frames,
                 'words': words,
                 'batch': batch,
-                'video_gflop': v / 1e9 / batch,
+                'video_gflop': v / 1e9 / batch,  # meta device: the pixel convolution counted as Conv3d
                 'text_gflop': t / 1e9 / batch,
             }
         )
@@ -579,7 +580,9 @@ def stop_reference_comparison(
         model, _, _ = build_model('stop', preset, frames, device)
         video, mask = _inputs(model, batch, frames, device)
         ids = _random_ids(batch, words, device)
-        for row, (enc_video, enc_text) in zip(rows, impls.values(), strict=True):
+        for row, (_, conv_impl, (enc_video, enc_text)) in zip(rows, impls, strict=True):
+            if conv_impl is not None:
+                model.clip.visual.TemporalPrompt.conv_impl = conv_impl
 
             def forward(enc_video=enc_video, enc_text=enc_text) -> None:
                 with torch.no_grad():
@@ -599,28 +602,30 @@ def stop_reference_comparison(
             model.train()
             row['train_s_per_pair'] = _time(train_step, device, warmup, iters)[0] / batch
             row['device'] = device
-    eff, ref = rows
-    for key in ('fwd_s_per_pair', 'train_s_per_pair'):
-        if key in eff:
-            mode = key.split('_')[0]  # fwd / train
-            ref[f'speedup_{mode}'] = eff[f'speedup_{mode}'] = ref[key] / eff[key]
+    ref = rows[-1]
+    for row in rows:
+        for key in ('fwd_s_per_pair', 'train_s_per_pair'):
+            if key in row:
+                row[f'speedup_{key.split("_")[0]}'] = ref[key] / row[key]  # vs straightforward
     return rows
 
 
 def format_reference_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ['implementation', 'video GFLOP/video', 'text GFLOP/caption', 'fwd s/pair', 'train-step s/pair']
+    head = [
+        'implementation',
+        'video GFLOP/video',
+        'text GFLOP/caption',
+        'fwd s/pair',
+        'train-step s/pair',
+        'speed-up vs straightforward (fwd / train)',
+    ]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         lines.append(
             f'| {r["impl"]} | {r["video_gflop"]:.1f} | {r["text_gflop"]:.2f} | '
-            f'{_fmt(r.get("fwd_s_per_pair"), ".3f")} | {_fmt(r.get("train_s_per_pair"), ".3f")} |'
+            f'{fmt(r.get("fwd_s_per_pair"), ".3f")} | {fmt(r.get("train_s_per_pair"), ".3f")} | '
+            f'{fmt(r.get("speedup_fwd"), ".2f")} / {fmt(r.get("speedup_train"), ".2f")} |'
         )
-    eff, ref = rows
-    lines.append(
-        f'| straightforward / efficient (= speed-up) | {ref["video_gflop"] / eff["video_gflop"]:.2f}x | '
-        f'{ref["text_gflop"] / eff["text_gflop"]:.2f}x | {_fmt(ref.get("speedup_fwd"), ".2f")}{"x" if "speedup_fwd" in ref else ""} | '
-        f'{_fmt(ref.get("speedup_train"), ".2f")}{"x" if "speedup_train" in ref else ""} |'
-    )
     return '\n'.join(lines)
 
 
@@ -658,7 +663,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         '--stop-reference',
         action='store_true',
-        help='add STOP efficient vs straightforward (modules/stop_reference.py) at ViT-B/32',
+        help='add STOP efficient vs straightforward (reference/stop_reference.py) at ViT-B/32',
+    )
+    ap.add_argument(
+        '--conv-impls',
+        nargs='+',
+        default=['auto'],
+        choices=list(CONV_IMPLS),
+        help="model.stop.conv_impl values to time, one row each for STOP/unified (e.g. 'direct auto')",
     )
     ap.add_argument('--ref-device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--ref-batch', type=int, default=1)
@@ -684,7 +696,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f'keep_substrings={list(KEEP_SUBSTRINGS)}\n'
     )
     rows = run_benchmark(
-        args.presets, args.configs, args.frames, batch, timing, iters, warmup, args.device, args.bf16
+        args.presets, args.configs, args.frames, batch, timing, iters, warmup, args.device, args.bf16,
+        args.conv_impls,
     )
     print(format_table(rows, args.device))
     print(
@@ -699,6 +712,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             'MFU = achieved / peak dense bf16 FLOP/s; achieved = 2*GMAC*videos/s (fwd), 3x that (train, the '
             'usual estimate; the measured fwd+bwd count is lower with a frozen backbone).'
         )
+    comparison = format_conv_comparison(rows)
+    if comparison:
+        print('\nPixel-prompt convolution implementations (same model and inputs; ratio = videos/s over direct):\n')
+        print(comparison)
     breakdown = format_breakdown(rows)
     if breakdown.count('\n') > 1:
         print('\nSTOP components, GMAC per video (each counted alone on meta; the rest is the ViT):\n')
@@ -715,6 +732,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             'timing_presets': timing,
             'keep_substrings': list(KEEP_SUBSTRINGS),
             'stop_reference_gmac': STOP_REFERENCE_GMAC,
+            'conv_impls': list(args.conv_impls),
         },
         'rows': rows,
         'stop_reference': None,
@@ -722,11 +740,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.stop_reference:
         ref_iters = 0 if args.no_timing else iters
         ref = stop_reference_comparison(
-            args.frames, args.ref_batch, args.ref_words, ref_iters, warmup, args.ref_device
+            args.frames, args.ref_batch, args.ref_words, ref_iters, warmup, args.ref_device, args.conv_impls
         )
         if ref is None:
             print(
-                '\nSTOP: efficient vs straightforward: skipped (tempme_composer.modules.stop_reference missing)'
+                '\nSTOP: efficient vs straightforward: skipped (tempme_composer.reference.stop_reference missing)'
             )
         else:
             print(
@@ -740,8 +758,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             result['stop_reference'] = ref
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
         print(f'\nwrote {args.json}')
     return result
 

@@ -1,6 +1,6 @@
 """Benchmark of the exact retrieval metric: wall time and peak memory per evaluation size.
 
-    python -m tempme_composer.bench_metrics [--sizes 1k 10k 60kx3k 100k] [--dsl] [--device cpu|cuda]
+    python -m tempme_composer.bench metrics [--sizes 1k 10k 60kx3k 100k] [--dsl] [--device cpu|cuda]
 
 A size is ``N`` (N captions × N videos, one caption each) or ``QxV`` (Q captions over V videos, Q/V each,
 assigned round-robin so captions of a video are not contiguous); ``k`` means ×1000. Embeddings are random,
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from tempme_composer.bench.common import sync
 from tempme_composer.metrics import embedding_metrics
 
 DEFAULT_SIZES = ('1k', '10k', '60kx3k', '100k')
@@ -83,14 +84,13 @@ def run_one(size: str, dim: int, device: str, dsl: bool, chunk_size: int | None,
     text, video, labels = make_inputs(Q, V, dim, device)
     inputs_mib = (_status_kib('VmRSS') or 0) / 1024
     reset = _reset_peak_rss()
+    sync(device)
     if device.startswith('cuda'):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     start = time.perf_counter()
     results = embedding_metrics(text, video, labels, tie_mode, chunk_size=chunk_size, dsl=dsl)
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
+    sync(device)
     seconds = time.perf_counter() - start
     if device.startswith('cuda'):
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [
             sys.executable,
             '-m',
-            'tempme_composer.bench_metrics',
+            'tempme_composer.bench',
+            'metrics',
             '--one',
             size,
             '--dim',

@@ -1,8 +1,8 @@
 """Benchmark of exact-output ways to run STOP's pixel-prompt Conv3d stack, the component that dominates STOP's
 cost (≈48 % of the reference's FLOPs; stop.md §7) and, above all, its training time.
 
-    python -m tempme_composer.bench_conv [--batch 1] [--frames 12] [--size 224] [--iters 2] [--device cpu|cuda]
-        [--bf16] [--impls direct channels_last fft]
+    python -m tempme_composer.bench conv [--batch 1] [--frames 12] [--size 224] [--iters 2] [--device cpu|cuda]
+        [--bf16] [--impls direct channels_last fft] [--json PATH]
 
 For each implementation it prints forward and forward+backward seconds per video of the whole stack
 (Conv3d 3→9→9→9→16, kernel 3×11×11, PReLU between as in `TemporalPrompt.Conv`; input frames need no gradient,
@@ -11,22 +11,26 @@ as in training), the largest deviation from the direct result, and the multiply-
 - ``direct``: ``F.conv3d`` in the default NCDHW layout (what a straightforward implementation runs);
 - ``channels_last``: the same convolution in ``channels_last_3d`` layout (oneDNN on CPU, cuDNN NDHWC on
   GPU) — what `TemporalPrompt` uses;
-- ``fft``: `fft_conv3d` — 2-D FFT over the frame plane, the 3 temporal taps and the channel mixing as one
-  batched complex matmul per frequency; exact up to float rounding, far fewer multiply-accumulates.
+- ``fft``: `fft_conv3d` — 2-D FFTs of frame tiles, the temporal taps and the channel mixing as batched
+  complex matmuls per frequency, forward and backward in the frequency domain; exact up to float rounding,
+  far fewer multiply-accumulates (`conv_impl: auto` on CPU and CUDA).
+
+Each mode is timed as the median of ``--iters`` calls after one warm-up; the ratios to ``channels_last`` are
+printed under the table (the speed targets of issue 15 are ratios measured in one run).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tempme_composer.modules.fft_conv import _fast_length, fft_conv3d
+from tempme_composer.bench.common import markdown_table, median_seconds, write_json
+from tempme_composer.modules.fft_conv import _tile_plan, fft_conv3d
 from tempme_composer.modules.temporal_prompt import TemporalPrompt
 
 __all__ = ['main']
@@ -51,23 +55,22 @@ def _stack_macs(stack: nn.Sequential, voxels: int) -> int:
 
 
 def _fft_macs(stack: nn.Sequential, B: int, T: int, H: int, W: int) -> int:
-    """Complex MACs of the channel mixing (4 real MACs each) plus FFT work (≈2.5·N·log2 N real MACs per transform)."""
-    import math
-
+    """Real MACs of `fft_conv3d`'s forward: the per-frequency complex products (4 real MACs each), the partial-DFT
+    kernel spectra, and the FFTs (≈2.5·N·log2 N real MACs per real transform of N points)."""
     total = 0
     for layer in stack:
         if not isinstance(layer, nn.Conv3d):
             continue
         cout, cin, kt, kh, kw = layer.weight.shape
-        hp, wp = _fast_length(H + kh - 1), _fast_length(W + kw - 1)
-        n = hp * wp
-        freqs = hp * (wp // 2 + 1)
-        total += 4 * freqs * B * T * cin * kt * cout  # complex products
-        total += int(2.5 * n * math.log2(n)) * (B * T * (cin + cout) + cout * cin * kt) // 2  # real FFTs ≈ half
+        (nh, _, hp), (nw, _, wp) = _tile_plan(H, kh), _tile_plan(W, kw)
+        freqs, rows, n = hp * (wp // 2 + 1), T * B * nh * nw, hp * wp
+        total += 4 * freqs * rows * cin * kt * cout  # channel and temporal mixing
+        total += 4 * kt * cin * cout * (kh * kw * (wp // 2 + 1) + kh * freqs)  # kernel spectra
+        total += int(2.5 * n * math.log2(n)) * rows * (cin + cout)  # tile FFTs in and out
     return total
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--frames', type=int, default=12)
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--bf16', action='store_true', help='autocast bf16 (direct/channels_last only)')
     parser.add_argument('--impls', nargs='+', default=['direct', 'channels_last', 'fft'])
+    parser.add_argument('--json', default=None, help='also write the rows here')
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -87,34 +91,37 @@ def main(argv: list[str] | None = None) -> None:
     voxels = args.batch * args.frames * args.size * args.size
     print(f'Conv3d stack 3→9→9→9→16, kernel 3×11×11, batch {args.batch} × {args.frames} frames × '
           f'{args.size}² on {device} ({"bf16 autocast" if args.bf16 else "fp32"})')
-    print('| impl | GMAC per video | forward s/video | forward+backward s/video | max abs diff vs direct |')
-    print('|---|---|---|---|---|')
+    table, rows = [], []
     for impl in args.impls:
         autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if args.bf16 and impl != 'fft'
             else contextlib.nullcontext()
         )
-        times: dict[str, list[float]] = {'fwd': [], 'train': []}
-        for it in range(args.iters + 1):
-            for mode in ('fwd', 'train'):
-                stack.zero_grad(set_to_none=True)
-                if device.type == 'cuda':
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                with torch.set_grad_enabled(mode == 'train'), autocast:
-                    y = _run_stack(stack, x, impl)
-                    if mode == 'train':
-                        y.float().square().mean().backward()
-                if device.type == 'cuda':
-                    torch.cuda.synchronize()
-                if it:  # the first iteration warms up
-                    times[mode].append(time.perf_counter() - start)
+
+        def step(train: bool, impl: str = impl, autocast=autocast) -> None:
+            stack.zero_grad(set_to_none=True)
+            with torch.set_grad_enabled(train), autocast:
+                y = _run_stack(stack, x, impl)
+                if train:
+                    y.float().square().mean().backward()
+
+        fwd, train = (median_seconds(lambda m=m: step(m), device, 1, args.iters) / args.batch for m in (False, True))
         with torch.no_grad(), autocast:
             diff = (_run_stack(stack, x, impl).float() - reference).abs().max().item()
         macs = _fft_macs(stack, args.batch, args.frames, args.size, args.size) if impl == 'fft' else _stack_macs(stack, voxels)
-        fwd, train = (statistics.median(times[m]) / args.batch for m in ('fwd', 'train'))
-        print(f'| {impl} | {macs / args.batch / 1e9:.1f} | {fwd:.3f} | {train:.3f} | {diff:.1e} |')
+        rows.append({'impl': impl, 'gmac_per_video': macs / args.batch / 1e9, 'fwd_s': fwd, 'train_s': train, 'max_abs_diff': diff})
+        table.append([impl, f'{macs / args.batch / 1e9:.1f}', f'{fwd:.3f}', f'{train:.3f}', f'{diff:.1e}'])
+    head = ['impl', 'GMAC per video', 'forward s/video', 'forward+backward s/video', 'max abs diff vs direct']
+    print(markdown_table(head, table))
+    base = next((r for r in rows if r['impl'] == 'channels_last'), None)
+    if base is not None:
+        for r in rows:
+            print(f'{r["impl"]} / channels_last: forward {r["fwd_s"] / base["fwd_s"]:.2f}x, '
+                  f'forward+backward {r["train_s"] / base["train_s"]:.2f}x')
+    if args.json:
+        write_json(args.json, {'settings': vars(args), 'rows': rows})
+    return rows
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Search benchmark: exact (fp32 scores over memory-mapped float16 chunks) vs approximate (faiss HNSW) at
 10k / 100k / 1M indexed videos — queries/s, single-query latency, working memory, and recall@10 against exact.
 
-    python -m tempme_composer.bench_search [--sizes 10000,100000,1000000] [--dim 512] [--queries 200]
+    python -m tempme_composer.bench search [--sizes 10000,100000,1000000] [--dim 512] [--queries 200]
 
 The embeddings are synthetic but shaped like a retrieval model's: unit vectors around a few thousand topic
 centres (real galleries cluster by content), stored exactly as `tempme-index` stores them (a float16 ``.npy``
@@ -142,7 +142,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m tempme_composer.bench search', description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', default='10000,100000,1000000')
     parser.add_argument('--dim', type=int, default=512, help='embedding size (ViT-B: 512)')
     parser.add_argument('--queries', type=int, default=200, help='batch for queries/s and recall')

@@ -1,6 +1,6 @@
 """Benchmark of TempMe's video encoder vs the meanP baseline: per-block tokens and MACs, and throughput.
 
-    python -m tempme_composer.bench_tempme [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch 4]
+    python -m tempme_composer.bench tempme [--presets ViT-B/32 ViT-B/16] [--frames 12] [--batch 4]
         [--iters 5] [--device cpu|cuda] [--bf16] [--train-step] [--no-timing]
 
 Random weights (no checkpoint needed). For every preset it prints
@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tempme_composer.bench.common import median_seconds
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.modules.lora import apply_lora
 from tempme_composer.modules.tempme import TempMeVideoEncoder, plan_table
+from tempme_composer.modules.video_tower import encode_video
 
 SCHEDULES = {'ViT-B/32': {}, 'ViT-B/16': {'tome_r': 10, 'merge_token_proportion': (40, 20)}}
 
@@ -39,7 +39,7 @@ def measured_gmacs(preset: str, frames: int, schedule: dict) -> tuple[float, flo
     res = clip.config.image_resolution
     video = torch.empty(1, frames, 3, res, res, device='meta')
     with FlopCounterMode(display=False) as c1:
-        enc(clip.visual, video)
+        clip.visual.project(encode_video(clip.visual, video, tempme=enc).frame_cls)
     with FlopCounterMode(display=False) as c2:
         clip.visual(video.flatten(0, 1))
     return c1.get_total_flops() / 2e9, c2.get_total_flops() / 2e9
@@ -67,7 +67,7 @@ def throughput(
     video = torch.randn(batch, frames, 3, res, res, device=device)
     runs = {
         'meanP': lambda: clip.visual(video.flatten(0, 1)),
-        'TempMe': lambda: enc(clip.visual, video),
+        'TempMe': lambda: clip.visual.project(encode_video(clip.visual, video, tempme=enc).frame_cls),
     }
     out = {}
     for name, fn in runs.items():
@@ -81,18 +81,9 @@ def throughput(
                 if grad:
                     y.float().square().mean().backward()
 
-            step()  # warm-up
-            if device == 'cuda':
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                step()
-                if device == 'cuda':
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            out[f'{name} {mode} videos/s'] = batch / statistics.median(times)  # median: robust to shared CPUs
+            reset = torch.cuda.reset_peak_memory_stats if device == 'cuda' else None
+            seconds = median_seconds(step, device, 1, iters, on_timed_start=reset)  # median: robust on shared CPUs
+            out[f'{name} {mode} videos/s'] = batch / seconds
             if device == 'cuda':
                 out[f'{name} {mode} peak GiB'] = torch.cuda.max_memory_allocated() / 2**30
     return out

@@ -1,0 +1,21 @@
+"""Benchmarks, one entry: ``python -m tempme_composer.bench NAME [ARGS...]`` (``--help`` after NAME).
+
+NAME: ``efficiency`` (the four variants' parameters, tokens, GMAC, videos/s, memory, MFU), ``conv`` (exact ways
+to run STOP's pixel Conv3d stack), ``tempme`` (per-block tokens, GMAC and videos/s: meanP vs TempMe),
+``metrics`` (evaluation time and memory), ``data`` (video storage and loader throughput) and ``search`` (exact vs
+HNSW search over 10k-1M indexed videos). Shared timing,
+table and JSON helpers are in `tempme_composer.bench.common`.
+"""
+
+from __future__ import annotations
+
+BENCHMARKS = {
+    'efficiency': 'tempme_composer.bench.efficiency',
+    'conv': 'tempme_composer.bench.conv',
+    'tempme': 'tempme_composer.bench.tempme',
+    'metrics': 'tempme_composer.bench.metrics',
+    'data': 'tempme_composer.bench.data',
+    'search': 'tempme_composer.bench.search',
+}
+
+__all__ = ['BENCHMARKS']
