@@ -6,12 +6,9 @@ updated index rebuilds it). Its recall against exact search is measured by the s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from tempme_composer.inference.search import VideoIndex
 
 __all__ = ['hnsw_index', 'HNSW_M', 'HNSW_EF_CONSTRUCTION']
 
@@ -28,8 +25,9 @@ def _faiss() -> Any:
     return faiss
 
 
-def hnsw_index(index: VideoIndex) -> Any:
-    """The cached faiss ``IndexHNSWFlat`` (inner product) of ``index``, built if missing or stale."""
+def hnsw_index(index: Any) -> Any:
+    """The cached faiss ``IndexHNSWFlat`` (inner product) of ``index`` (a `VideoIndex`: its ``folder``,
+    ``manifest`` and ``embeddings``), built if missing or stale."""
     faiss = _faiss()
     path = index.folder / f'ann-hnsw-g{index.manifest["generation"]}.faiss'
     if path.is_file():
