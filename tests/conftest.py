@@ -1,3 +1,34 @@
 """Fixtures shared by several test modules."""
 
+import atexit
+import gc
+import types
+
+import pytest
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (a real S3 endpoint on loopback)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _release_streaming_shared_memory():
+    """Close the shared-memory blocks of StreamingDatasets a test module left behind.
+
+    streaming registers every block's cleanup with ``atexit``, which keeps each block (and its file descriptor)
+    alive until the process exits: one pytest process building hundreds of datasets runs into the open-file
+    limit (20,000 here) before the suite ends. A block that nothing but its atexit handler still references is
+    released here, as it would be at exit.
+    """
+    yield
+    from streaming.base.shared.memory import SharedMemory
+
+    gc.collect()
+    objects = gc.get_objects()
+    orphans = [o for o in objects if isinstance(o, SharedMemory)]
+    del objects
+    for shm in orphans:
+        holders = [r for r in gc.get_referrers(shm) if r is not orphans]
+        if all(isinstance(r, types.MethodType) for r in holders):  # only the atexit-registered bound method
+            atexit.unregister(shm.cleanup)
+            try:
+                shm.cleanup()
+            except BufferError:  # a view into the block is still alive: leave it to exit
+                atexit.register(shm.cleanup)
