@@ -2,7 +2,7 @@
 
 import atexit
 import gc
-import types
+import sys
 
 import pytest
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (a real S3 endpoint on loopback)
@@ -21,12 +21,11 @@ def _release_streaming_shared_memory():
     from streaming.base.shared.memory import SharedMemory
 
     gc.collect()
-    objects = gc.get_objects()
-    orphans = [o for o in objects if isinstance(o, SharedMemory)]
-    del objects
+    orphans = [o for o in gc.get_objects() if isinstance(o, SharedMemory)]
     for shm in orphans:
-        holders = [r for r in gc.get_referrers(shm) if r is not orphans]
-        if all(isinstance(r, types.MethodType) for r in holders):  # only the atexit-registered bound method
+        # References: the atexit-registered bound method, ``orphans``, ``shm`` and getrefcount's argument.
+        # Anything more is a live dataset still using the block.
+        if sys.getrefcount(shm) <= 4:
             atexit.unregister(shm.cleanup)
             try:
                 shm.cleanup()
