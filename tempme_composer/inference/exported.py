@@ -39,6 +39,7 @@ __all__ = [
     'sha256_file',
     'clip_origin_keys',
     'model_hash',
+    'model_section',
 ]
 
 log = logging.getLogger(__name__)
