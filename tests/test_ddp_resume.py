@@ -4,14 +4,13 @@ the best-R@1 checkpoint and the BestCheckpoint state of the uninterrupted 2-rank
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import kill_when_latest_is
 
 from tempme_composer.data.synthetic import generate_demo_dataset
 
@@ -53,17 +52,7 @@ def test_sigkill_under_ddp_then_autoresume_matches_the_uninterrupted_run(tmp_pat
     killed = launch(tmp_path, 'killed', start_new_session=True)
     ckpts = tmp_path / 'killed' / 'checkpoints'
     latest = ckpts / 'latest-rank0.pt'
-    deadline = time.time() + 240
-    try:  # kill mid-epoch 2 (batch 4 of 6), after epoch 1's evaluation wrote best.pt
-        while not (latest.is_symlink() and os.readlink(latest) == 'ep1-ba4-rank0.pt'):
-            if killed.poll() is not None:
-                pytest.fail('the run ended before the batch-4 checkpoint:\n' + killed.stdout.read()[-4000:])
-            assert time.time() < deadline
-            time.sleep(0.02)
-    finally:
-        if killed.poll() is None:
-            os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks
-        killed.wait()
+    kill_when_latest_is(killed, latest, 'ep1-ba4-rank0.pt', timeout=240)  # mid-epoch 2, after epoch 1's eval
     best_before = json.loads((ckpts / 'best.json').read_text())
     assert best_before['epoch'] == 1 and (ckpts / 'best.pt').is_file()
     finish(launch(tmp_path, 'killed'), tmp_path, 'killed')  # same command line: autoresumes from ep1-ba4

@@ -187,7 +187,6 @@ def test_index_is_incremental_and_search_is_exact(tmp_path):
     assert len(list((out / 'thumbs').glob('*.jpg'))) == 3
 
     results = search(index, model, ['a red square', 'a green circle'], top_k=2)
-    q = []
     from tempme_composer.inference.index import encode_texts
     from tempme_composer.inference.preprocess import tokenize_queries
 

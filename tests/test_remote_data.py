@@ -7,15 +7,14 @@ remote shard is one error naming the object; two splits sharing one cache folder
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 import pytest
 import torch
+from process_helpers import kill_when_latest_is
 from video_fixtures import PALETTE, write_video
 
 from tempme_composer.callbacks import RetrievalLogger
@@ -106,17 +105,7 @@ def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(tmp_pa
     _finish(_launch(tmp_path, 'local', root, None), tmp_path, 'local')
     killed = _launch(tmp_path, 'remote', root, remote, start_new_session=True)
     latest = tmp_path / 'remote' / 'checkpoints' / 'latest-rank0.pt'
-    deadline = time.time() + 300
-    try:  # kill mid-epoch 2 (batch 4 of 6), after epoch 1's evaluation
-        while not (latest.is_symlink() and os.readlink(latest) == 'ep1-ba4-rank0.pt'):
-            if killed.poll() is not None:
-                pytest.fail('the run ended before the batch-4 checkpoint:\n' + killed.stdout.read()[-4000:])
-            assert time.time() < deadline
-            time.sleep(0.02)
-    finally:
-        if killed.poll() is None:
-            os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks
-        killed.wait()
+    kill_when_latest_is(killed, latest, 'ep1-ba4-rank0.pt', timeout=300)  # mid-epoch 2, after epoch 1's eval
     _finish(_launch(tmp_path, 'remote', root, remote), tmp_path, 'remote')  # same command: autoresumes
 
     final = {run: weights(tmp_path / run / 'checkpoints' / 'latest-rank0.pt') for run in ('local', 'remote')}
