@@ -196,10 +196,16 @@ def test_index_is_incremental_and_search_is_exact(tmp_path):
         order = np.argsort(-scores[i], kind='stable')[:2]
         assert [h.row for h in r.hits] == order.tolist()
         np.testing.assert_allclose([h.score for h in r.hits], scores[i, order], rtol=1e-6)
-    # HNSW on a gallery this small visits every video: the same top-k, and its graph is cached per generation
+    # HNSW on a gallery this small visits every video: the same top-k with the same fp32 scores, and its graph
+    # is cached per generation (read back memory-mapped by the next search)
     approx = search(index, model, ['a red square', 'a green circle'], top_k=2, approximate=True)
     assert [[h.row for h in r.hits] for r in approx] == [[h.row for h in r.hits] for r in results]
-    assert [p.name for p in out.glob('ann-hnsw-*.faiss')] == [f'ann-hnsw-g{index.manifest["generation"]}.faiss']
+    for a, r in zip(approx, results, strict=True):
+        np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in r.hits], rtol=1e-6)
+    graph = f'ann-usearch-g{index.manifest["generation"]}.usearch'
+    assert [p.name for p in out.glob('ann-usearch-*.usearch')] == [graph]
+    again = search(VideoIndex(out), model, ['a red square', 'a green circle'], top_k=3, approximate=True)
+    assert [[h.row for h in r.hits][:2] for r in again] == [[h.row for h in r.hits] for r in results]
 
 
 def test_exact_topk_over_chunks_equals_a_full_sort():

@@ -1,9 +1,8 @@
 """The ``loggers:`` section: Composer's TensorBoard (default), MLflow, W&B and file loggers, run for real.
 
 MLflow writes to a local SQLite store, W&B runs offline; both must hold the resolved config as parameters and
-the retrieval numbers of every evaluation, equal to what the recipe computed. MLflow is in the ``dev`` extra
-(CI runs it); W&B is not (importing it costs seconds in every process that imports open_clip, through timm),
-so its part runs where ``.[wandb]`` is installed."""
+the retrieval numbers of every evaluation, equal to what the recipe computed. Both are in the ``dev`` extra, so CI
+runs both; where an environment lacks wandb, the W&B part is left out."""
 
 import importlib.util
 import re

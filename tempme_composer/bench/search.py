@@ -1,4 +1,4 @@
-"""Search benchmark: exact (fp32 scores over memory-mapped float16 chunks) vs approximate (faiss HNSW) at
+"""Search benchmark: exact (fp32 scores over memory-mapped float16 chunks) vs approximate (usearch HNSW) at
 10k / 100k / 1M indexed videos — queries/s, single-query latency, working memory, and recall@10 against exact.
 
     python -m tempme_composer.bench search [--sizes 10000,100000,1000000] [--dim 512] [--queries 200]
@@ -96,7 +96,7 @@ def _time_queries(run, queries: np.ndarray, singles: int) -> tuple[float, float]
     return statistics.median(lat), len(queries) / (time.perf_counter() - t)
 
 
-def bench_size(folder: Path, n: int, dim: int, queries: int, singles: int, k: int, ef_search: list[int],
+def bench_size(folder: Path, n: int, dim: int, queries: int, singles: int, k: int, expansion_search: list[int],
                approximate: bool) -> list[dict]:
     emb = synthetic_index(folder / f'emb-{n}.npy', n, dim)
     q = _queries(emb, queries)
@@ -108,35 +108,33 @@ def bench_size(folder: Path, n: int, dim: int, queries: int, singles: int, k: in
                  'queries_per_s': qps, 'memory_mib': mem.mib, 'recall@10': 1.0})
     print(json.dumps(rows[-1]), flush=True)
     if approximate:
-        import faiss
-
-        from tempme_composer.inference.ann import HNSW_EF_CONSTRUCTION, HNSW_M
+        from tempme_composer.inference.ann import CONNECTIVITY, EXPANSION_SEARCH, ann_search, build_ann
 
         t = time.perf_counter()
-        ann = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        ann.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        for s in range(0, n, 1 << 16):
-            ann.add(np.array(emb[s : s + (1 << 16)], dtype=np.float32))
+        ann = build_ann(emb)
         build = time.perf_counter() - t
-        for ef in ef_search:
-            ann.hnsw.efSearch = ef
+        for ef in expansion_search:
             with _AnonPeak() as mem:
-                latency, qps = _time_queries(lambda x: ann.search(x, k), q, singles)
-            found = ann.search(q, k)[1]
+                latency, qps = _time_queries(lambda x: ann_search(ann, emb, x, k, ef), q, singles)
+            found = ann_search(ann, emb, q, k, ef)[1]
             recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact, strict=True)]))
-            row = {'videos': n, 'mode': f'HNSW (faiss, M={HNSW_M}, efSearch={ef})', 'build_s': build,
-                   'latency_ms': latency, 'queries_per_s': qps, 'memory_mib': mem.mib, 'recall@10': recall}
+            default = ' (default)' if ef == EXPANSION_SEARCH else ''
+            row = {'videos': n, 'mode': f'HNSW (usearch, M={CONNECTIVITY}, expansion_search={ef}){default}',
+                   'build_s': build, 'latency_ms': latency, 'queries_per_s': qps, 'memory_mib': mem.mib,
+                   'graph_mib': ann.memory_usage / 2**20, 'recall@10': recall}
             print(json.dumps(row), flush=True)
             rows.append(row)
+        del ann
     (folder / f'emb-{n}.npy').unlink()
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ['| videos | mode | build s | latency ms (1 query) | queries/s (batch) | extra memory MiB | recall@10 |',
-             '|---:|---|---:|---:|---:|---:|---:|']
+    lines = ['| videos | mode | build s | graph MiB | latency ms (1 query) | queries/s (batch) | extra memory MiB '
+             '| recall@10 |', '|---:|---|---:|---:|---:|---:|---:|---:|']
     for r in rows:
-        lines.append(f'| {r["videos"]:,} | {r["mode"]} | {r["build_s"]:.1f} | {r["latency_ms"]:.1f} | '
+        graph = f'{r["graph_mib"]:,.0f}' if 'graph_mib' in r else '—'
+        lines.append(f'| {r["videos"]:,} | {r["mode"]} | {r["build_s"]:.1f} | {graph} | {r["latency_ms"]:.1f} | '
                      f'{r["queries_per_s"]:.0f} | {r["memory_mib"]:.0f} | {r["recall@10"]:.3f} |')
     return '\n'.join(lines)
 
@@ -148,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument('--queries', type=int, default=200, help='batch for queries/s and recall')
     parser.add_argument('--singles', type=int, default=20, help='one-at-a-time queries for latency')
     parser.add_argument('--k', type=int, default=10)
-    parser.add_argument('--ef-search', default='128,256,512', help='HNSW search breadths to measure')
+    parser.add_argument('--expansion-search', default='64,128,256,512', help='HNSW search breadths to measure')
     parser.add_argument('--no-approximate', action='store_true')
     parser.add_argument('--dir', default=None, help='scratch folder for the synthetic indexes (default: a temp dir)')
     args = parser.parse_args(argv)
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for n in (int(s) for s in args.sizes.split(',')):
             rows += bench_size(Path(tmp), n, args.dim, args.queries, args.singles, args.k,
-                               [int(e) for e in args.ef_search.split(',')], not args.no_approximate)
+                               [int(e) for e in args.expansion_search.split(',')], not args.no_approximate)
     print(f'\n{os.cpu_count()} CPU threads, dim {args.dim}, top-{args.k}, {args.queries} queries\n')
     print(format_table(rows))
     return rows

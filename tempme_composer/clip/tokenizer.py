@@ -8,8 +8,11 @@ padded with id 0 (data_metrics.md §3). Id 0 is a real token, so padding is only
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
+import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 
@@ -55,6 +58,28 @@ def tokenize(texts: Sequence[str] | str, max_words: int) -> tuple[torch.Tensor, 
 @functools.cache
 def _tokenizer():
     """open_clip's BPE tokenizer with its bundled vocabulary (lower-casing cleaner, like OpenAI CLIP)."""
-    from open_clip.tokenizer import SimpleTokenizer
+    return _open_clip_tokenizer_module().SimpleTokenizer()
 
-    return SimpleTokenizer()
+
+def _open_clip_tokenizer_module() -> ModuleType:
+    """``open_clip/tokenizer.py`` itself, without running ``open_clip/__init__``.
+
+    The package's ``__init__`` imports its model zoo (transformers, timm — and through timm, wandb when it is
+    installed): about 5 s in every process that only needs the tokenizer (each loader worker, each CLI call).
+    The tokenizer module imports nothing from its package (ftfy, regex, torch, its bundled vocabulary beside
+    it), so it is loaded from its file. Where ``open_clip`` is already imported, its own module is used.
+    """
+    if 'open_clip.tokenizer' in sys.modules:
+        return sys.modules['open_clip.tokenizer']
+    name = '_tempme_open_clip_tokenizer'
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec('open_clip')  # locates the package without importing it
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("the CLIP tokenizer needs open_clip_torch: pip install -e . (it is a core dependency)")
+    location = next(iter(package.submodule_search_locations))
+    spec = importlib.util.spec_from_file_location(name, f'{location}/tokenizer.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

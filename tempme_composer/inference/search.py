@@ -1,5 +1,5 @@
 """Text → video search over an index: exact by default (fp32 scores over memory-mapped chunks, bounded memory),
-an approximate HNSW mode (faiss) for galleries where exact search stops being interactive, and ``--eval``: the
+an approximate HNSW mode (usearch) for galleries where exact search stops being interactive, and ``--eval``: the
 recipe's retrieval metrics for an index built from an annotated MDS split, with the same ranking code.
 No Composer import.
 """
@@ -101,14 +101,11 @@ class VideoIndex:
         return self.store.thumbnail_path(self.rows[row])
 
     def search_embeddings(self, queries: np.ndarray, k: int, approximate: bool = False,
-                          ef_search: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                          expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if approximate:
-            from tempme_composer.inference.ann import hnsw_index
+            from tempme_composer.inference.ann import EXPANSION_SEARCH, ann_index, ann_search
 
-            index = hnsw_index(self)
-            index.hnsw.efSearch = max(ef_search, k)
-            scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.rows)))
-            return scores, rows.astype(np.int64)
+            return ann_search(ann_index(self), self.embeddings, queries, k, expansion_search or EXPANSION_SEARCH)
         return exact_topk(queries, self.embeddings, k)
 
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--top-k', type=int, default=10)
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     parser.add_argument('--html', help='write a static results page (open it from file://)')
-    parser.add_argument('--approximate', action='store_true', help='HNSW search (faiss) instead of exact')
+    parser.add_argument('--approximate', action='store_true', help='HNSW search (usearch, cached graph) instead of exact: for indexes of 100k+ videos')
     parser.add_argument('--eval', action='store_true', help='metrics of an index built from an annotated MDS split')
     parser.add_argument('--analysis', help='a ranks file of evaluation.save_ranks: with --html, the worst-ranked '
                         'captions page (thumbnails from INDEX when given)')
