@@ -10,7 +10,8 @@ points ``<save_folder>/latest-rank0.pt.symlink`` at it; `BestCheckpoint` uploads
   checkpoint (and best.pt/best.json) into output_dir/checkpoints, so the resume is the local one.
 - `local_checkpoint`: ``resume=s3://.../best.pt`` (eval or fine-tune) is downloaded once per node.
 - `CheckpointUploader`: a failed upload stops training with a `CheckpointUploadError` that lists what is
-  saved locally, what is on the store and what is not.
+  saved locally, what is on the store and what is not (noticed at the end of training, once every epoch is
+  trained, it says so: a rerun with the same ``epochs`` would not upload anything).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _LATEST = 'latest-rank{rank}.pt'
 _CHECKPOINT = 'ep{epoch}-ba{batch}-rank{rank}.pt'
+# Composer's attempts per upload for the errors it calls transient (ObjectStoreTransientError). Its S3 store
+# raises none: an S3 upload is tried once by Composer, with botocore's own retries inside (3 by default).
 UPLOAD_ATTEMPTS = 3
 
 
@@ -88,13 +91,15 @@ class CheckpointUploader(RemoteUploaderDownloader):
             raise CheckpointUploadError(self.failure_message(e)) from e
 
     def wait_for_workers(self, device) -> None:  # noqa: ANN001 - composer Device
-        try:
+        try:  # at FIT_END: every epoch is trained and saved locally
             super().wait_for_workers(device)
         except Exception as e:
-            raise CheckpointUploadError(self.failure_message(e)) from e
+            raise CheckpointUploadError(self.failure_message(e, finished=True)) from e
 
-    def failure_message(self, error: BaseException) -> str:
-        """What is saved where after a failed upload, and how to continue."""
+    def failure_message(self, error: BaseException, *, finished: bool = False) -> str:
+        """What is saved where after a failed upload, and how to continue; ``finished``: noticed at the end
+        of training (all epochs trained), where a rerun with autoresume=true and the same epochs trains and
+        uploads nothing."""
         local = sorted(p.name for p in self.local_folder.glob('*') if p.is_file() and not p.name.startswith('.'))
         try:
             remote = sorted(list_objects(self.save_folder))
@@ -105,11 +110,18 @@ class CheckpointUploader(RemoteUploaderDownloader):
             remote_text = f'unknown (listing it failed too: {e})'
             missing_text = 'see the two lists above'
         reason = str(error).split('\n')[0] or type(error).__name__
-        return (f'uploading a checkpoint to save_folder={self.save_folder} failed after {UPLOAD_ATTEMPTS} attempts '
-                f'({type(error).__name__}: {reason}). Training stopped. Saved locally in {self.local_folder}: '
-                f'{", ".join(local) or "nothing"}. On {self.save_folder}: {remote_text}. Not uploaded: '
-                f'{missing_text}. Fix the store (bucket, credentials, S3_ENDPOINT_URL) and rerun with '
-                'autoresume=true: it continues from the local checkpoints and uploads the next ones.')
+        if finished:
+            state = 'Training finished (every epoch is trained and saved locally), but not every file reached the store'
+            advice = ('Fix the store (bucket, credentials, S3_ENDPOINT_URL), then copy the files not uploaded to '
+                      f'{self.save_folder}, or continue training with autoresume=true and a larger epochs= (it '
+                      'uploads the checkpoints it saves; with the same epochs it trains and uploads nothing).')
+        else:
+            state = 'Training stopped'
+            advice = ('Fix the store (bucket, credentials, S3_ENDPOINT_URL) and rerun with autoresume=true: it '
+                      'continues from the local checkpoints and uploads the next ones.')
+        return (f'uploading a checkpoint to save_folder={self.save_folder} failed ({type(error).__name__}: {reason}). '
+                f'{state}. Saved locally in {self.local_folder}: {", ".join(local) or "nothing"}. On '
+                f'{self.save_folder}: {remote_text}. Not uploaded: {missing_text}. {advice}')
 
 
 def build_checkpoint_saver(save_folder: str, local_folder: Path, save_interval: str,

@@ -5,7 +5,7 @@ through the usual environment (``S3_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_
 which subprocesses (``composer -n 2``) inherit. Nothing in the libraries is patched.
 
 tests/conftest.py registers them: take ``s3_bucket`` (a fresh bucket
-name per test) as a test argument.
+name per test) as a test argument. `start_moto_server` starts another server, e.g. one a test stops mid-run.
 """
 
 from __future__ import annotations
@@ -32,14 +32,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_moto_server(port: int | None = None):  # -> (moto ThreadedMotoServer, endpoint URL)
+    """Start moto's S3 server on 127.0.0.1:``port`` (a free one by default); returns it and its endpoint.
+
+    ``stop()`` closes the port: requests are then refused (EndpointConnectionError). moto keeps buckets and
+    objects in memory shared by the whole process, so a server started again on the same port serves them.
+    """
+    server_mod = pytest.importorskip('moto.server', reason="needs moto[server] (pip install -e '.[dev]')")
+    port = _free_port() if port is None else port
+    server = server_mod.ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
+    server.start()
+    return server, f'http://127.0.0.1:{port}'
+
+
 @pytest.fixture(scope='session')
 def s3_server() -> Iterator[str]:
     """Start moto's S3 server on 127.0.0.1 for the session; yields its endpoint URL."""
-    server_mod = pytest.importorskip('moto.server', reason="needs moto[server] (pip install -e '.[dev]')")
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
-    server.start()
-    endpoint = f'http://127.0.0.1:{port}'
+    server, endpoint = start_moto_server()
     saved = {k: os.environ.get(k) for k in [*_ENV, 'S3_ENDPOINT_URL']}
     os.environ.update(_ENV, S3_ENDPOINT_URL=endpoint)
     try:

@@ -1,12 +1,18 @@
 """Checkpoints in an object store (moto's S3 server on loopback): Composer uploads the resumable checkpoints
 and BestCheckpoint best.pt/best.json; autoresume on a fresh machine continues from the newest remote one;
-do_eval reads a remote best.pt; a failed upload says what is and is not saved."""
+do_eval reads a remote best.pt; a failed upload says what is and is not saved, and a store that goes away
+mid-run loses no checkpoint: autoresume uploads again once it is back."""
 
 import json
+import os
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from s3_fixtures import start_moto_server
 
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
@@ -96,7 +102,7 @@ def test_a_failed_upload_says_what_is_saved_locally_and_on_the_store(tmp_path, s
     (local / 'latest-rank0.pt').symlink_to('ep1-ba3-rank0.pt')
     upload_file(local / 'best.pt', f'{store}/best.pt')
     message = CheckpointUploader(store, local).failure_message(RuntimeError('connection reset'))
-    assert message.startswith(f'uploading a checkpoint to save_folder={store} failed after 3 attempts '
+    assert message.startswith(f'uploading a checkpoint to save_folder={store} failed '
                               '(RuntimeError: connection reset). Training stopped. ')
     assert f'Saved locally in {local}: best.json, best.pt, ep1-ba3-rank0.pt, latest-rank0.pt. ' in message
     assert f'On {store}: best.pt. Not uploaded: best.json, ep1-ba3-rank0.pt, latest-rank0.pt.' in message
@@ -107,3 +113,85 @@ def test_a_missing_remote_checkpoint_is_one_error_naming_it(tmp_path, s3_bucket)
     uri = f's3://{s3_bucket}/runs/none/best.pt'
     with pytest.raises(RecipeError, match=rf'resume={uri}: could not download {uri} after 3 attempts'):
         train(load_config(DEMO, demo_args(tmp_path, 'run', 'do_train=false', 'do_eval=true', f'resume={uri}')))
+
+
+
+@pytest.mark.e2e
+def test_a_store_that_goes_away_mid_run_is_an_error_and_autoresume_uploads_again(tmp_path, s3_server, monkeypatch):
+    """A real outage, nothing patched: the run's own S3 server is stopped (connections refused) as soon as
+    epoch 1's checkpoint and latest pointer are on it, while epoch 2 trains or its uploads run (they lag the
+    training by seconds here). With epochs=2 the failure surfaces deterministically at the end of training
+    (Composer's wait for the uploads at FIT_END): no batch is left whose end would check the upload worker.
+    No retry settings are needed: a refused connection uses up botocore's retries within seconds."""
+    import boto3
+
+    server, endpoint = start_moto_server()
+    port = int(endpoint.rsplit(':', 1)[1])
+    monkeypatch.setenv('S3_ENDPOINT_URL', endpoint)  # this test's server; the spawned upload worker inherits it
+    bucket = f'tempme-{uuid.uuid4().hex[:12]}'
+    client = boto3.client('s3', endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    store = f's3://{bucket}/runs/demo'
+    local = tmp_path / 'run' / 'checkpoints'
+    args = demo_args(tmp_path, 'run', f'save_folder={store}', 'autoresume=true')
+    give_up = threading.Event()
+
+    def stop_once_epoch_1_is_uploaded() -> None:
+        deadline = time.monotonic() + 180  # bounded: a run that never uploads fails the asserts, not hangs
+        try:
+            while not give_up.is_set() and time.monotonic() < deadline:
+                listing = client.list_objects_v2(Bucket=bucket, Prefix='runs/demo/')
+                keys = {o['Key'] for o in listing.get('Contents', [])}
+                if {'runs/demo/ep1-ba3-rank0.pt', 'runs/demo/latest-rank0.pt.symlink'} <= keys:
+                    return
+                time.sleep(0.02)
+        finally:
+            server.stop()
+
+    stopper = threading.Thread(target=stop_once_epoch_1_is_uploaded, daemon=True)
+    stopper.start()
+    try:
+        with pytest.raises(CheckpointUploadError) as info:
+            train(load_config(DEMO, [*args, 'epochs=2']))
+    finally:
+        give_up.set()
+        stopper.join(timeout=200)
+    message = str(info.value)
+    assert isinstance(info.value, RecipeError) and '\n' not in message  # main(): one `error: ...` paragraph
+    assert message.startswith(f'uploading a checkpoint to save_folder={store} failed (EndpointConnectionError: '
+                              f'Could not connect to the endpoint URL: "{endpoint}/{bucket}/runs/demo/'), message
+    assert '. Training finished (every epoch is trained and saved locally), but not every file reached the store. ' \
+        in message
+    # checkpoints_to_keep=1: ep1-ba3 was rotated away locally (it is on the store); ep2-ba6 is the only copy
+    listed = ['best.json', 'best.pt', 'ep2-ba6-rank0.pt', 'latest-rank0.pt']
+    assert (f'Saved locally in {local}: {", ".join(listed)}. On {store}: unknown (listing it failed too: could '
+            f'not list {store} after 3 attempts: EndpointConnectionError: Could not connect to the endpoint URL') \
+        in message, message
+    assert sorted(p.name for p in local.iterdir()) == listed
+    assert os.readlink(local / 'latest-rank0.pt') == 'ep2-ba6-rank0.pt'
+    assert torch.load(local / 'ep2-ba6-rank0.pt', weights_only=False)['state']['timestamp']['Timestamp']['batch'] == 6
+    assert 'Not uploaded: see the two lists above. ' in message
+    assert message.endswith('continue training with autoresume=true and a larger epochs= (it uploads the '
+                            'checkpoints it saves; with the same epochs it trains and uploads nothing).')
+
+    # The store comes back (same port, same in-memory objects): epoch 1 is there, nothing saved after the outage.
+    server, _ = start_moto_server(port)
+    try:
+        objects = list_objects(store)
+        assert {'ep1-ba3-rank0.pt', 'latest-rank0.pt.symlink'} <= set(objects), objects
+        assert 'ep2-ba6-rank0.pt' not in objects
+        pointer = download_file(f'{store}/latest-rank0.pt.symlink', tmp_path / 'pointer').read_text()
+        assert pointer == 'runs/demo/ep1-ba3-rank0.pt'
+
+        # The same command with epochs=3 continues from the LOCAL ep2-ba6 (the store's newest is ep1-ba3) and
+        # uploads epoch 3; ep2-ba6 stays missing on the store, which shows epoch 2 was not trained again.
+        resumed = train(load_config(DEMO, [*args, 'epochs=3']))
+        assert (int(resumed.state.timestamp.epoch), int(resumed.state.timestamp.batch)) == (3, 9)
+        resumed.close()  # waits for the uploads
+        objects = list_objects(store)
+        assert objects.get('ep3-ba9-rank0.pt') == (local / 'ep3-ba9-rank0.pt').stat().st_size, objects
+        assert 'ep2-ba6-rank0.pt' not in objects
+        pointer = download_file(f'{store}/latest-rank0.pt.symlink', tmp_path / 'pointer').read_text()
+        assert pointer == 'runs/demo/ep3-ba9-rank0.pt'
+    finally:
+        server.stop()
