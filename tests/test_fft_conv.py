@@ -127,7 +127,10 @@ def test_stop_model_with_fft_convolution_matches_direct(conv_impl):
         cfg.stop = StopConfig(enabled=True, conv_impl=impl)
         return UnifiedModel.from_config(clip, cfg, 4).eval()
 
-    video, mask = torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4)
+    # A fixed video (the test no longer depends on what ran before it): with an input where a PReLU sees a value
+    # within fp32 rounding of 0 (~1e-8), the two paths may take different slopes there and a gradient differs
+    # locally by the slope difference, which is correct for both and not what this test is about.
+    video, mask = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.ones(2, 4)
     direct, fft = build('direct'), build(conv_impl)
     emb_direct, emb_fft = direct.encode_video(video, mask), fft.encode_video(video, mask)
     torch.testing.assert_close(emb_fft, emb_direct, atol=1e-5, rtol=1e-5)
@@ -135,4 +138,4 @@ def test_stop_model_with_fft_convolution_matches_direct(conv_impl):
     emb_fft.sum().backward()
     for (name, pd), (_, pf) in zip(direct.named_parameters(), fft.named_parameters(), strict=True):
         if 'TemporalPrompt.Conv.' in name:
-            torch.testing.assert_close(pf.grad, pd.grad, atol=1e-5, rtol=1e-3, msg=name)
+            torch.testing.assert_close(pf.grad, pd.grad, atol=1e-5, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")

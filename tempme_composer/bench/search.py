@@ -115,7 +115,7 @@ def bench_size(folder: Path, n: int, dim: int, queries: int, singles: int, k: in
         build = time.perf_counter() - t
         for ef in expansion_search:
             with _AnonPeak() as mem:
-                latency, qps = _time_queries(lambda x: ann_search(ann, emb, x, k, ef), q, singles)
+                latency, qps = _time_queries(lambda x, ef=ef: ann_search(ann, emb, x, k, ef), q, singles)
             found = ann_search(ann, emb, q, k, ef)[1]
             recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact, strict=True)]))
             default = ' (default)' if ef == EXPANSION_SEARCH else ''
