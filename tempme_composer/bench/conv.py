@@ -2,7 +2,7 @@
 cost (≈48 % of the reference's FLOPs; stop.md §7) and, above all, its training time.
 
     python -m tempme_composer.bench conv [--batch 1] [--frames 12] [--size 224] [--iters 2] [--device cpu|cuda]
-        [--bf16] [--impls direct channels_last fft] [--json PATH]
+        [--bf16] [--impls direct channels_last fft] [--threads N] [--json PATH]
 
 For each implementation it prints forward and forward+backward seconds per video of the whole stack
 (Conv3d 3→9→9→9→16, kernel 3×11×11, PReLU between as in `TemporalPrompt.Conv`; input frames need no gradient,
@@ -15,8 +15,10 @@ as in training), the largest deviation from the direct result, and the multiply-
   complex matmuls per frequency, forward and backward in the frequency domain; exact up to float rounding,
   far fewer multiply-accumulates (`conv_impl: auto` on CPU and CUDA).
 
-Each mode is timed as the median of ``--iters`` calls after one warm-up; the ratios to ``channels_last`` are
-printed under the table (the speed targets of issue 15 are ratios measured in one run).
+The implementations are timed interleaved — each round runs every one once, forward then train step — and
+each figure is the median over ``--iters`` rounds after a warm-up round, so a change of load on a shared
+machine hits all alike; the ratios to ``channels_last`` are printed under the table (the speed targets of
+issue 15 are ratios measured in one run).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tempme_composer.bench.common import markdown_table, median_seconds, write_json
+from tempme_composer.bench.common import markdown_table, sync, write_json
 from tempme_composer.modules.fft_conv import _tile_plan, fft_conv3d
 from tempme_composer.modules.temporal_prompt import TemporalPrompt
 
@@ -79,8 +83,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--bf16', action='store_true', help='autocast bf16 (direct/channels_last only)')
     parser.add_argument('--impls', nargs='+', default=['direct', 'channels_last', 'fft'])
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all cores)')
     parser.add_argument('--json', default=None, help='also write the rows here')
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     stack = TemporalPrompt(768, 12, 7, 4).Conv.to(device)
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     voxels = args.batch * args.frames * args.size * args.size
     print(f'Conv3d stack 3→9→9→9→16, kernel 3×11×11, batch {args.batch} × {args.frames} frames × '
           f'{args.size}² on {device} ({"bf16 autocast" if args.bf16 else "fp32"})')
-    table, rows = [], []
+    steps = {}
     for impl in args.impls:
         autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
@@ -105,8 +112,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 y = _run_stack(stack, x, impl)
                 if train:
                     y.float().square().mean().backward()
+            sync(device)
 
-        fwd, train = (median_seconds(lambda m=m: step(m), device, 1, args.iters) / args.batch for m in (False, True))
+        steps[impl] = step
+    # Interleaved: every round times each implementation once (forward, then train step), so that a change in
+    # the machine's load during the run hits all of them alike; medians over the rounds.
+    times = {(impl, train): [] for impl in args.impls for train in (False, True)}
+    for round_ in range(1 + args.iters):
+        for train in (False, True):
+            for impl in args.impls:
+                start = time.perf_counter()
+                steps[impl](train)
+                if round_:  # round 0 warms up
+                    times[(impl, train)].append(time.perf_counter() - start)
+    table, rows = [], []
+    for impl in args.impls:
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 and impl != 'fft' else contextlib.nullcontext()
+        fwd, train = (statistics.median(times[(impl, m)]) / args.batch for m in (False, True))
         with torch.no_grad(), autocast:
             diff = (_run_stack(stack, x, impl).float() - reference).abs().max().item()
         macs = _fft_macs(stack, args.batch, args.frames, args.size, args.size) if impl == 'fft' else _stack_macs(stack, voxels)
