@@ -240,6 +240,7 @@ class MLflowLoggerConfig:
     experiment_name: str | None = None  # null: Composer's default
     run_name: str | None = None  # defaults to the run name
     log_system_metrics: bool = False  # CPU/GPU/memory sampling by MLflow
+    log_model: bool = True  # at the end of training: best.pt exported (tempme-export) as the run's artifact exported_model/
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,11 @@ from composer.loggers import (
     TensorboardLogger,
     WandBLogger,
 )
+from composer.utils import dist
 
 from tempme_composer.config import LoggersConfig
 
-__all__ = ['LogConfigToTrackers', 'RetrievalMLFlowLogger', 'build_loggers', 'flatten_config', 'mlflow_metric_name']
+__all__ = ['LogConfigToTrackers', 'LogExportedModel', 'RetrievalMLFlowLogger', 'build_loggers', 'flatten_config', 'mlflow_metric_name']
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,16 @@ def build_loggers(cfg: LoggersConfig, output_dir: Path, run_name: str) -> list[L
 
 
 class RetrievalMLFlowLogger(MLFlowLogger):
-    """Composer's MLFlowLogger with metric names MLflow accepts (``R@1`` -> ``R1``, see `mlflow_metric_name`)."""
+    """Composer's MLFlowLogger with metric names MLflow accepts (``R@1`` -> ``R1``, see `mlflow_metric_name`)
+    and a way to attach a folder to the run (Composer's logger has none for plain files)."""
 
     def rename(self, key: str) -> str:
         return mlflow_metric_name(super().rename(key))
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        """Upload every file of ``local_dir`` under ``artifact_path/`` of this run (rank 0 only: others have no run)."""
+        if self._enabled and self._run_id is not None:
+            self._mlflow_client.log_artifacts(self._run_id, str(local_dir), artifact_path=artifact_path)
 
 
 class LogConfigToTrackers(Callback):
@@ -105,3 +113,42 @@ class LogConfigToTrackers(Callback):
                 destination.log_hyperparameters({mlflow_metric_name(k): v for k, v in self.params.items()})
             elif isinstance(destination, WandBLogger):
                 destination.log_hyperparameters(self.params)
+
+
+class LogExportedModel(Callback):
+    """At ``FIT_END`` on rank 0: export ``checkpoints/best.pt`` the way ``tempme-export`` does (safetensors + JSON
+    + model card, into ``export_dir``) and attach it to the MLflow run as the artifact ``exported_model/``, so the
+    tracked run carries a model that loads without unpickling. YAML: ``loggers.mlflow.log_model`` (default true).
+
+    A run without a best checkpoint (no evaluation ran) or an export that fails leaves training's result as it is
+    and warns with the reason and the command that exports by hand; the tracker is not the only copy.
+    """
+
+    ARTIFACT_PATH = 'exported_model'
+
+    def __init__(self, checkpoint: Path, export_dir: Path) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.export_dir = Path(export_dir)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        del state  # unused
+        trackers = [d for d in logger.destinations if isinstance(d, RetrievalMLFlowLogger)]
+        if not trackers or dist.get_global_rank() != 0:
+            return
+        by_hand = f'tempme-export {self.checkpoint} --out {self.export_dir}'
+        if not self.checkpoint.is_file():
+            warnings.warn(f'loggers.mlflow.log_model: no {self.checkpoint} (no evaluation ran), so no model was '
+                          'attached to the MLflow run', stacklevel=1)
+            return
+        from tempme_composer.inference.export import export_checkpoint  # heavy: only when a model is logged
+
+        try:
+            export_checkpoint(self.checkpoint, self.export_dir)
+        except Exception as e:  # training's result stands; say why the artifact is missing and how to make it
+            warnings.warn(f'loggers.mlflow.log_model: exporting {self.checkpoint} failed ({type(e).__name__}: {e}); '
+                          f'the MLflow run has no model artifact. Export by hand: {by_hand}', stacklevel=1)
+            return
+        for tracker in trackers:
+            tracker.log_artifacts(self.export_dir, self.ARTIFACT_PATH)
+        log.info('exported %s to %s and attached it to the MLflow run as %s/', self.checkpoint, self.export_dir,
+                 self.ARTIFACT_PATH)

@@ -28,6 +28,7 @@ from tempme_composer.algorithms import (
     freeze_parameters,
 )
 from tempme_composer.callbacks import (
+    BEST_WEIGHTS,
     BestCheckpoint,
     FiniteLossGuard,
     FramePaddingNotice,
@@ -49,7 +50,7 @@ from tempme_composer.config import (
 )
 from tempme_composer.data.gallery import gallery_of_source
 from tempme_composer.fsdp import prepare_for_fsdp
-from tempme_composer.loggers import LogConfigToTrackers, build_loggers
+from tempme_composer.loggers import LogConfigToTrackers, LogExportedModel, build_loggers
 from tempme_composer.model import UnifiedModel
 from tempme_composer.preflight import (
     RecipeError,
@@ -185,6 +186,8 @@ def train(cfg: TrainConfig) -> Trainer:
         callbacks.append(build_checkpoint_saver(cfg.save_folder, output_dir / 'checkpoints', cfg.save_interval,
                                                 cfg.checkpoints_to_keep))
     callbacks.append(FiniteLossGuard(output_dir / 'checkpoints'))
+    if cfg.loggers.mlflow is not None and cfg.loggers.mlflow.log_model:
+        callbacks.append(LogExportedModel(output_dir / 'checkpoints' / BEST_WEIGHTS, output_dir / 'exported'))
     if len(train_spec.dataloader) == 0:  # drop_last with fewer videos per rank than the batch: a silent no-op
         raise ConfigError(
             f'batch_size={cfg.batch_size} is larger than the training set ({len(train_spec.dataloader.dataset)} '

@@ -5,15 +5,19 @@ the retrieval numbers of every evaluation, equal to what the recipe computed. Bo
 runs both; where an environment lacks wandb, the W&B part is left out."""
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from wandb_records import history_and_config
 
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import ConfigError, load_config
+from tempme_composer.inference import load_exported
+from tempme_composer.inference.export import read_checkpoint_model_state
 from tempme_composer.loggers import flatten_config, mlflow_metric_name
 from tempme_composer.train import train
 
@@ -47,6 +51,9 @@ def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(t
     with_wandb = importlib.util.find_spec('wandb') is not None
     store = f'sqlite:///{tmp_path / "mlflow.db"}'
     run = tmp_path / 'run'
+    # MLflow's artifact root defaults to ./mlruns of the working directory: keep the artifacts in tmp_path.
+    mlflow.tracking.MlflowClient(tracking_uri=store).create_experiment(
+        'tempme', artifact_location=(tmp_path / 'mlflow-artifacts').as_uri())
     cfg = load_config(DEMO, [
         f'output_dir={run}', f'data.demo.root={tmp_path / "data"}', 'data.demo.num_train=24',
         'data.demo.num_eval=12', 'epochs=2', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0',
@@ -77,6 +84,18 @@ def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(t
         values = {h.step: h.value for h in history}
         assert sorted(values) == [3, 6] and values[6] == final[key], key
         assert values[3] == pytest.approx(per_step[3][f'metrics/demo/{key}'], abs=5e-5), key
+
+    # The exported best model is attached to the run (loggers.mlflow.log_model) and loads without unpickling to
+    # best.pt's weights; its model card carries best.json's numbers.
+    artifact = Path(client.download_artifacts(mlrun.info.run_id, 'exported_model', str(tmp_path / 'artifact')))
+    assert sorted(p.name for p in artifact.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert any((tmp_path / 'mlflow-artifacts').rglob('model.safetensors'))
+    exported = load_exported(artifact)
+    best = read_checkpoint_model_state(run / 'checkpoints' / 'best.pt')
+    loaded = exported.model.state_dict()
+    assert loaded.keys() == best.keys() and all(torch.equal(loaded[k], best[k]) for k in best)
+    best_record = json.loads((run / 'checkpoints' / 'best.json').read_text())
+    assert f'| text→video | {best_record["value"]:.1f} |' in (artifact / 'README.md').read_text()
 
     assert any((run / 'tensorboard').rglob('events.out.tfevents.*'))  # still on by default
     if not with_wandb:
