@@ -5,8 +5,9 @@ and cached beside them, tied to the index generation (an updated index rebuilds 
 top-k: their scores are recomputed in fp32 over the stored vectors, as exact search computes them, and sorted
 the same way (ties by row). Recall against exact search is measured by ``python -m tempme_composer.bench search``.
 
-usearch over faiss: at 100k videos it builds the graph ~18× faster on the same 2-core CPU (80 s against
-1,449 s for faiss ``IndexHNSWFlat``), which is what makes a million-video index buildable on a workstation.
+usearch over faiss: at 100k videos it built the graph 4-9× faster on the same (shared, 2-core) CPU — 155-377 s
+against 1,449 s for faiss ``IndexHNSWFlat`` with the same links per node —, which is what makes a million-video
+index buildable on a workstation.
 """
 
 from __future__ import annotations

@@ -120,9 +120,10 @@ def load_index_model(index: VideoIndex, model_dir: str | os.PathLike | None, cli
 
 
 def search(index: VideoIndex, model: ExportedModel, queries: list[str], top_k: int = 10,
-           approximate: bool = False) -> list[QueryResult]:
+           approximate: bool = False, expansion_search: int | None = None) -> list[QueryResult]:
     """Top-``k`` videos per query. On an annotated (MDS) index, queries equal to a caption get its video marked
-    as ground truth with its exact (pessimistic) rank.
+    as ground truth with its exact (pessimistic) rank. ``expansion_search``: the HNSW candidate list of the
+    approximate mode (default `ann.EXPANSION_SEARCH`; larger: slower, higher recall).
 
     Raises:
         QueryError: an empty query.
@@ -132,7 +133,7 @@ def search(index: VideoIndex, model: ExportedModel, queries: list[str], top_k: i
 
     ids, notes = tokenize_queries(queries, model.preprocessing)
     q = encode_texts(model, ids)
-    scores, rows = index.search_embeddings(q, top_k, approximate=approximate)
+    scores, rows = index.search_embeddings(q, top_k, approximate=approximate, expansion_search=expansion_search)
     truth = _caption_owners(index) if index.is_annotated else {}
     results = []
     for i, query in enumerate(queries):
