@@ -121,7 +121,7 @@ def _today_dataset_class():
     class TodayDataset(VideoTextDataset):
         def frames_tensor(self, frames):
             video = torch.zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # float32
-            video[: len(frames)] = frames_to_tensor(list(frames), self.image_resolution)
+            video[: len(frames)] = frames_to_tensor(frames, self.image_resolution)
             return video
 
         def caption_choice(self, idx, num_captions, epoch=None):

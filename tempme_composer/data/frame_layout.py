@@ -5,9 +5,9 @@ column: reading a sample makes MDS open every stored frame (a ``PIL`` object per
 uses ``max_frames`` of them — 64 of an ActivityNet video's minutes of frames, 12 of MSR-VTT's 10-30. Format 2
 stores the same bytes (``uint32`` count, ``uint32`` size per frame, the JPEGs back to back) as a plain
 ``bytes`` column, so MDS hands the blob over untouched and :class:`StoredFrames` decodes only the frames
-asked for (the loader hands their bytes to ``uint8_frames.frames_to_uint8``: libjpeg-turbo through simplejpeg,
-PIL's pixels exactly). Raw frames (``--frame-format raw``) are an ``ndarray:uint8 [T, H, W, 3]`` column in both formats;
-indexing it decodes nothing.
+asked for (the loader hands their bytes to ``uint8_frames.frames_to_uint8``: libjpeg-turbo through
+simplejpeg, PIL's pixels exactly). Raw frames (``--frame-format raw``) are an ``ndarray:uint8 [T, H, W, 3]``
+column in both formats; indexing it decodes nothing.
 
 The loader tells the layouts apart by what MDS returns for ``frames`` (bytes, a list of images, an array),
 so the demo data (which has no ``tempme_dataset.json``) and both format versions read alike.
