@@ -40,7 +40,7 @@ run() {  # run [-t SECONDS] CMD...: one step, its output in the log; a failure o
   [ "$rc" -eq 0 ] || { echo "=== FAILED (exit $rc; 124 = timed out): $* ===" | tee -a "$log"; status=1; }
 }
 : > "$log"
-if [ -d .whl ] && ! "$PY" -c 'import composer, streaming, av' 2>/dev/null; then
+if [ -d .whl ] && ! "$PY" -c 'import composer, streaming, av, simplejpeg' 2>/dev/null; then
   run "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -25,8 +25,8 @@ PRIMARY_METRIC = 't2v_R@1'  # model selection everywhere in this field: text→v
 class RetrievalModel(ComposerModel):
     """Contrastive text-video retrieval.
 
-    Train batch: ``video [B,T,3,H,W]`` (uint8 from the loader, or float32 already CLIP-normalised),
-    ``video_mask [B,T]``, ``text_ids [B,L]`` (caption i describes video i).
+    Train batch: ``video`` (``uint8 [B,T,H,W,3]`` from the loader, or float32 ``[B,T,3,H,W]`` already
+    CLIP-normalised), ``video_mask [B,T]``, ``text_ids [B,L]`` (caption i describes video i).
     Eval batch: the same videos plus every caption ``text_ids [K,L]`` with ``text_video_index [K]``,
     ``text_caption_index [K]`` and ``video_index [B]`` (global ids used to drop padding duplicates).
     """

@@ -178,9 +178,10 @@ class UnifiedModel(nn.Module):
         readout.
 
         Args:
-            video: ``[B, T, 3, H, W]`` frames: ``uint8`` as the loader hands them (normalised here, on the
-                model's device: `tempme_composer.data.uint8_frames.normalize_frames`), or float32 already
-                CLIP-normalised; padded with zeros.
+            video: frames, padded with zeros: ``uint8 [B, T, H, W, 3]`` (channels last) as the loader hands
+                them (normalised and moved to channels first here, on the model's device:
+                `tempme_composer.data.uint8_frames.normalize_frames`), or float32 ``[B, T, 3, H, W]`` already
+                CLIP-normalised.
             video_mask: ``[B, T]`` 1 for real frames, 0 for padding.
 
         Returns:

@@ -267,7 +267,7 @@ def test_train_loader_contract(demo):
     batches = list(spec.dataloader)
     assert len(batches) == 3
     b = batches[0]
-    assert b['video'].shape == (4, 12, 3, R, R) and b['video'].dtype == torch.uint8  # normalised on the device
+    assert b['video'].shape == (4, 12, R, R, 3) and b['video'].dtype == torch.uint8  # normalised on the device
     assert b['video_mask'].shape == (4, 12) and b['video_mask'].dtype == torch.int64
     assert b['video_mask'].all()  # 16 stored frames >= 12
     assert b['video_index'].shape == (4,) and b['video_index'].dtype == torch.int64
@@ -306,7 +306,7 @@ def test_mask_and_padding_when_video_is_shorter_than_max_frames(demo):
     spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=2, train=False,
                                        **loader_kwargs(max_frames=20))
     b = next(iter(spec.dataloader))
-    assert b['video'].shape == (2, 20, 3, R, R)
+    assert b['video'].shape == (2, 20, R, R, 3)
     assert b['video_mask'].sum(1).tolist() == [16, 16]
     assert b['video_mask'][:, :16].all() and not b['video_mask'][:, 16:].any()
     assert not b['video'][:, 16:].any() and b['video'][:, :16].abs().sum((2, 3, 4)).gt(0).all()

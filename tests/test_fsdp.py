@@ -39,7 +39,7 @@ def _batch(model, batch: int = 2) -> dict[str, torch.Tensor]:
     side = model.model.clip.config.image_resolution
     g = torch.Generator().manual_seed(2)
     # uint8 frames as the loader hands them: normalised in RetrievalModel.forward, outside the FSDP unit
-    video = torch.randint(0, 256, (batch, frames, 3, side, side), generator=g).to(torch.uint8)
+    video = torch.randint(0, 256, (batch, frames, side, side, 3), generator=g).to(torch.uint8)
     return {'video': video, 'video_mask': torch.ones(batch, frames),
             'text_ids': torch.randint(1, 100, (batch, model.model.clip.config.context_length), generator=g)}
 

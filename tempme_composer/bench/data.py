@@ -9,8 +9,11 @@ side 224, JPEG q85; conversion videos/s is reported) and times three training lo
 in one process, one after the other, ``--repeats`` times each (the best run counts: the machine is shared):
 
 - **today**: the loader before dataset format 2 — format-1 shards (``jpegarray``: MDS opens every stored
-  frame), decoding and float32 CLIP normalisation in the worker, float32 batches through worker IPC;
-- **MDS**: format-2 shards (only the used frames are decoded), ``uint8`` batches (normalised on the device);
+  frame), PIL decoding and float32 CLIP normalisation in the worker, float32 batches through worker IPC, and
+  its per-sample work (caption tokenised every time, the caption draw even for one caption, streaming's
+  locked shard check per sample);
+- **MDS**: format-2 shards (only the used frames are decoded, by libjpeg-turbo through simplejpeg, each
+  straight into its crop), ``uint8 [B, T, R, R, 3]`` batches (normalised on the device), the token cache;
 - **on the fly**: decoding the mp4 file per sample (the research codebases' way: every frame at 1 fps, then
   the same frame selection), ``uint8`` output like MDS.
 
@@ -18,8 +21,9 @@ Rates are samples per CPU second of the loader workers (= samples/s one loader c
 other jobs share the machine) and, in brackets, wall-clock samples/s divided by ``--loader-workers`` (one by
 default); the ratios use the CPU rates. Then it prints how many loader cores one H100 needs at the README's
 TempMe rates (591 train and 1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw
-table. The on-the-fly path is timed once (its epochs are long); each shard stores every clip ``--replicas``
-times so that an epoch of the MDS paths is long enough to time.
+table (CPU ms per frame; decoded with the loader's decoder). The on-the-fly path is timed once (its epochs
+are long); each shard stores every clip ``--replicas`` times so that an epoch of the MDS paths is long enough
+to time.
 """
 
 from __future__ import annotations
@@ -95,17 +99,22 @@ class OnTheFlyDecodeDataset:
 
         frames = decode_video(self.paths[idx], fps=self.fps, short_side=self.size).frames
         keep = select_frame_indices(len(frames), self.max_frames, 2)
-        video = torch.zeros(self.max_frames, 3, self.resolution, self.resolution, dtype=torch.uint8)
-        video[: len(keep)] = frames_to_uint8([frames[i] for i in keep], self.resolution)
+        video = torch.zeros(self.max_frames, self.resolution, self.resolution, 3, dtype=torch.uint8)
+        frames_to_uint8([frames[i] for i in keep], self.resolution, out=video[: len(keep)])
         mask = torch.zeros(self.max_frames, dtype=torch.long)
         mask[: len(keep)] = 1
         return {'video': video, 'video_mask': mask}
 
 
 def _today_dataset_class():
-    """``VideoTextDataset`` as it was before format 2: float32 CLIP normalisation in the loader worker."""
+    """``VideoTextDataset`` as it was before format 2: float32 CLIP normalisation in the loader worker, PIL
+    decoding (MDS opens each stored frame of a format-1 sample), the caption tokenised for every sample, the
+    per-epoch caption draw even for a single caption, and streaming's locked shard check for every sample."""
+    import numpy as np
     import torch
 
+    from tempme_composer.clip.tokenizer import tokenize
+    from tempme_composer.data.remote_shards import ShardErrors
     from tempme_composer.data.streaming import VideoTextDataset
     from tempme_composer.data.video import frames_to_tensor
 
@@ -114,6 +123,17 @@ def _today_dataset_class():
             video = torch.zeros(self.max_frames, 3, self.image_resolution, self.image_resolution)  # float32
             video[: len(frames)] = frames_to_tensor(frames, self.image_resolution)
             return video
+
+        def caption_choice(self, idx, num_captions, epoch=None):
+            epoch = self.caption_epoch if epoch is None else epoch
+            return int(np.random.default_rng([self.caption_seed, epoch, idx]).integers(num_captions))
+
+        def caption_tokens(self, caption):
+            ids, mask = tokenize(caption, self.max_words)
+            return ids[0], mask[0]
+
+        def prepare_shard(self, shard_id, blocking=True):
+            ShardErrors.prepare_shard(self, shard_id, blocking)
 
     return TodayDataset
 
@@ -162,11 +182,15 @@ def _time_loader(loader, seconds: float) -> tuple[float, float]:
 
 
 def _jpeg_table(frames: list[np.ndarray]) -> list[dict]:
+    """Size, encode and decode cost (CPU ms of this process per frame; PIL encodes like ``tempme-convert``, the
+    loader's ``decode_jpeg`` decodes) and PSNR per storage format."""
     from PIL import Image
+
+    from tempme_composer.data.uint8_frames import decode_jpeg
 
     rows = []
     for quality in (75, 85, 95, None):
-        start = time.perf_counter()
+        start = time.process_time()
         blobs = []
         for f in frames:
             if quality is None:
@@ -175,15 +199,15 @@ def _jpeg_table(frames: list[np.ndarray]) -> list[dict]:
                 buf = io.BytesIO()
                 Image.fromarray(f).save(buf, format='JPEG', quality=quality)
                 blobs.append(buf.getvalue())
-        encode_ms = (time.perf_counter() - start) * 1000 / len(frames)
-        start = time.perf_counter()
+        encode_ms = (time.process_time() - start) * 1000 / len(frames)
+        start = time.process_time()
         decoded = []
         for f, b in zip(frames, blobs, strict=True):
             if quality is None:
                 decoded.append(np.frombuffer(b, np.uint8).reshape(f.shape).copy())
             else:
-                decoded.append(np.asarray(Image.open(io.BytesIO(b)).convert('RGB')))
-        decode_ms = (time.perf_counter() - start) * 1000 / len(frames)
+                decoded.append(decode_jpeg(b))
+        decode_ms = (time.process_time() - start) * 1000 / len(frames)
         mse = np.mean([np.mean((a.astype(np.float64) - d) ** 2) for a, d in zip(frames, decoded, strict=True)])
         psnr = float('inf') if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
         rows.append({'format': 'raw uint8' if quality is None else f'jpeg q{quality}',

@@ -5,8 +5,9 @@ column: reading a sample makes MDS open every stored frame (a ``PIL`` object per
 uses ``max_frames`` of them — 64 of an ActivityNet video's minutes of frames, 12 of MSR-VTT's 10-30. Format 2
 stores the same bytes (``uint32`` count, ``uint32`` size per frame, the JPEGs back to back) as a plain
 ``bytes`` column, so MDS hands the blob over untouched and :class:`StoredFrames` decodes only the frames
-asked for. Raw frames (``--frame-format raw``) are an ``ndarray:uint8 [T, H, W, 3]`` column in both formats;
-indexing it decodes nothing.
+asked for (the loader hands their bytes to ``uint8_frames.frames_to_uint8``: libjpeg-turbo through
+simplejpeg, PIL's pixels exactly). Raw frames (``--frame-format raw``) are an ``ndarray:uint8 [T, H, W, 3]``
+column in both formats; indexing it decodes nothing.
 
 The loader tells the layouts apart by what MDS returns for ``frames`` (bytes, a list of images, an array),
 so the demo data (which has no ``tempme_dataset.json``) and both format versions read alike.
@@ -59,7 +60,7 @@ class StoredFrames:
         self._data: bytes | None = None
         self._frames: Sequence[Image.Image | np.ndarray] | None = None
         if isinstance(value, bytes | bytearray | memoryview):
-            self._data = bytes(value)
+            self._data = value if isinstance(value, bytes) else bytes(value)  # MDS hands bytes: no copy
             self._offsets = self._parse(self._data)
         elif isinstance(value, np.ndarray):
             if value.ndim != 4 or value.shape[-1] != 3 or value.dtype != np.uint8:
@@ -109,6 +110,14 @@ class StoredFrames:
     def select(self, indices: Sequence[int]) -> list[Image.Image | np.ndarray]:
         """The frames at ``indices`` (only those are touched)."""
         return [self[int(i)] for i in indices]
+
+    def select_stored(self, indices: Sequence[int]) -> list[bytes | Image.Image | np.ndarray]:
+        """The frames at ``indices`` as stored, nothing decoded: JPEG bytes (format 2), the PIL images MDS
+        opened (format 1) or arrays (raw). `frames_to_uint8` takes them as they are and decodes a JPEG with
+        `decode_jpeg`, straight into its crop (the loader's path; ``select`` gives the same pixels)."""
+        if self._data is None:
+            return [self._frames[int(i)] for i in indices]
+        return [self.jpeg_bytes(int(i)) for i in indices]
 
 
 def write_format1_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

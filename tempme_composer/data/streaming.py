@@ -6,8 +6,9 @@ evaluation keeps all captions so that text->video retrieval ranks every caption 
 
 Batch layouts (B videos, T = max_frames, R = image_resolution, L = max_words):
 
-- train: ``video [B,T,3,R,R]`` uint8 (resized and centre-cropped, zero padding; the model normalises it on
-  its device with :func:`~tempme_composer.data.uint8_frames.normalize_frames`), ``video_mask [B,T]`` int64,
+- train: ``video [B,T,R,R,3]`` uint8, channels last (resized and centre-cropped, zero padding; the model
+  normalises it on its device, channels first, with :func:`~tempme_composer.data.uint8_frames.normalize_frames`),
+  ``video_mask [B,T]`` int64,
   ``video_index [B]`` int64, ``text_ids [B,L]`` int64, ``text_mask [B,L]`` int64.
 - eval: the same video keys plus ``text_ids/text_mask [K_total,L]``, ``text_video_index [K_total]`` (the
   ``video_index`` of each caption's video) and ``text_caption_index [K_total]`` (0..K-1 within the video).
@@ -28,14 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 from composer.core import DataSpec
-from PIL import Image
 from streaming import Stream, StreamingDataset
+from streaming.base.dataset import _ShardState
 from torch.utils.data import DataLoader, default_collate
 
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.remote_shards import RemoteShardError, ShardErrors
-from tempme_composer.data.uint8_frames import frames_to_uint8
+from tempme_composer.data.uint8_frames import Frame, frames_to_uint8
 from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, select_frame_indices
 
 __all__ = [
@@ -60,7 +61,11 @@ FRAME_ORDER_CHOICES = {0: 'as stored', 1: 'reversed', 2: 'random permutation'}
 #: ``tempme_dataset.json`` format versions this loader reads (written by ``tempme-convert``).
 SUPPORTED_FORMAT_VERSIONS = (1, 2)  # frame layouts: data/frame_layout.py
 _META_FILE = 'tempme_dataset.json'
+#: Captions whose token ids each loader worker keeps (``VideoTextDataset.caption_tokens``): ~0.3 KB each.
+TOKEN_CACHE_SIZE = 65_536
 _PAIRS_SUFFIX = '_pairs'
+
+_LOCAL = _ShardState.LOCAL
 
 #: Eval-batch keys with one row per video, and with one row per caption.
 VIDEO_KEYS = ('video', 'video_mask', 'video_index')
@@ -121,6 +126,8 @@ class VideoTextDataset(ShardErrors, StreamingDataset):
         if expand_sentences and not train:
             raise ValueError('expand_sentences is a training option; evaluation always uses every caption')
         self._video_stream_of: dict[int, int] = {}
+        self._token_cache: dict[str, bytes] = {}  # caption -> int32 token ids (SOT .. EOT); per process
+        self._ready_shards: set[int] = set()  # shards this process found downloaded (see prepare_shard)
         if expand_sentences:
             streaming_kwargs = _expand_streams(streaming_kwargs)
         try:
@@ -165,8 +172,38 @@ class VideoTextDataset(ShardErrors, StreamingDataset):
 
     def caption_choice(self, idx: int, num_captions: int, epoch: int | None = None) -> int:
         """Which caption (of ``num_captions``) sample ``idx`` trains on in ``epoch`` (default: current)."""
+        if num_captions == 1:  # what the draw returns, without building a generator per sample
+            return 0
         epoch = self.caption_epoch if epoch is None else epoch
         return int(np.random.default_rng([self.caption_seed, epoch, idx]).integers(num_captions))
+
+    def caption_tokens(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokenize(caption, max_words)`` as ``(ids [L], mask [L])``, from a per-worker cache of the last
+        ``TOKEN_CACHE_SIZE`` captions (BPE with ftfy's cleaning: ≈0.7 ms per caption, more than two frames'
+        decoding; a caption comes back every epoch it is drawn, a single-caption video's every epoch)."""
+        tokens = self._token_cache.get(caption)
+        if tokens is None:
+            ids, mask = tokenize(caption, self.max_words)
+            tokens = ids[0, : int(mask[0].sum())].to(torch.int32).numpy().tobytes()  # SOT .. EOT, compact
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                del self._token_cache[next(iter(self._token_cache))]  # oldest first
+            self._token_cache[caption] = tokens
+            return ids[0], mask[0]
+        ids = np.zeros(self.max_words, dtype=np.int64)
+        mask = np.zeros(self.max_words, dtype=np.int64)
+        ids[: len(tokens) // 4] = np.frombuffer(tokens, dtype=np.int32)
+        mask[: len(tokens) // 4] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """streaming's per-sample shard check (its download thread calls this for every sample: a file lock,
+        a ``stat``), skipped for a shard this process already saw ready when nothing can evict it (no
+        ``cache_limit``)."""
+        if shard_id in self._ready_shards and not self.cache_limit:
+            return
+        super().prepare_shard(shard_id, blocking)
+        if self._shard_states[shard_id] == _LOCAL:
+            self._ready_shards.add(shard_id)
 
     def _video_id_for_error(self, idx: int) -> str:
         """Best-effort ``video_id`` of a sample whose full decode failed (for the error message only)."""
@@ -189,10 +226,10 @@ class VideoTextDataset(ShardErrors, StreamingDataset):
             log.debug('could not recover the video_id of sample %d: %s', idx, e)
         return '<unknown>'
 
-    def frames_tensor(self, frames: list[Image.Image | np.ndarray]) -> torch.Tensor:
-        """The kept frames, zero-padded to ``max_frames``: the ``uint8 [T, 3, R, R]`` the model normalises on its
-        device (written in place: no second copy per sample)."""
-        video = torch.empty(self.max_frames, 3, self.image_resolution, self.image_resolution, dtype=torch.uint8)
+    def frames_tensor(self, frames: Sequence[Frame]) -> torch.Tensor:
+        """The kept frames, zero-padded to ``max_frames``: the ``uint8 [T, R, R, 3]`` the model normalises on its
+        device (each frame decoded and cropped straight into its slot: no second copy per sample)."""
+        video = torch.empty(self.max_frames, self.image_resolution, self.image_resolution, 3, dtype=torch.uint8)
         frames_to_uint8(frames, self.image_resolution, out=video[: len(frames)])
         video[len(frames):] = 0
         return video
@@ -243,18 +280,16 @@ class VideoTextDataset(ShardErrors, StreamingDataset):
             keep = keep[::-1]
         elif self.frame_order == 2:
             keep = keep[np.random.default_rng([self.caption_seed, self.caption_epoch, idx, 1]).permutation(len(keep))]
-        video = self.frames_tensor(frames.select(keep))  # [T, 3, R, R]; only the kept frames are decoded
+        video = self.frames_tensor(frames.select_stored(keep))  # [T, R, R, 3]; only the kept frames are decoded
         video_mask = torch.zeros(self.max_frames, dtype=torch.long)  # [T]
         video_mask[: len(keep)] = 1
 
         if self.paragraph:
             captions = [' '.join(str(c) for c in captions)]
         if fixed_caption is not None:
-            ids, mask = tokenize(fixed_caption, self.max_words)
-            ids, mask = ids[0], mask[0]  # [L]
+            ids, mask = self.caption_tokens(fixed_caption)  # [L]
         elif self.train:
-            ids, mask = tokenize(captions[self.caption_choice(idx, len(captions))], self.max_words)
-            ids, mask = ids[0], mask[0]  # [L]
+            ids, mask = self.caption_tokens(captions[self.caption_choice(idx, len(captions))])  # [L]
         else:
             ids, mask = tokenize(list(captions), self.max_words)  # [K, L]
         return {

@@ -1,4 +1,4 @@
-"""Inputs for an exported model: video files / stored MDS frames → ``[T, 3, R, R]`` + mask, text → token ids.
+"""Inputs for an exported model: video files / stored MDS frames → ``[T, R, R, 3]`` + mask, text → token ids.
 
 The same functions the training data path uses (`tempme_composer.data.video`): PyAV decoding with the
 conversion's frame rule, the CLIP4Clip frame selection, CLIP's resize/crop/normalise, CLIP BPE.
@@ -34,7 +34,7 @@ class QueryError(ValueError):
 class VideoInput:
     """One video ready for the model, plus what the index stores about it."""
 
-    video: torch.Tensor  # [T, 3, R, R] uint8 as the training loader hands it (the model normalises), zero padded
+    video: torch.Tensor  # [T, R, R, 3] uint8 as the training loader hands it (the model normalises), zero padded
     mask: torch.Tensor  # [T] int64
     duration: float  # seconds actually decoded (or stored)
     num_frames: int  # frames taken by the frame rule (before selection)
@@ -47,9 +47,9 @@ def video_from_frames(frames: Sequence[np.ndarray | Image.Image], prep: Preproce
     """Select ``max_frames`` of ``frames`` and preprocess them exactly as evaluation does (``frames`` may be a
     `StoredFrames`, which decodes only the selected ones)."""
     keep = select_frame_indices(len(frames), prep.max_frames, prep.slice_framepos)
-    picked = frames.select(keep) if hasattr(frames, 'select') else [frames[i] for i in keep]
+    picked = frames.select_stored(keep) if hasattr(frames, 'select_stored') else [frames[i] for i in keep]
     R = prep.image_resolution
-    video = torch.zeros(prep.max_frames, 3, R, R, dtype=torch.uint8)
+    video = torch.zeros(prep.max_frames, R, R, 3, dtype=torch.uint8)
     frames_to_uint8(picked, R, out=video[: len(keep)])
     mask = torch.zeros(prep.max_frames, dtype=torch.long)
     mask[: len(keep)] = 1
