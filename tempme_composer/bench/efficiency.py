@@ -459,12 +459,15 @@ def format_conv_comparison(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_breakdown(rows: Sequence[dict[str, Any]]) -> str:
-    """GMAC per video of STOP's parts for the rows that have STOP."""
+    """GMAC per video of STOP's parts for the rows that have STOP (once per preset and config: the counts do not
+    depend on ``conv_impl``, which only has rows of its own for the timing)."""
     lines = ['| preset | config | component | GMAC/video | share |', '|---|---|---|---|---|']
+    seen = set()
     for r in rows:
         parts = r.get('breakdown_gmac_per_video')
-        if not parts:
+        if not parts or (r['preset'], r['config']) in seen:
             continue
+        seen.add((r['preset'], r['config']))
         for name, gmac in parts.items():
             lines.append(
                 f'| {r["preset"]} | {LABELS[r["config"]]} | {name} | {gmac:.2f} | '
