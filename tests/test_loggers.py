@@ -108,3 +108,21 @@ def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(t
             mlflow_value = client.get_metric_history(mlrun.info.run_id, mlflow_metric_name(f'metrics/demo/{key}'))
             assert history[step][f'metrics/demo/{key}'] == {h.step: h.value for h in mlflow_value}[step], key
     assert config['optimizer.lr'] == 0.001 and config['epochs'] == 2 and config['output_dir'] == str(run)
+
+
+def test_an_mlflow_run_without_a_usable_best_checkpoint_warns_and_attaches_nothing(tmp_path):
+    pytest.importorskip('mlflow')
+    from composer.loggers import Logger
+
+    from tempme_composer.loggers import LogExportedModel, RetrievalMLFlowLogger
+
+    logger = Logger(state=None, destinations=[RetrievalMLFlowLogger(tracking_uri=f'sqlite:///{tmp_path / "m.db"}')])
+    best = tmp_path / 'checkpoints' / 'best.pt'
+    callback = LogExportedModel(best, tmp_path / 'exported')
+    with pytest.warns(UserWarning, match=r'no .*best\.pt \(no evaluation ran\)'):
+        callback.fit_end(None, logger)
+    best.parent.mkdir()
+    best.write_bytes(b'not a checkpoint')
+    with pytest.warns(UserWarning, match=r'exporting .*best\.pt failed .*Export by hand: tempme-export'):
+        callback.fit_end(None, logger)
+    assert not (tmp_path / 'exported' / 'model.safetensors').exists()
