@@ -116,3 +116,16 @@ def test_analysis_outputs_and_dsl_on_request(trained):
         assert row['rank'] == int((sim[i] >= sim[i, truth]).sum())  # pessimistic rank from the matrix
         assert row['top_videos'][0] == index['columns'][int(sim[i].argmax())]
     assert 100 * np.mean([r['rank'] == 1 for r in rows]) == pytest.approx(raw['t2v_R@1'])
+
+
+@pytest.mark.e2e
+def test_eval_through_pooled_loader_workers_is_exact(trained):
+    """Two loader workers lend their frames from reused shared-memory buffers (data/frame_pool.py), with a
+    last partial batch: the metrics equal those of the in-process loader bit for bit."""
+    best_record = json.loads((trained / 'train' / 'checkpoints' / 'best.json').read_text())
+    args = overrides(trained, 'eval-workers', 'do_train=false', 'do_eval=true',
+                     f"resume={trained / 'train' / 'checkpoints' / 'best.pt'}", 'batch_size_val=5',
+                     'data.num_workers=2')
+    train(load_config(DEMO, args)).close()
+    got = json.loads((trained / 'eval-workers' / 'eval-demo.json').read_text())['results']
+    assert got == best_record['results']

@@ -13,13 +13,17 @@ in one process, one after the other, ``--repeats`` times each (the best run coun
   its per-sample work (caption tokenised every time, the caption draw even for one caption, streaming's
   locked shard check per sample);
 - **MDS**: format-2 shards (only the used frames are decoded, by libjpeg-turbo through simplejpeg, each
-  straight into its crop), ``uint8 [B, T, R, R, 3]`` batches (normalised on the device), the token cache;
+  straight into its crop), ``uint8 [B, T, R, R, 3]`` batches (normalised on the device), the token cache, and
+  workers that refill a few shared-memory frame buffers (``data/frame_pool.py``) — the training loader
+  ``build_video_text_dataloader`` builds;
 - **on the fly**: decoding the mp4 file per sample (the research codebases' way: every frame at 1 fps, then
   the same frame selection), ``uint8`` output like MDS.
 
 Rates are samples per CPU second of the loader workers (= samples/s one loader core delivers; robust when
 other jobs share the machine) and, in brackets, wall-clock samples/s divided by ``--loader-workers`` (one by
-default); the ratios use the CPU rates. Then it prints how many loader cores one H100 needs at the README's
+default); the ratios use the CPU rates. The training process's own CPU per sample is printed too: receiving the
+batch and a first read of every page of its frames (as training's first use of a batch does; the MDS loader
+lends the frames in place from the worker's reused, already mapped buffer). Then it prints how many loader cores one H100 needs at the README's
 TempMe rates (591 train and 1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw
 table (CPU ms per frame; decoded with the loader's decoder). The on-the-fly path is timed once (its epochs
 are long); each shard stores every clip ``--replicas`` times so that an epoch of the MDS paths is long enough
@@ -159,26 +163,37 @@ def _children_cpu_s() -> float:
     return total
 
 
-def _time_loader(loader, seconds: float) -> tuple[float, float]:
-    """``(samples per wall second, samples per worker CPU second)`` over whole epochs (persistent workers),
-    from the second batch on, for at least ``seconds`` of wall time.
+def _touch_pages(frames) -> None:
+    """Read one byte of every 4-KiB page of the frames, as training's first read of a batch does: a batch that
+    arrives in a freshly mapped segment costs the training process a page fault per page there."""
+    import torch
+
+    flat = frames.reshape(-1).view(torch.uint8)
+    int(flat[::4096].sum())
+
+
+def _time_loader(loader, seconds: float) -> tuple[float, float, float]:
+    """``(samples per wall second, samples per worker CPU second, main-process CPU ms per sample)`` over whole
+    epochs (persistent workers), from the second batch on, for at least ``seconds`` of wall time.
 
     Whole epochs: an iterator left mid-epoch would keep its worker prefetching behind the next timing. CPU
     seconds of the workers measure a loader core's capacity even when other jobs share the machine (wall time
     then also counts the time the worker waited for a core).
     """
-    n, elapsed, cpu, first = 0, 0.0, 0.0, True
+    n, elapsed, cpu, main_cpu, first = 0, 0.0, 0.0, 0.0, True
     while elapsed < seconds or n == 0:
         batches = iter(loader)
         if first:  # warm-up batch (worker start, page cache), not timed
             next(batches)
             first = False
-        start, cpu0 = time.perf_counter(), _children_cpu_s()
+        start, cpu0, main0 = time.perf_counter(), _children_cpu_s(), time.process_time()
         for batch in batches:
             n += batch['video'].shape[0]
+            _touch_pages(batch['video'])
         elapsed += time.perf_counter() - start
         cpu += _children_cpu_s() - cpu0
-    return n / elapsed, n / cpu if cpu > 0 else float('nan')
+        main_cpu += time.process_time() - main0
+    return n / elapsed, n / cpu if cpu > 0 else float('nan'), 1000 * main_cpu / n
 
 
 def _jpeg_table(frames: list[np.ndarray]) -> list[dict]:
@@ -240,7 +255,7 @@ def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) 
     from torch.utils.data import DataLoader
 
     from tempme_composer.data.frame_layout import write_format1_copy
-    from tempme_composer.data.streaming import build_video_text_dataloader, collate_train
+    from tempme_composer.data.streaming import build_video_text_dataloader
 
     max_frames = _KINDS[kind][1]
     common = dict(max_frames=max_frames, image_resolution=224, max_words=32)
@@ -248,12 +263,14 @@ def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) 
     v1 = _retrying(lambda: write_format1_copy(mds / kind, mds / f'{kind}_format1'))
     today = _retrying(lambda: _today_dataset_class()(local=str(v1), train=True, shuffle=True,
                                                      batch_size=args.batch_size, **common))
+    # The training loader itself (with loader workers: its workers refill shared-memory frame buffers).
     new = _retrying(lambda: build_video_text_dataloader(local=str(mds), split=kind, batch_size=args.batch_size,
-                                                        train=True, **common).dataloader.dataset)
+                                                        train=True, num_workers=args.loader_workers,
+                                                        drop_last=True, **common).dataloader)
     fly = OnTheFlyDecodeDataset(paths, max_frames=max_frames, resolution=224, fps=1, size=224)
     return {
         'today': DataLoader(today, batch_size=args.batch_size, collate_fn=_collate_today, **loader_kw),
-        'mds': DataLoader(new, batch_size=args.batch_size, collate_fn=collate_train, **loader_kw),
+        'mds': new,
         'fly': DataLoader(fly, batch_size=1, shuffle=True, collate_fn=_collate_uint8, **loader_kw),
     }
 
@@ -323,11 +340,13 @@ def main(argv: list[str] | None = None) -> dict:
         for kind in counts:
             loaders = _loaders(kind, work / 'mds', paths[kind], args)
             wall, core = dict.fromkeys(loaders, 0.0), dict.fromkeys(loaders, 0.0)
+            main_ms = dict.fromkeys(loaders, float('inf'))
             for repeat in range(args.repeats):
                 for name, loader in loaders.items():
                     if name != 'fly' or repeat == 0:
-                        w, c = _time_loader(loader, args.seconds_per_path)
+                        w, c, m = _time_loader(loader, args.seconds_per_path)
                         wall[name], core[name] = max(wall[name], w), max(core[name], c)
+                        main_ms[name] = min(main_ms[name], m)
             per_worker = {k: v / max(args.loader_workers, 1) for k, v in wall.items()}
             if args.loader_workers == 0:  # everything ran in this process: no worker CPU to count
                 core = dict(per_worker)
@@ -337,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
                 'frames_stored_first_clip': len(stored[0].frames),
                 'samples_per_s_per_worker': {k: round(v, 2) for k, v in per_worker.items()},
                 'samples_per_cpu_s': {k: round(v, 2) for k, v in core.items()},
+                'main_process_cpu_ms_per_sample': {k: round(v, 3) for k, v in main_ms.items()},
                 'mds_over_today': round(core['mds'] / core['today'], 2),
                 'mds_over_fly': round(core['mds'] / core['fly'], 2),
                 'wall_mds_over_today': round(per_worker['mds'] / per_worker['today'], 2),
@@ -365,6 +385,11 @@ def _print(result: dict, args: argparse.Namespace) -> None:
         cells = ' '.join(f"{c[p]:>7.2f} ({w[p]:>5.1f})" for p in ('today', 'mds')) + f" {c['fly']:>6.2f} ({w['fly']:>4.1f})"
         print(f"{k['name']:<18} {k['frames_stored_first_clip']:>6} {k['frames_used']:>4} {cells} "
               f"{k['mds_over_today']:>8.2f}x {k['mds_over_fly']:>7.1f}x")
+    for k in result['kinds'].values():
+        m = k['main_process_cpu_ms_per_sample']
+        print(f"{k['name']}: the training process's own CPU per sample (receiving the batch, first read): "
+              f"today {m['today']:.3f} ms, MDS {m['mds']:.3f} ms (frames lent in place from the worker's reused buffer"
+              f"{'' if args.loader_workers else '; no workers'}), on the fly {m['fly']:.3f} ms")
     cores = result['h100_loader_cores']
     print(f"loader cores per H100 at TempMe's rates (12 frames): train {H100_VIDEOS_PER_S['train']}/s -> "
           f"{cores['train']}, forward {H100_VIDEOS_PER_S['forward']}/s -> {cores['forward']}")

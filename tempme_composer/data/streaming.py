@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data.frame_layout import StoredFrames
+from tempme_composer.data.frame_pool import FramePoolDataLoader, PooledFrames
 from tempme_composer.data.remote_shards import RemoteShardError, ShardErrors
 from tempme_composer.data.uint8_frames import Frame, frames_to_uint8
 from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, select_frame_indices
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: A loader's frame stacker (:meth:`~tempme_composer.data.frame_pool.SharedFramePool.stack`).
+StackFrames = Callable[[list[torch.Tensor]], 'torch.Tensor | PooledFrames']
 
 #: ``frame_order`` values of the references (data_metrics.md §2.3): applied after the max_frames selection.
 FRAME_ORDER_CHOICES = {0: 'as stored', 1: 'reversed', 2: 'random permutation'}
@@ -403,19 +407,38 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return default_collate(tensors)
 
 
-def collate_train(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack training samples: every key gets a leading batch dimension B."""
+def _stack_video(batch: dict[str, torch.Tensor], samples: Sequence[Mapping[str, torch.Tensor]],
+                 stack_frames: StackFrames | None) -> None:
+    """Put the stacked frames in ``batch['video']`` (through a loader's frame pool when it has one)."""
+    frames = [s['video'] for s in samples]
+    batch['video'] = _stack(frames) if stack_frames is None else stack_frames(frames)  # type: ignore[assignment]
+
+
+def collate_train(samples: Sequence[Mapping[str, torch.Tensor]],
+                  stack_frames: StackFrames | None = None) -> dict[str, torch.Tensor]:
+    """Stack training samples: every key gets a leading batch dimension B.
+
+    ``stack_frames``: the loader's :meth:`SharedFramePool.stack` (frames into a reused shared-memory buffer).
+    """
     if not samples:
         raise ValueError('collate_train got an empty list of samples')
-    keys = ('video', 'video_mask', 'video_index', 'text_ids', 'text_mask')
-    return {k: _stack([s[k] for s in samples]) for k in keys}
+    batch: dict[str, torch.Tensor] = {}
+    _stack_video(batch, samples, stack_frames)
+    for k in ('video_mask', 'video_index', 'text_ids', 'text_mask'):
+        batch[k] = _stack([s[k] for s in samples])
+    return batch
 
 
-def collate_eval(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def collate_eval(samples: Sequence[Mapping[str, torch.Tensor]],
+                 stack_frames: StackFrames | None = None) -> dict[str, torch.Tensor]:
     """Stack videos ([B, ...]) and concatenate every caption ([K_total, L]) with its video's index."""
     if not samples:
         raise ValueError('collate_eval got an empty list of samples')
-    batch = {k: _stack([s[k] for s in samples]) for k in VIDEO_KEYS}
+    batch: dict[str, torch.Tensor] = {}
+    _stack_video(batch, samples, stack_frames)
+    for k in VIDEO_KEYS:
+        if k != 'video':
+            batch[k] = _stack([s[k] for s in samples])
     counts = torch.tensor([s['text_ids'].shape[0] for s in samples], dtype=torch.long)  # [B]
     batch['text_ids'] = torch.cat([s['text_ids'] for s in samples])  # [K_total, L]
     batch['text_mask'] = torch.cat([s['text_mask'] for s in samples])  # [K_total, L]
@@ -532,8 +555,7 @@ def build_video_text_dataloader(*, local: str | None, remote: str | None = None,
         slice_framepos=slice_framepos, caption_seed=shuffle_seed if caption_seed is None else caption_seed,
         frame_order=frame_order, paragraph=paragraph, expand_sentences=expand_sentences,
         remote=remote, split=split, batch_size=batch_size, shuffle_seed=shuffle_seed, **dataset_kwargs)
-    dataloader = DataLoader(
-        dataset,
+    loader_kwargs: dict[str, Any] = dict(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_train if train else collate_eval,
@@ -541,6 +563,9 @@ def build_video_text_dataloader(*, local: str | None, remote: str | None = None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+    # Workers refill a few shared-memory frame buffers instead of a fresh segment per batch (frame_pool.py).
+    dataloader = (FramePoolDataLoader(dataset, **loader_kwargs) if num_workers > 0
+                  else DataLoader(dataset, **loader_kwargs))
     log.info('%s loader over %s: %d samples per rank, batch_size=%d, num_workers=%d',
              'train' if train else 'eval', remote or local or streams, len(dataset), batch_size, num_workers)
     return DataSpec(
