@@ -22,7 +22,11 @@ a full FFT). Tiles are zero-padded to ``hp × wp``, even sizes with no prime fac
 Layout, chosen for CPU memory traffic (each step measured): tiles are gathered channel-major
 (``[C, T, B, nh, nw, hp, wp]``, one pass), transformed where the FFT is fastest (last two axes), and made
 frequency-major by one 2-D transpose (PyTorch's cache-blocked copy, 3× faster than a general permute): per
-frequency a ``[C, T·B·nh·nw]`` matrix, so a temporal tap is a column slice (no tap-shifted copies). (Real
+frequency a ``[C, T·B·nh·nw]`` matrix, so a temporal tap is a column slice (no tap-shifted copies). The
+inverse transforms run on that frequency-major layout as strided batches (rows, then columns) and the one
+layout change back happens in the copy to the output (or the overlap-add): no transpose back to tiles, with
+bit-identical results (measured 0.79-0.97× the forward and 0.89-0.95× the train step of transposing back).
+Gathering tiles frequency-major instead measured slower than the transpose. (Real
 block GEMMs ``[[Kr, -Ki], [Ki, Kr]]`` instead of complex ones measured slower: building the blocks costs as
 much as the products.)
 Everything is computed in fp32 (also under autocast); results equal ``F.conv3d(x, w, b, padding='same')``
@@ -138,12 +142,6 @@ def _frequency_major(spectra: torch.Tensor, channels: int) -> torch.Tensor:
     return spectra.reshape(rows, -1).t().contiguous().view(-1, channels, rows // channels)
 
 
-def _tile_major(spectra: torch.Tensor, hp: int) -> torch.Tensor:
-    """Inverse of `_frequency_major`: ``[hp·wq, C, M]`` → ``[C·M, hp, wq]``."""
-    f = spectra.shape[0]
-    return spectra.view(f, -1).t().contiguous().view(-1, hp, f // hp)
-
-
 def _mix(spectrum: torch.Tensor, kernel: torch.Tensor, step: int, sign: int) -> torch.Tensor:
     """Channel and temporal mixing per frequency: ``out[t] = Σ_d kernel[d] @ spectrum[t + sign·(d - kt//2)]``.
 
@@ -202,17 +200,19 @@ class _FFTConv3d(torch.autograd.Function):
         cout, _, _, kh, kw = weight.shape
         ph, pw = kh // 2, kw // 2
         plan = (nh, th, hp), (nw, tw, wp) = _tile_plan(H, kh), _tile_plan(W, kw)
+        wq = wp // 2 + 1
         step = B * nh * nw
         # overlap-save: tile (i, j) holds input rows i·th - ph ... + hp (columns alike)
         tiles = _gather_tiles(x.float(), plan, (-ph, -pw), (hp, wp), (0, 0))
         xs = _frequency_major(torch.fft.rfft2(tiles), cin)  # [F, Cin, T·step]
         kernel = _kernel_spectrum(weight.detach().float(), hp, wp)  # [kt, F, Cin, Cout]
-        mixed = _tile_major(_mix(xs, kernel.transpose(-1, -2), step, 1), hp)  # [Cout·T·step, hp, wq]
-        rows = torch.fft.ifft(mixed, dim=-2)[:, kh - 1 : kh - 1 + th]  # only the rows kept
-        kept = torch.fft.irfft(rows, n=wp, dim=-1)[..., kw - 1 : kw - 1 + tw]
+        mixed = _mix(xs, kernel.transpose(-1, -2), step, 1)  # [hp·wq, Cout, T·step]
+        # inverse transforms in the frequency-major layout (strided batches: no transpose back to tiles)
+        rows = torch.fft.ifft(mixed.view(hp, -1), dim=0)[kh - 1 : kh - 1 + th]  # only the rows kept
+        kept = torch.fft.irfft(rows.view(th, wq, -1), n=wp, dim=1)[:, kw - 1 : kw - 1 + tw]  # [th, tw, Cout·M]
         y = x.new_empty(B, cout, T, nh * th, nw * tw, dtype=torch.float32)
         target = y.view(B, cout, T, nh, th, nw, tw).permute(1, 2, 0, 3, 5, 4, 6)
-        kept = kept.view(cout, T, B, nh, nw, th, tw)
+        kept = kept.view(th, tw, cout, T, B, nh, nw).permute(2, 3, 4, 5, 6, 0, 1)
         if bias is not None:
             torch.add(kept, bias.detach().float().view(-1, 1, 1, 1, 1, 1, 1), out=target)
         else:
@@ -252,10 +252,10 @@ class _FFTConv3d(torch.autograd.Function):
             grad_w = lags.permute(3, 4, 0, 1, 2).to(w_dtype)
         if needs_x:  # conj(grad) @ conj(kernel)ᵀ, conjugated back by the final transform; overlap-add
             bh, bw = th + kh - 1, tw + kw - 1  # each block reaches ph, pw pixels beyond its own
-            mixed = _tile_major(_mix(gs, kernel, step, -1), hp)  # [Cin·T·step, hp, wq]
-            rows = torch.fft.fft(mixed, dim=-2, norm='forward')[:, :bh]  # the inverse of the conjugate
-            parts = torch.fft.hfft(rows, n=wp, dim=-1, norm='forward')[..., :bw]
-            parts = parts.view(cin, T, B, nh, nw, bh, bw)
+            mixed = _mix(gs, kernel, step, -1)  # [hp·wq, Cin, T·step]
+            rows = torch.fft.fft(mixed.view(hp, -1), dim=0, norm='forward')[:bh]  # the inverse of the conjugate
+            parts = torch.fft.hfft(rows.view(bh, wp // 2 + 1, -1), n=wp, dim=1, norm='forward')[:, :bw]
+            parts = parts.view(bh, bw, cin, T, B, nh, nw).permute(2, 3, 4, 5, 6, 0, 1)  # [Cin, T, B, nh, nw, ...]
             grad_x = g.new_zeros(B, cin, T, H, W)
             frames = grad_x.permute(1, 2, 0, 3, 4)  # [Cin, T, B, H, W] view
             for i in range(nh):  # block (i, j) covers frame rows i·th - ph ... + bh (columns alike)
