@@ -21,4 +21,5 @@ def test_bench_data_smoke(tmp_path, capsys):
         assert row['mds_over_today'] > 0 and row['mds_over_fly'] > 0
     assert [r['format'] for r in result['storage']] == ['jpeg q75', 'jpeg q85', 'jpeg q95', 'raw uint8']
     assert set(result['h100_loader_cores']) == {'train', 'forward'}
+    assert all(v['fresh'] > 0 and v['reused'] > 0 for v in result['stack_ms_per_sample'].values())
     assert 'loader cores per H100' in capsys.readouterr().out

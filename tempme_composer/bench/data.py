@@ -23,7 +23,8 @@ Rates are samples per CPU second of the loader workers (= samples/s one loader c
 other jobs share the machine) and, in brackets, wall-clock samples/s divided by ``--loader-workers`` (one by
 default); the ratios use the CPU rates. The training process's own CPU per sample is printed too: receiving the
 batch and a first read of every page of its frames (as training's first use of a batch does; the MDS loader
-lends the frames in place from the worker's reused, already mapped buffer). Then it prints how many loader cores one H100 needs at the README's
+lends the frames in place from the worker's reused, already mapped buffer), and the cost of stacking a batch into
+a fresh shared-memory segment against a reused one. Then it prints how many loader cores one H100 needs at the README's
 TempMe rates (591 train and 1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw
 table (CPU ms per frame; decoded with the loader's decoder). The on-the-fly path is timed once (its epochs
 are long); each shard stores every clip ``--replicas`` times so that an epoch of the MDS paths is long enough
@@ -196,6 +197,28 @@ def _time_loader(loader, seconds: float) -> tuple[float, float, float]:
     return n / elapsed, n / cpu if cpu > 0 else float('nan'), 1000 * main_cpu / n
 
 
+def _stack_costs(batch_size: int, frames: int, size: int = 224, rounds: int = 20) -> dict[str, float]:
+    """CPU ms per sample to stack a batch of ``uint8`` frames into a fresh shared-memory segment (torch's
+    DataLoader collate in a worker) and into one that is already mapped (the frame pool), timed interleaved."""
+    import torch
+
+    samples = [torch.randint(0, 256, (frames, size, size, 3), dtype=torch.uint8) for _ in range(batch_size)]
+    reused = torch.empty(batch_size * samples[0].numel(), dtype=torch.uint8).share_memory_()
+    times = {'fresh': 0.0, 'reused': 0.0}
+    for _ in range(rounds):
+        start = time.process_time()
+        # as torch's default_collate allocates in a worker: straight into a new shared-memory segment
+        storage = torch.UntypedStorage._new_shared(batch_size * samples[0].numel())
+        fresh = torch.empty(0, dtype=torch.uint8).set_(storage)
+        torch.stack(samples, out=fresh.view(batch_size, *samples[0].shape))
+        del fresh
+        times['fresh'] += time.process_time() - start
+        start = time.process_time()
+        torch.stack(samples, out=reused.view(batch_size, *samples[0].shape))
+        times['reused'] += time.process_time() - start
+    return {k: round(1000 * v / (rounds * batch_size), 3) for k, v in times.items()}
+
+
 def _jpeg_table(frames: list[np.ndarray]) -> list[dict]:
     """Size, encode and decode cost (CPU ms of this process per frame; PIL encodes like ``tempme-convert``, the
     loader's ``decode_jpeg`` decodes) and PSNR per storage format."""
@@ -362,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
                 'wall_mds_over_today': round(per_worker['mds'] / per_worker['today'], 2),
                 'wall_mds_over_fly': round(per_worker['mds'] / per_worker['fly'], 2),
             }
+    result['stack_ms_per_sample'] = {kind: _stack_costs(args.batch_size, _KINDS[kind][1]) for kind in counts}
     msrvtt = result['kinds']['msrvtt']['samples_per_cpu_s']['mds']
     result['h100_loader_cores'] = {k: math.ceil(v / msrvtt) for k, v in H100_VIDEOS_PER_S.items()}
     _print(result, args)
@@ -390,6 +414,9 @@ def _print(result: dict, args: argparse.Namespace) -> None:
         print(f"{k['name']}: the training process's own CPU per sample (receiving the batch, first read): "
               f"today {m['today']:.3f} ms, MDS {m['mds']:.3f} ms (frames lent in place from the worker's reused buffer"
               f"{'' if args.loader_workers else '; no workers'}), on the fly {m['fly']:.3f} ms")
+    for kind, ms in result['stack_ms_per_sample'].items():
+        print(f"stacking a {_KINDS[kind][0]} batch ({_KINDS[kind][1]} frames, 224 px): {ms['fresh']:.2f} ms per sample "
+              f"into a fresh shared-memory segment, {ms['reused']:.2f} into a reused one (CPU, this process)")
     cores = result['h100_loader_cores']
     print(f"loader cores per H100 at TempMe's rates (12 frames): train {H100_VIDEOS_PER_S['train']}/s -> "
           f"{cores['train']}, forward {H100_VIDEOS_PER_S['forward']}/s -> {cores['forward']}")
