@@ -1,9 +1,10 @@
 """Shared-memory frame buffers that loader workers refill instead of allocating a fresh one per batch.
 
 Why: torch's DataLoader stacks every batch of a worker into a *new* shared-memory segment, and the kernel zero-fills
-and maps each 4-KiB page of it on first touch. On the 2-core VMs we measure on that costs ~3.4 us per page: 2.1 ms of
-a loader core per 12-frame 224-px sample, a third of the sample's whole cost (decoding its JPEGs is 3.3 ms). A worker
-that refills the same few segments touches no new pages.
+and maps each 4-KiB page of it on first touch. On the 2-core VMs we measure on that costs a few us per page: 2.1-3.3 ms
+of a loader core per 12-frame 224-px sample, a third of the sample's whole cost (decoding its JPEGs is 3.3 ms), against
+0.15-0.44 ms into an already mapped segment (``python -m tempme_composer.bench data`` times both). A worker that
+refills the same few segments touches no new pages.
 
 The main process gains too: it keeps each segment mapped, so receiving a batch maps no new pages either (a first
 read of a freshly mapped segment cost ~2 ms per sample there: the model's first read, or pin-memory's copy).
