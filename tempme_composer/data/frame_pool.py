@@ -26,6 +26,7 @@ workers (one worker process per row for the loader's life).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -98,9 +99,7 @@ class SharedFramePool:
             return default_collate(list(tensors))
         row[s] = generation
         shape = (len(tensors), *tensors[0].shape)
-        numel = 1
-        for size in shape:
-            numel *= size
+        numel = math.prod(shape)
         buffer = self._buffers.get(s)
         if buffer is None or buffer.dtype != tensors[0].dtype or buffer.numel() < numel:
             buffer = torch.empty(numel, dtype=tensors[0].dtype).share_memory_()
