@@ -407,11 +407,11 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return default_collate(tensors)
 
 
-def _stack_video(batch: dict[str, torch.Tensor], samples: Sequence[Mapping[str, torch.Tensor]],
-                 stack_frames: StackFrames | None) -> None:
-    """Put the stacked frames in ``batch['video']`` (through a loader's frame pool when it has one)."""
+def _stack_video(samples: Sequence[Mapping[str, torch.Tensor]],
+                 stack_frames: StackFrames | None) -> torch.Tensor | PooledFrames:
+    """The samples' frames stacked (through the loader's frame pool when it has one)."""
     frames = [s['video'] for s in samples]
-    batch['video'] = _stack(frames) if stack_frames is None else stack_frames(frames)  # type: ignore[assignment]
+    return _stack(frames) if stack_frames is None else stack_frames(frames)
 
 
 def collate_train(samples: Sequence[Mapping[str, torch.Tensor]],
@@ -422,8 +422,7 @@ def collate_train(samples: Sequence[Mapping[str, torch.Tensor]],
     """
     if not samples:
         raise ValueError('collate_train got an empty list of samples')
-    batch: dict[str, torch.Tensor] = {}
-    _stack_video(batch, samples, stack_frames)
+    batch: dict[str, Any] = {'video': _stack_video(samples, stack_frames)}
     for k in ('video_mask', 'video_index', 'text_ids', 'text_mask'):
         batch[k] = _stack([s[k] for s in samples])
     return batch
@@ -434,8 +433,7 @@ def collate_eval(samples: Sequence[Mapping[str, torch.Tensor]],
     """Stack videos ([B, ...]) and concatenate every caption ([K_total, L]) with its video's index."""
     if not samples:
         raise ValueError('collate_eval got an empty list of samples')
-    batch: dict[str, torch.Tensor] = {}
-    _stack_video(batch, samples, stack_frames)
+    batch: dict[str, Any] = {'video': _stack_video(samples, stack_frames)}
     for k in VIDEO_KEYS:
         if k != 'video':
             batch[k] = _stack([s[k] for s in samples])
