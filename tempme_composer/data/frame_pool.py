@@ -87,17 +87,9 @@ class SharedFramePool:
         """``torch.stack(tensors)`` into a free buffer of this worker; a plain tensor in a fresh segment (as
         torch's collate makes) outside a worker or when every buffer of this worker is in use."""
         info = get_worker_info()
-        if info is None or info.id >= self.num_workers:
+        s = None if info is None or info.id >= self.num_workers else self._claim_slot(info.id)
+        if s is None:
             return default_collate(list(tensors))
-        generation = int(self._generation)
-        row = self._claims[info.id]
-        for s in range(self.slots_per_worker):
-            claim = int(row[s])
-            if claim == _FREE or 0 <= claim < generation:
-                break
-        else:
-            return default_collate(list(tensors))
-        row[s] = generation
         shape = (len(tensors), *tensors[0].shape)
         numel = math.prod(shape)
         buffer = self._buffers.get(s)
@@ -107,6 +99,18 @@ class SharedFramePool:
         out = buffer[:numel].view(shape)
         torch.stack(list(tensors), out=out)
         return PooledFrames(out, info.id * self.slots_per_worker + s)
+
+    def _claim_slot(self, worker: int) -> int | None:
+        """A free slot of ``worker`` (released, or filled in an earlier generation and never yielded), now
+        claimed for the current generation; None when all are in use."""
+        generation = int(self._generation)
+        row = self._claims[worker]
+        for s in range(self.slots_per_worker):
+            claim = int(row[s])
+            if claim == _FREE or 0 <= claim < generation:
+                row[s] = generation
+                return s
+        return None
 
     def receive(self, pooled: PooledFrames) -> torch.Tensor:
         """Main process: the frames for the caller; the slot is released once nothing can read them.

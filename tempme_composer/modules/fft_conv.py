@@ -235,6 +235,7 @@ class _FFTConv3d(torch.autograd.Function):
         needs_x, needs_w, needs_b = ctx.needs_input_grad
         B, _, T, H, W = grad.shape
         ph, pw = kh // 2, kw // 2
+        wq = wp // 2 + 1
         step = B * nh * nw
         g = grad.float()  # [B, Cout, T, H, W]
         grad_x = grad_w = grad_b = None
@@ -254,7 +255,7 @@ class _FFTConv3d(torch.autograd.Function):
             bh, bw = th + kh - 1, tw + kw - 1  # each block reaches ph, pw pixels beyond its own
             mixed = _mix(gs, kernel, step, -1)  # [hp·wq, Cin, T·step]
             rows = torch.fft.fft(mixed.view(hp, -1), dim=0, norm='forward')[:bh]  # the inverse of the conjugate
-            parts = torch.fft.hfft(rows.view(bh, wp // 2 + 1, -1), n=wp, dim=1, norm='forward')[:, :bw]
+            parts = torch.fft.hfft(rows.view(bh, wq, -1), n=wp, dim=1, norm='forward')[:, :bw]
             parts = parts.view(bh, bw, cin, T, B, nh, nw).permute(2, 3, 4, 5, 6, 0, 1)  # [Cin, T, B, nh, nw, ...]
             grad_x = g.new_zeros(B, cin, T, H, W)
             frames = grad_x.permute(1, 2, 0, 3, 4)  # [Cin, T, B, H, W] view
