@@ -12,59 +12,18 @@ import numpy as np
 import pytest
 import torch
 from clip_fixtures import save_openai_state_dict, tiny_clip
+from export_fixtures import FRAMES, VARIANTS, exported_tiny, run_folder
 from omegaconf import OmegaConf
 from video_fixtures import write_video
 
-from tempme_composer.config import config_from_dict, config_to_yaml
 from tempme_composer.inference import ExportError, load_exported
 from tempme_composer.inference.export import export_checkpoint
 from tempme_composer.inference.index import index_videos
 from tempme_composer.inference.preprocess import QueryError, video_from_file
 from tempme_composer.inference.search import VideoIndex, exact_topk, search
 from tempme_composer.inference.store import IndexError_, IndexStore
-from tempme_composer.model import UnifiedModel
 
 REPO = Path(__file__).resolve().parents[1]
-
-TEMPME = {'enabled': True, 'tome_r': 2, 'merge_layers': [1], 'merge_frame_num': [2], 'merge_token_proportion': [30, 10]}
-STOP = {'enabled': True, 'salient_cells': 6}
-VARIANTS = {
-    'baseline': {},
-    'tempme': {'lora': {'enabled': True, 'rank': 4}, 'tempme': TEMPME},
-    'stop': {'stop': STOP},
-    'unified': {'lora': {'enabled': True, 'rank': 4}, 'tempme': TEMPME, 'stop': STOP},
-}
-FRAMES = 4
-
-
-def _run_folder(tmp_path: Path, variant: str, base: Path | None) -> tuple[Path, UnifiedModel]:
-    """A run folder as training leaves it: config.yaml, checkpoints/best.pt (Composer's layout) and best.json,
-    with every weight moved away from its initial value (new modules and a few CLIP tensors "trained")."""
-    run = tmp_path / f'run-{variant}'
-    (run / 'checkpoints').mkdir(parents=True)
-    model_cfg = {'clip': {'checkpoint': str(base) if base else None, 'preset': 'tiny'}, **VARIANTS[variant]}
-    raw = {'output_dir': str(run), 'model': model_cfg,
-           'data': {'datatype': 'msrvtt', 'eval': {'local': str(tmp_path / 'data'), 'split': 'test'},
-                    'train': {'local': str(tmp_path / 'data'), 'split': 'train'},
-                    'max_frames': FRAMES, 'max_words': 16}}
-    cfg = config_from_dict(raw)
-    (run / 'config.yaml').write_text(config_to_yaml(cfg))
-    clip = tiny_clip(seed=1)
-    model = UnifiedModel.from_config(clip, cfg.model, num_frames=FRAMES)
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith('clip.') or 'LoRA' in name or 'ln_post' in name or name == 'clip.logit_scale':
-                p.add_(0.05 * torch.randn_like(p))
-    state = {'state': {'model': {f'model.{k}': v.clone() for k, v in model.state_dict().items()},
-                       'integrations': {}, 'metadata': {}}, 'rng': None}
-    torch.save(state, run / 'checkpoints' / 'best.pt')
-    (run / 'checkpoints' / 'best.json').write_text(json.dumps({
-        'metric': 't2v_R@1', 'value': 10.0, 'eval_label': 'msrvtt', 'epoch': 1, 'batch': 5,
-        'results': {f'{d}_{k}': 1.0 for d in ('t2v', 'v2t') for k in ('R@1', 'R@5', 'R@10', 'MdR', 'MnR')}
-        | {'num_texts': 10.0, 'num_videos': 5.0}}))
-    return run, model.eval()
-
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -85,7 +44,7 @@ def base_clip_file(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_export_then_load_gives_the_training_models_embeddings(tmp_path, variant, base_clip_file):
-    run, trained = _run_folder(tmp_path, variant, base_clip_file)
+    run, trained = run_folder(tmp_path, variant, base_clip_file)
     out = export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg['weights']['contents'] == 'delta'
@@ -104,7 +63,7 @@ def test_export_then_load_gives_the_training_models_embeddings(tmp_path, variant
 
 
 def test_loading_refuses_a_wrong_base_or_a_tampered_export(tmp_path, base_clip_file):
-    run, _ = _run_folder(tmp_path, 'baseline', base_clip_file)
+    run, _ = run_folder(tmp_path, 'baseline', base_clip_file)
     out = export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
     with pytest.raises(ExportError, match='pass that file'):
         load_exported(out)  # a delta needs its base
@@ -119,17 +78,21 @@ def test_loading_refuses_a_wrong_base_or_a_tampered_export(tmp_path, base_clip_f
     save_file(tensors, str(out / 'model.safetensors'))
     with pytest.raises(ExportError, match='model.safetensors does not match'):
         load_exported(out, clip_checkpoint=base_clip_file)
-    cfg = json.loads((out / 'config.json').read_text())  # re-sign the tampered file: now the key check catches it
-    from tempme_composer.inference.exported import sha256_file
+    cfg = json.loads((out / 'config.json').read_text())  # re-sign the weights' hash: the model hash no longer fits
+    from tempme_composer.inference.exported import model_hash, sha256_file
 
     cfg['weights']['sha256'] = sha256_file(out / 'model.safetensors')
+    (out / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match='records model_hash .* the export was altered after it was written'):
+        load_exported(out, clip_checkpoint=base_clip_file)
+    cfg['model_hash'] = model_hash(cfg['weights']['sha256'], cfg['model'], cfg['base_clip'])  # and re-sign that too
     (out / 'config.json').write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match='holds other tensors than config.json lists'):
         load_exported(out, clip_checkpoint=base_clip_file)
 
 
 def test_export_refuses_a_checkpoint_with_foreign_objects(tmp_path, base_clip_file):
-    run, _ = _run_folder(tmp_path, 'baseline', base_clip_file)
+    run, _ = run_folder(tmp_path, 'baseline', base_clip_file)
     marker = tmp_path / 'pwned'
     state = torch.load(run / 'checkpoints' / 'best.pt', weights_only=False)
     state['rng'] = _Exploit(str(marker))
@@ -147,13 +110,8 @@ class _Exploit:
         return (Path.touch, (Path(self.path),))
 
 
-def _exported_tiny(tmp_path: Path) -> Path:
-    run, _ = _run_folder(tmp_path, 'baseline', None)  # random-init run: a full export, no base file needed
-    return export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
-
-
 def test_index_is_incremental_and_search_is_exact(tmp_path):
-    model = load_exported(_exported_tiny(tmp_path))
+    model = load_exported(exported_tiny(tmp_path))
     videos = tmp_path / 'videos'
     write_video(videos / 'red.mp4', colours=((220, 40, 40),))
     write_video(videos / 'sub' / 'green.mkv', colours=((40, 220, 40),), container_format='matroska')
@@ -223,7 +181,7 @@ def test_exact_topk_over_chunks_equals_a_full_sort():
 
 
 def test_a_crash_mid_run_keeps_the_index_and_the_encoded_batches(tmp_path):
-    model = load_exported(_exported_tiny(tmp_path))
+    model = load_exported(exported_tiny(tmp_path))
     videos = tmp_path / 'videos'
     for i in range(4):
         write_video(videos / f'v{i}.mp4', colours=((60 * i, 40, 40),))
@@ -268,7 +226,7 @@ def _one_batch(model, videos: Path):
 
 
 def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
-    export = _exported_tiny(tmp_path)
+    export = exported_tiny(tmp_path)
     model = load_exported(export)
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -297,7 +255,7 @@ def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
     assert search_main([str(out), 'a cat', '--approximate', '--expansion-search', '5']) == 1  # below top-k
     assert '--expansion-search 5: expected' in capsys.readouterr().err
     # another model's export is refused, on update and on search
-    other_run, _ = _run_folder(tmp_path / 'o', 'stop', None)
+    other_run, _ = run_folder(tmp_path / 'o', 'stop', None)
     other = load_exported(export_checkpoint(other_run / 'checkpoints' / 'best.pt', tmp_path / 'other'))
     with pytest.raises(IndexError_, match='built by another model'):
         index_videos(other, videos, out, progress=False)
@@ -320,7 +278,7 @@ def test_queries_file_rejects_blank_lines(tmp_path):
 
 
 def test_the_inference_path_does_not_import_composer(tmp_path):
-    export = _exported_tiny(tmp_path)
+    export = exported_tiny(tmp_path)
     videos = tmp_path / 'videos'
     write_video(videos / 'a.mp4')
     code = ('import sys; from tempme_composer.inference import load_exported; '
@@ -336,7 +294,7 @@ def test_the_inference_path_does_not_import_composer(tmp_path):
 
 
 def test_model_card_states_the_protocol(tmp_path):
-    card = (_exported_tiny(tmp_path) / 'README.md').read_text()
+    card = (exported_tiny(tmp_path) / 'README.md').read_text()
     for phrase in ('selected as the best text→video R@1', 'no re-ranking (no DSL, no QB-Norm)', 'GMAC per video',
                    'random initialisation', 'Training config', "split `test`"):
         assert phrase in card, phrase

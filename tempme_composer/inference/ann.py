@@ -12,10 +12,14 @@ index buildable on a workstation.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ['ann_index', 'ann_search', 'build_ann', 'CONNECTIVITY', 'EXPANSION_ADD', 'EXPANSION_SEARCH']
 
@@ -51,15 +55,30 @@ def ann_index(index: Any) -> Any:
     if missing or stale; memory-mapped when read back."""
     Index = _usearch_index()
     path = Path(index.folder) / f'ann-usearch-g{index.manifest["generation"]}.usearch'
-    if path.is_file():
-        return Index.restore(str(path), view=True)
+    if path.is_file() and not path.is_symlink():
+        cached = _restore(Index, path, index.embeddings)
+        if cached is not None:
+            return cached
+        log.warning('note: the cached search graph %s is damaged (not a usearch graph of this index\'s %d rows); '
+                    'rebuilding it', path, len(index.embeddings))
     ann = build_ann(index.embeddings)
-    tmp = path.with_name(f'.tmp-{path.name}')
+    tmp = path.with_name(f'.tmp-{os.getpid()}-{path.name}')
     ann.save(str(tmp))
     tmp.replace(path)
     for old in Path(index.folder).glob('ann-usearch-g*.usearch'):
         if old != path:
             old.unlink(missing_ok=True)
+    return ann
+
+
+def _restore(Index: Any, path: Path, embeddings: np.ndarray) -> Any | None:
+    """The graph at ``path`` memory-mapped, or None when it is not a graph of ``embeddings`` (same rows and size)."""
+    try:
+        ann = Index.restore(str(path), view=True)
+    except Exception:  # usearch raises plain RuntimeError/ValueError on a damaged file
+        return None
+    if ann is None or len(ann) != len(embeddings) or ann.ndim != embeddings.shape[1]:
+        return None
     return ann
 
 

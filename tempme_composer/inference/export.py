@@ -42,7 +42,9 @@ from tempme_composer.inference.exported import (
     model_section,
     sha256_file,
 )
+from tempme_composer.inference.folders import describe_contents, is_inside
 from tempme_composer.inference.model_card import model_card
+from tempme_composer.inference.terminal import printable
 from tempme_composer.model import UnifiedModel
 
 __all__ = ['export_checkpoint', 'read_checkpoint_model_state', 'main']
@@ -81,9 +83,42 @@ def read_checkpoint_model_state(path: str | os.PathLike, *, trust: bool = False)
     return tensors
 
 
+def check_export_out(out_dir: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse an ``--out`` that holds an input, is a file, or is a folder that is not an export of ours.
+
+    An existing export (``config.json`` of this format and nothing but the export's own files) is replaced;
+    anything else needs ``force`` — and a folder holding the checkpoint, its config or the base CLIP file is
+    refused even then, since replacing it would delete what is being exported.
+
+    Raises:
+        ExportError: naming the folder, what it holds and the way through.
+    """
+    for item in inputs:
+        if is_inside(item, out_dir):
+            raise ExportError(f'--out {out_dir} contains the input {item}: the export replaces its --out folder, '
+                              'which would delete it; choose a new folder, e.g. --out '
+                              f'{out_dir.resolve().parent / (out_dir.resolve().name + "-export")}')
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f'--out {out_dir} is a file, expected a folder (a new one, or an earlier export to replace)')
+    if force or not out_dir.is_dir() or not os.listdir(out_dir):
+        return
+    names = set(os.listdir(out_dir))
+    ours = {WEIGHTS_FILE, CONFIG_FILE, CARD_FILE}
+    try:
+        is_export = json.loads((out_dir / CONFIG_FILE).read_text(encoding='utf-8')).get('format') == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_export = False
+    if not is_export or not names <= ours:
+        what = 'an export with other files in it' if is_export else 'not an export of tempme-export'
+        raise ExportError(f'--out {out_dir} exists and is {what} (it holds {describe_contents(out_dir)}); '
+                          'tempme-export replaces its --out folder whole: choose a new folder, or add --force to '
+                          'replace it')
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, full: bool = False,
                       config_path: str | os.PathLike | None = None,
-                      clip_checkpoint: str | os.PathLike | None = None, trust: bool = False) -> Path:
+                      clip_checkpoint: str | os.PathLike | None = None, trust: bool = False,
+                      force: bool = False) -> Path:
     """Write ``out_dir/{model.safetensors, config.json, README.md}`` for a checkpoint; returns ``out_dir``.
 
     Args:
@@ -93,8 +128,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             config recorded in ``best.json``).
         clip_checkpoint: the base CLIP file (default: ``model.clip.checkpoint`` of the run's config).
         trust: load a checkpoint outside the allowlist (see `read_checkpoint_model_state`).
+        force: replace an ``out_dir`` that is not an earlier export (see `check_export_out`).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
+    from tempme_composer.remote import is_remote
+
+    inputs = [Path(p) for p in (checkpoint, config_path, clip_checkpoint) if p is not None and not is_remote(str(p))]
+    check_export_out(out_dir, inputs, force)
     with tempfile.TemporaryDirectory(prefix='tempme-export-') as scratch:
         checkpoint = _local_copy(str(checkpoint), Path(scratch))
         best_file = checkpoint.parent / 'best.json'
@@ -107,6 +147,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             raise ExportError(f'no config.yaml next to {checkpoint} or in {checkpoint.parent.parent} (nor a best.json '
                               'holding the config): pass the run\'s config with --config PATH (every run writes it to '
                               'output_dir/config.yaml)')
+        check_export_out(out_dir, [cfg_file, checkpoint], force)  # the config found beside the checkpoint too
         return _export(checkpoint, out_dir, full=full, cfg_file=cfg_file, best=best, clip_checkpoint=clip_checkpoint,
                        trust=trust)
 
@@ -163,9 +204,8 @@ def _export(checkpoint: Path, out_dir: Path, *, full: bool, cfg_file: Path, best
             continue  # unchanged base CLIP tensor: loaded from the base file
         tensors[name] = value
 
-    tmp = out_dir.with_name(f'.tmp-{out_dir.name}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{out_dir.name}-', dir=out_dir.parent))  # unique: never another's
     save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={'format': EXPORT_FORMAT})
     weights_sha = sha256_file(tmp / WEIGHTS_FILE)
     section = model_section(cfg.model)
@@ -191,11 +231,21 @@ def _export(checkpoint: Path, out_dir: Path, *, full: bool, cfg_file: Path, best
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + '\n')
     (tmp / CARD_FILE).write_text(model_card(config))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    _replace_folder(tmp, out_dir)
     log.info('exported %d tensors (%s) to %s', len(tensors), config['weights']['contents'], out_dir)
     return out_dir
+
+
+def _replace_folder(new: Path, out_dir: Path) -> None:
+    """Move ``new`` to ``out_dir``; an earlier ``out_dir`` (already checked to be ours) is moved aside first and
+    deleted only once the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f'.old-{out_dir.name}-', dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(new, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _find_beside(checkpoint: Path, name: str) -> Path | None:
@@ -302,7 +352,10 @@ def _gmac_per_video(model: UnifiedModel, prep: Preprocessing) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='tempme-export', description=__doc__.split('\n')[0])
     parser.add_argument('checkpoint', help='best.pt or any Composer checkpoint written by the recipe')
-    parser.add_argument('--out', required=True, help='folder to write (replaced if it exists)')
+    parser.add_argument('--out', required=True, help='folder to write (an earlier export there is replaced; any '
+                        'other existing folder is refused unless --force)')
+    parser.add_argument('--force', action='store_true', help='replace an --out folder that is not an earlier export '
+                        '(never one that holds the checkpoint, its config or the base CLIP file)')
     parser.add_argument('--full', action='store_true', help='write every tensor (no base CLIP file needed to load)')
     parser.add_argument('--config', help="the run's config.yaml (default: found next to the checkpoint)")
     parser.add_argument('--clip-checkpoint', help='the base CLIP file (default: model.clip.checkpoint of the run)')
@@ -313,9 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         out = export_checkpoint(args.checkpoint, args.out, full=args.full, config_path=args.config,
-                                clip_checkpoint=args.clip_checkpoint, trust=args.trust_checkpoint)
+                                clip_checkpoint=args.clip_checkpoint, trust=args.trust_checkpoint, force=args.force)
     except ExportError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {printable(e)}', file=sys.stderr)
+        return 1
+    except OSError as e:  # a folder we cannot write
+        print(f'error: {printable(e.filename or args.out)}: {e.strerror}', file=sys.stderr)
         return 1
     cfg = json.loads((out / CONFIG_FILE).read_text())
     print(f'wrote {out}: {len(cfg["weights"]["tensors"])} tensors ({cfg["weights"]["contents"]}), '

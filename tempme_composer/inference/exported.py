@@ -83,11 +83,30 @@ class Preprocessing:
     tokenizer: str = 'openai-clip-bpe'
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+    def from_dict(cls, d: dict[str, Any], source: str = 'preprocessing') -> Preprocessing:
+        """Raises:
+            ExportError: unknown or missing keys (``source`` names the file)."""
+        _check_keys(d, cls, f'{source}: preprocessing')
+        _check_keys(d['frames'], FrameRule, f'{source}: preprocessing.frames', optional=True)
         d = dict(d)
         d['frames'] = FrameRule(**d['frames'])
         d['mean'], d['std'] = tuple(d['mean']), tuple(d['std'])
         return cls(**d)
+
+
+def _check_keys(d: Any, cls: type, where: str, optional: bool = False) -> None:
+    """``d``'s keys are ``cls``'s fields (all of those without a default present, unless ``optional``)."""
+    if not isinstance(d, dict):
+        raise ExportError(f'{where} is {type(d).__name__}, expected an object')
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
+    required = set() if optional else {f.name for f in fields if f.default is dataclasses.MISSING
+                                       and f.default_factory is dataclasses.MISSING}
+    unknown, missing = sorted(set(d) - names), sorted(required - set(d))
+    if unknown or missing:
+        parts = ([f'unknown keys {unknown}'] if unknown else []) + ([f'missing keys {missing}'] if missing else [])
+        raise ExportError(f'{where} has {" and ".join(parts)}; expected the keys {sorted(names)} (re-export the '
+                          'model with this tempme_composer)')
 
 
 @dataclass
@@ -157,7 +176,34 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     for key in ('model', 'base_clip', 'weights', 'preprocessing', 'model_hash'):
         if key not in cfg:
             raise ExportError(f'{path} has no {key!r} entry; re-export the model')
+    for key in ('model', 'base_clip', 'weights', 'preprocessing'):
+        if not isinstance(cfg[key], dict):
+            raise ExportError(f'{path}: {key!r} is {type(cfg[key]).__name__}, expected an object; re-export the model')
+    if not isinstance(cfg['model_hash'], str):
+        raise ExportError(f'{path}: \'model_hash\' is {cfg["model_hash"]!r}, expected text; re-export the model')
+    _check_limits(cfg, str(path))
     return cfg
+
+
+def _check_limits(cfg: dict[str, Any], source: str) -> None:
+    """Sizes within `tempme_composer.inference.limits` before anything is allocated (``ExportError`` otherwise)."""
+    from tempme_composer.inference.limits import check_architecture, check_preprocessing
+
+    arch = cfg['base_clip'].get('architecture')
+    try:
+        check_architecture(arch, source)
+        config = clip_config_from_dict(arch)
+        Preprocessing.from_dict(cfg['preprocessing'], source)
+        check_preprocessing(cfg['preprocessing'], config.context_length, config.image_resolution, source)
+    except ValueError as e:  # ExportError included
+        raise ExportError(str(e) if source in str(e) else f'{source}: base_clip.architecture: {e}') from e
+
+
+def _parameter_count(clip_config: CLIPConfig, model_cfg: ModelConfig, num_frames: int) -> int:
+    """Parameters and buffers of the network, built on the meta device (no memory, no time)."""
+    with torch.device('meta'):
+        model = UnifiedModel.from_config(CLIP(clip_config), model_cfg, num_frames=num_frames)
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
 
 
 def load_exported(directory: str | os.PathLike, clip_checkpoint: str | os.PathLike | None = None, *,
@@ -183,20 +229,33 @@ def load_exported(directory: str | os.PathLike, clip_checkpoint: str | os.PathLi
     if not weights_path.is_file():
         raise ExportError(f'{weights_path} is missing (the export folder holds {CONFIG_FILE} but no weights)')
     recorded = cfg['weights'].get('sha256')
+    if not isinstance(cfg['weights'].get('tensors', []), list):
+        raise ExportError(f'{directory / CONFIG_FILE}: weights.tensors is not a list of tensor names; re-export the model')
     actual = sha256_file(weights_path)
     if recorded != actual:
         raise ExportError(f'{weights_path} does not match {directory / CONFIG_FILE}: sha256 {actual[:16]}… but the '
                           f'export recorded {str(recorded)[:16]}… (the file was changed, truncated or replaced; '
                           're-export or copy the folder again)')
+    computed = model_hash(actual, cfg['model'], cfg['base_clip'])
+    if computed != cfg['model_hash']:
+        raise ExportError(f'{directory / CONFIG_FILE} records model_hash {cfg["model_hash"][:16]}… but its weights, '
+                          f'model section and base hash to {computed[:16]}…: the export was altered after it was '
+                          'written; re-export the model (or copy the folder again)')
     try:
         model_cfg = model_config_from_dict(cfg['model'], source=str(directory / CONFIG_FILE))
     except ConfigError as e:
         raise ExportError(str(e)) from e
     base = cfg['base_clip']
     architecture = clip_config_from_dict(base['architecture'])
-    contents = cfg['weights']['contents']
+    prep = Preprocessing.from_dict(cfg['preprocessing'], str(directory / CONFIG_FILE))
+    try:
+        from tempme_composer.inference.limits import check_parameter_count
+
+        check_parameter_count(_parameter_count(architecture, model_cfg, prep.max_frames), str(directory / CONFIG_FILE))
+    except ValueError as e:  # also a model section the network refuses (e.g. a merge schedule for other frames)
+        raise ExportError(str(e) if CONFIG_FILE in str(e) else f'{directory / CONFIG_FILE}: {e}') from e
+    contents = cfg['weights'].get('contents')
     clip = _base_clip(base, architecture, contents, clip_checkpoint, directory)
-    prep = Preprocessing.from_dict(cfg['preprocessing'])
     model = UnifiedModel.from_config(clip, model_cfg, num_frames=prep.max_frames)
     try:
         tensors = load_file(str(weights_path))

@@ -3,6 +3,9 @@
 Incremental: a re-run encodes only new or changed files (path, size, mtime) and drops deleted ones; batches
 are committed as they finish (`tempme_composer.inference.store`), so a crash loses at most the current batch.
 A video that cannot be decoded is skipped and listed with its reason, never indexed as zeros.
+Symbolic links under ``--videos``: a link to a file is indexed under the link's own path; a link to a folder is
+not followed (``os.walk``'s rule: no cycles, nothing outside the folder by accident); a dangling or looping link
+is skipped with its reason. One run at a time per index (`IndexStore.writer_lock`).
 No Composer import (streaming only to read an MDS split).
 """
 
@@ -26,8 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.video import VideoDecodeError
 from tempme_composer.inference.exported import ExportedModel, ExportError, load_exported
+from tempme_composer.inference.folders import describe_contents, is_inside
 from tempme_composer.inference.preprocess import VideoInput, video_from_file, video_from_frames
-from tempme_composer.inference.store import DTYPES, IndexError_, IndexStore, PendingBatch
+from tempme_composer.inference.store import DTYPES, MANIFEST, PENDING, IndexError_, IndexStore, PendingBatch
+from tempme_composer.inference.terminal import printable
 
 __all__ = ['VIDEO_EXTENSIONS', 'IndexReport', 'index_videos', 'index_mds_split', 'find_videos', 'main']
 
@@ -52,11 +57,14 @@ class IndexReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
-def find_videos(root: Path, all_files: bool = False) -> list[Path]:
-    """Video files under ``root`` (recursive, hidden files and folders left out), sorted."""
+def find_videos(root: Path, all_files: bool = False, exclude: Path | None = None) -> list[Path]:
+    """Video files under ``root`` (recursive, hidden files and folders left out, links to folders not followed,
+    ``exclude`` — the index being written, when it lies inside ``root`` — left out), sorted."""
     out = []
+    skip = exclude.resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.')
+                             and (skip is None or (Path(dirpath) / d).resolve() != skip))
         for name in sorted(filenames):
             if name.startswith('.'):
                 continue
@@ -120,13 +128,34 @@ def _check_model(store: IndexStore, model: ExportedModel, rebuild: bool) -> dict
     """The committed manifest to update (None: start empty); refuses an index of another model."""
     if not store.exists():
         return None
+    if rebuild:
+        return None  # replaced whole, even when damaged: the commit trusts none of its names
     manifest = store.manifest()
-    if manifest['model_hash'] != model.model_hash and not rebuild:
+    if manifest['model_hash'] != model.model_hash:
         raise IndexError_(
             f'{store.folder} was built by another model (hash {manifest["model_hash"][:12]}, from '
             f'{manifest.get("model_dir")}) than {model.directory} (hash {model.model_hash[:12]}): embeddings of two '
             'models are not comparable. Use a new --out folder, or --rebuild to replace this index')
-    return None if rebuild else manifest
+    return manifest
+
+
+def check_index_out(out: Path, source: Path, force: bool) -> None:
+    """Refuse an ``--out`` that is a file, holds the input, or is a non-empty folder that is not an index.
+
+    Raises:
+        IndexError_: naming what is there and the way through (a new folder, or ``--force``).
+    """
+    if out.exists() and not out.is_dir():
+        raise IndexError_(f'--out {out} is a file, expected an index folder (a new one, or one tempme-index wrote)')
+    if is_inside(source, out):
+        raise IndexError_(f'--out {out} contains the input {source}: an index is written into its own folder; '
+                          'choose an --out folder outside it')
+    if force or not out.is_dir() or (out / MANIFEST).is_file() or (out / PENDING).is_dir():
+        return
+    contents = describe_contents(out)
+    if contents:
+        raise IndexError_(f'--out {out} exists and is not a video index (it holds {contents}): choose a new folder, '
+                          'or add --force to write the index into it')
 
 
 def _base(model: ExportedModel, source: dict[str, Any]) -> dict[str, Any]:
@@ -143,11 +172,12 @@ def _progress(total: int, enabled: bool, what: str):
 
 def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.PathLike, *, dtype: str = 'float16',
                  batch_size: int = 16, num_workers: int = 0, bf16: bool = False, all_files: bool = False,
-                 rebuild: bool = False, progress: bool = True) -> IndexReport:
-    """Index (or update the index of) every video under ``videos`` into ``out``.
+                 rebuild: bool = False, force: bool = False, progress: bool = True) -> IndexReport:
+    """Index (or update the index of) every video under ``videos`` into ``out``, holding its writer lock.
 
     Raises:
-        IndexError_: ``out`` belongs to another model, is damaged, or ``videos`` holds no readable video.
+        IndexError_: ``out`` belongs to another model, is damaged, is not an index (without ``force``), is
+            being updated by another run, or ``videos`` holds no readable video.
     """
     if dtype not in DTYPES:
         raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
@@ -155,7 +185,30 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
     if not root.is_dir():
         raise IndexError_(f'--videos {videos}: no such folder')
     store = IndexStore(out)
-    store.folder.mkdir(parents=True, exist_ok=True)
+    check_index_out(store.folder, root, force)
+    with store.writer_lock():
+        return _index_videos(model, root, store, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+                             bf16=bf16, all_files=all_files, rebuild=rebuild, progress=progress)
+
+
+def _video_files(root: Path, all_files: bool, exclude: Path) -> tuple[dict[str, tuple[int, int]], list[dict[str, Any]]]:
+    """``{relative path: (size, mtime_ns)}`` of the videos under ``root``, and the links that lead nowhere."""
+    current, broken = {}, []
+    for p in find_videos(root, all_files, exclude=exclude):
+        rel = str(p.relative_to(root))
+        try:
+            st = p.stat()
+        except OSError as e:  # a dangling or looping symbolic link
+            target = os.readlink(p) if p.is_symlink() else None
+            why = e.strerror if target is None else f'{e.strerror}: a symbolic link to {target!r} that does not resolve'
+            broken.append({'path': rel, 'reason': f'cannot read {str(p)!r} ({why})'})
+            continue
+        current[rel] = (st.st_size, st.st_mtime_ns)
+    return current, broken
+
+
+def _index_videos(model: ExportedModel, root: Path, store: IndexStore, *, dtype: str, batch_size: int,
+                  num_workers: int, bf16: bool, all_files: bool, rebuild: bool, progress: bool) -> IndexReport:
     manifest = _check_model(store, model, rebuild)
     if manifest is not None and manifest['source'].get('kind') != 'videos':
         raise IndexError_(f'{store.folder} indexes an MDS split ({manifest["source"].get("root")}), not a folder of '
@@ -163,9 +216,8 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
     if manifest is not None and manifest['dtype'] != dtype:
         raise IndexError_(f'{store.folder} stores {manifest["dtype"]} embeddings; --dtype {dtype} needs --rebuild '
                           'or another --out folder')
-    files = {str(p.relative_to(root)): p.stat() for p in find_videos(root, all_files)}
-    current = {rel: (st.st_size, st.st_mtime_ns) for rel, st in files.items()}
-    report = IndexReport()
+    current, broken = _video_files(root, all_files, store.folder)
+    report = IndexReport(skipped=list(broken))
 
     kept_rows, kept_idx = [], []
     if manifest is not None:
@@ -177,7 +229,7 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
                 report.removed += 1
     done = {r['path'] for r in kept_rows}
     pending_rows, pending_emb = [], []
-    for batch in store.read_pending():  # a crashed run's complete batches: keep what still matches the files
+    for batch in store.read_pending(model.embed_dim):  # a crashed run's complete batches: keep what still matches the files
         for row, emb in zip(batch.rows, batch.embeddings, strict=True):
             if row['model_hash'] == model.model_hash and current.get(row['path']) == (row['size'], row['mtime_ns']) \
                     and row['path'] not in done:
@@ -187,7 +239,7 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
     report.recovered = len(pending_rows)
     todo = [(rel, *current[rel]) for rel in sorted(current) if rel not in done]
     report.reused = len(kept_rows)
-    if not current:
+    if not current and not broken:
         raise IndexError_(f'--videos {root}: no video files found (looked for {", ".join(sorted(VIDEO_EXTENSIONS))} '
                           'recursively; --all-files tries every file)')
 
@@ -214,7 +266,7 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
                 report.encoded += len(rows)
             bar.update(len(items))
     if not kept_rows and not pending_rows:
-        raise IndexError_(f'--videos {root}: none of the {len(current)} video files could be decoded '
+        raise IndexError_(f'--videos {root}: none of the {len(current) + len(broken)} video files could be decoded '
                           f'(first: {report.skipped[0]["path"]}: {report.skipped[0]["reason"]}); nothing was indexed')
     old = store.embeddings(manifest)[kept_idx] if manifest is not None and kept_idx else np.zeros((0, model.embed_dim), dtype)
     new = np.stack(pending_emb).astype(dtype) if pending_emb else np.zeros((0, model.embed_dim), dtype)
@@ -235,7 +287,7 @@ def _mds_samples(split: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | os.PathLike, *,
                     dtype: str = 'float16', batch_size: int | None = None, bf16: bool = False, rebuild: bool = False,
-                    progress: bool = True) -> IndexReport:
+                    force: bool = False, progress: bool = True) -> IndexReport:
     """Index every video of a converted MDS split (stored frames, the eval path's preprocessing) with its captions.
 
     Videos are encoded in the order and batches evaluation uses (``batch_size`` defaults to the run's global
@@ -248,7 +300,14 @@ def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | o
     if not (split / 'index.json').is_file():
         raise IndexError_(f'--mds {split}: not an MDS split folder (no index.json)')
     store = IndexStore(out)
-    store.folder.mkdir(parents=True, exist_ok=True)
+    check_index_out(store.folder, split, force)
+    with store.writer_lock():
+        return _index_mds_split(model, split, store, dtype=dtype, batch_size=batch_size, bf16=bf16, rebuild=rebuild,
+                                progress=progress)
+
+
+def _index_mds_split(model: ExportedModel, split: Path, store: IndexStore, *, dtype: str, batch_size: int | None,
+                     bf16: bool, rebuild: bool, progress: bool) -> IndexReport:
     manifest = _check_model(store, model, rebuild)
     signature = hashlib.sha256((split / 'index.json').read_bytes()).hexdigest()
     batch_size = batch_size or int(model.config.get('evaluation', {}).get('batch_size_val') or 16)
@@ -287,12 +346,13 @@ def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | o
 
 
 def print_report(report: IndexReport, out: str) -> None:
+    out = printable(out)
     print(f'{out}: {report.indexed} videos indexed ({report.encoded} encoded now, {report.reused} unchanged, '
           f'{report.recovered} recovered from an interrupted run, {report.removed} removed or changed)')
     if report.skipped:
         print(f'skipped {len(report.skipped)} videos that could not be decoded (listed in {out}/skipped.jsonl):')
         for s in report.skipped[:20]:
-            print(f'  {s["path"]}: {s["reason"]}')
+            print(f'  {printable(s["path"])}: {printable(s["reason"])}')
         if len(report.skipped) > 20:
             print(f'  … and {len(report.skipped) - 20} more')
 
@@ -312,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast (GPU)')
     parser.add_argument('--all-files', action='store_true', help='try every file, not only video extensions')
-    parser.add_argument('--rebuild', action='store_true', help='replace an index built by another model or dtype')
+    parser.add_argument('--rebuild', action='store_true', help='replace an index built by another model or dtype, '
+                        'or a damaged one')
+    parser.add_argument('--force', action='store_true', help='write into an --out folder that exists and is not '
+                        'an index (its own thumbs/ and pending/ names may be replaced)')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -321,12 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.videos:
             report = index_videos(model, args.videos, args.out, dtype=args.dtype, batch_size=args.batch_size or 16,
                                   num_workers=args.workers, bf16=args.bf16, all_files=args.all_files,
-                                  rebuild=args.rebuild, progress=not args.no_progress)
+                                  rebuild=args.rebuild, force=args.force, progress=not args.no_progress)
         else:
             report = index_mds_split(model, args.mds, args.out, dtype=args.dtype, batch_size=args.batch_size,
-                                     bf16=args.bf16, rebuild=args.rebuild, progress=not args.no_progress)
+                                     bf16=args.bf16, rebuild=args.rebuild, force=args.force,
+                                     progress=not args.no_progress)
     except (ExportError, IndexError_) as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {printable(e)}', file=sys.stderr)
+        return 1
+    except OSError as e:  # a folder we cannot read or write
+        print(f'error: {printable(e.filename or "")}: {e.strerror}', file=sys.stderr)
         return 1
     print_report(report, args.out)
     return 0

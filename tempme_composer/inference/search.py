@@ -17,7 +17,8 @@ import torch
 from tempme_composer.inference.exported import ExportedModel, load_exported
 from tempme_composer.inference.store import IndexError_, IndexStore
 
-__all__ = ['Hit', 'QueryResult', 'VideoIndex', 'exact_topk', 'search', 'evaluate_index', 'load_index_model']
+__all__ = ['Hit', 'QueryResult', 'VideoIndex', 'exact_topk', 'search', 'evaluate_index', 'load_index_model',
+           'full_path', 'display_path', 'result_dicts']
 
 #: fp32 rows converted at once during exact search (64 MiB of scores' inputs per chunk at D = 512).
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -75,9 +76,7 @@ class VideoIndex:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.store = IndexStore(folder)
-        self.manifest = self.store.manifest()
-        self.embeddings = self.store.embeddings(self.manifest)
-        self.rows = self.store.rows(self.manifest)
+        self.manifest, self.embeddings, self.rows = self.store.open_committed()
 
     @property
     def folder(self) -> Path:
@@ -203,11 +202,18 @@ def result_dicts(results: list[QueryResult], index: VideoIndex) -> list[dict[str
         'note': r.note,
         'ground_truth': [index.rows[g]['path'] for g in r.ground_truth] or None,
         'ground_truth_rank': r.ground_truth_rank,
-        'results': [{'rank': h.rank, 'score': h.score, 'path': _full_path(index, h.path), 'duration': h.duration}
+        'results': [{'rank': h.rank, 'score': h.score, 'path': display_path(index, h.path), 'duration': h.duration}
                     for h in r.hits],
     } for r in results]
 
 
-def _full_path(index: VideoIndex, path: str) -> str:
+def full_path(index: VideoIndex, path: str) -> Path | None:
+    """The video file of a row of a folder index (None for an MDS split, whose rows name video ids)."""
     source = index.manifest['source']
-    return str(Path(source['root']) / path) if source.get('kind') == 'videos' else path
+    return Path(source['root']) / path if source.get('kind') == 'videos' else None
+
+
+def display_path(index: VideoIndex, path: str) -> str:
+    """What a result shows: the video file's path, or the video id of an MDS split."""
+    video = full_path(index, path)
+    return str(video) if video is not None else path

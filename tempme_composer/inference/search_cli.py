@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
 from tempme_composer.inference.exported import ExportError
 from tempme_composer.inference.preprocess import QueryError
 from tempme_composer.inference.store import IndexError_
+from tempme_composer.inference.terminal import printable
 
-__all__ = ['main', 'read_queries']
+__all__ = ['main', 'read_queries', 'write_page', 'check_page_target']
 
 
 def read_queries(path: str | Path) -> list[str]:
@@ -32,17 +35,42 @@ def read_queries(path: str | Path) -> list[str]:
 
 
 def _print_results(results, index) -> None:
-    from tempme_composer.inference.search import _full_path
+    from tempme_composer.inference.search import display_path
 
     for r in results:
-        print(f'query: "{r.query}"')
+        print(f'query: "{printable(r.query)}"')
         if r.note:
             print(f'  note: {r.note}')
         for h in r.hits:
             mark = '  <- ground truth' if h.row in r.ground_truth else ''
-            print(f'  {h.rank:>3}. {h.score:.4f}  {_full_path(index, h.path)}  ({h.duration:.1f} s){mark}')
+            print(f'  {h.rank:>3}. {h.score:.4f}  {printable(display_path(index, h.path))}  ({h.duration:.1f} s){mark}')
         if r.ground_truth and not any(h.row in r.ground_truth for h in r.hits):
-            print(f'  ground truth {index.rows[r.ground_truth[0]]["path"]} ranked {r.ground_truth_rank}')
+            print(f'  ground truth {printable(index.rows[r.ground_truth[0]]["path"])} ranked {r.ground_truth_rank}')
+
+
+def check_page_target(path: str | Path, force: bool) -> None:
+    """``--html`` may name a new file or a page written here; anything else only with ``force``.
+
+    Raises:
+        QueryError: ``path`` is a folder, or an existing file that is not one of our pages.
+    """
+    from tempme_composer.inference.html_page import is_our_page
+
+    path = Path(path)
+    if path.is_dir():
+        raise QueryError(f'--html {path} is a folder, expected the .html file to write')
+    if path.exists() and not force and not is_our_page(path):
+        raise QueryError(f'--html {path} exists and is not a page tempme-search wrote: choose a new file name, or '
+                         'add --force to replace it')
+
+
+def write_page(path: str | Path, page: str, force: bool) -> None:
+    """Write ``page`` to ``path`` whole (a temporary file renamed), after `check_page_target`."""
+    check_page_target(path, force)
+    path = Path(path)
+    tmp = path.with_name(f'.tmp-{os.getpid()}-{path.name}')
+    tmp.write_text(page, encoding='utf-8')
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--model', help='exported model folder (default: the one that built the index)')
     parser.add_argument('--clip-checkpoint', help='base CLIP file, for a model exported without --full')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--force', action='store_true', help='let --html replace a file that is not a page '
+                        'tempme-search wrote')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
     try:
         return _run(args, parser)
     except (QueryError, IndexError_, ExportError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {printable(e)}', file=sys.stderr)
+        return 1
+    except OSError as e:  # a file we cannot read or write
+        print(f'error: {printable(e.filename or "")}: {e.strerror}', file=sys.stderr)
         return 1
 
 
@@ -85,13 +119,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         if not args.html:
             parser.error('--analysis writes a page: add --html OUT.html')
+        check_page_target(args.html, args.force)
         index = VideoIndex(args.index) if args.index else None
-        Path(args.html).write_text(analysis_page(read_ranks(args.analysis), index, args.worst, source=args.analysis),
-                                   encoding='utf-8')
-        print(f'wrote {args.html}')
+        write_page(args.html, analysis_page(read_ranks(args.analysis), index, args.worst, source=args.analysis),
+                   args.force)
+        print(f'wrote {printable(args.html)}')
         return 0
     if not args.index:
         parser.error('INDEX is required')
+    if args.html:
+        check_page_target(args.html, args.force)  # refused before the model loads and the search runs
     if args.top_k < 1:
         raise QueryError(f'--top-k {args.top_k}: expected a positive number')
     if args.expansion_search is not None and (not args.approximate or args.expansion_search < args.top_k):
@@ -125,8 +162,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.html:
         from tempme_composer.inference.html_page import results_page
 
-        Path(args.html).write_text(results_page(results, index), encoding='utf-8')
-        print(f'wrote {args.html}', file=sys.stderr)
+        write_page(args.html, results_page(results, index), args.force)
+        print(f'wrote {printable(args.html)}', file=sys.stderr)
     return 0
 
 
