@@ -9,7 +9,9 @@ same machine. Run these tests serially (plain pytest), never with pytest-xdist.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from fractions import Fraction
+from multiprocessing.shared_memory import SharedMemory as OsSharedMemory
 from pathlib import Path
 
 import av
@@ -18,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from streaming import MDSWriter, StreamingDataset
+from streaming.base.shared import prefix as shm_prefix
 
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data import (
@@ -31,14 +34,18 @@ from tempme_composer.data import (
 )
 from tempme_composer.data.frame_layout import StoredFrames, pack_jpeg_frames
 from tempme_composer.data.streaming import (
+    SHM_NAME_ATTEMPTS,
+    SharedMemoryNameError,
     VideoTextDataset,
     build_video_text_dataloader,
     collate_eval,
+    construct_streaming,
     split_eval_batch,
     split_eval_batch_by_size,
 )
 from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset, main
 from tempme_composer.data.uint8_frames import normalize_frames
+from tempme_composer.preflight import RecipeError
 
 R = 32  # small CLIP resolution keeps the streaming tests fast
 L = 16  # max_words
@@ -413,6 +420,102 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match='index.json'):
         build_video_text_dataloader(local=str(tmp_path / 'empty'), batch_size=2, train=False,
                                     **loader_kwargs())
+
+
+class OtherJob:
+    """A second streaming job on this machine, starting at the same moment: it registers the shared-memory
+    name streaming just picked, after streaming's scan and before its create, for the first ``times`` creates.
+
+    It wraps the create streaming's prefix registration makes (only the timing of the third-party library is
+    steered); the segment itself is a real POSIX shared-memory block holding another job's locals.
+    """
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.taken: list[tuple[OsSharedMemory, bytes]] = []
+        self._streaming_shared_memory = shm_prefix.SharedMemory
+
+    def shared_memory(self, name: str | None = None, create: bool | None = None, size: int = 0,
+                      auto_cleanup: bool = True):  # -> streaming's SharedMemory
+        if create is True and len(self.taken) < self.times:
+            data = shm_prefix._pack_locals([f'/elsewhere/other-job-{len(self.taken)}'], int(name[:6]))
+            segment = OsSharedMemory(name=name, create=True, size=len(data))
+            segment.buf[:len(data)] = data
+            self.taken.append((segment, data))
+        return self._streaming_shared_memory(name, create, size, auto_cleanup)
+
+    def prefixes(self) -> list[int]:
+        """The shared-memory prefixes this job holds."""
+        return [int(segment.name.lstrip('/')[:6]) for segment, _ in self.taken]
+
+    def untouched(self) -> bool:
+        """Every segment still holds what this job wrote (the dataset never wrote into another job's name)."""
+        return all(bytes(segment.buf[:len(data)]) == data for segment, data in self.taken)
+
+    def release(self) -> None:
+        for segment, _ in self.taken:
+            segment.close()
+            segment.unlink()
+
+
+@pytest.fixture
+def other_job(monkeypatch) -> Iterator[Callable[[int], OtherJob]]:
+    """``other_job(times)`` starts racing streaming's registrations; its segments are removed afterwards."""
+    jobs: list[OtherJob] = []
+
+    def start(times: int) -> OtherJob:
+        job = OtherJob(times)
+        monkeypatch.setattr(shm_prefix, 'SharedMemory', job.shared_memory)
+        jobs.append(job)
+        return job
+
+    yield start
+    monkeypatch.undo()
+    for job in jobs:
+        job.release()
+
+
+def test_a_shared_memory_name_taken_by_another_job_is_built_again(demo, other_job):
+    expected = _eval_videos(demo)
+    job = other_job(1)
+    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False,
+                                       **loader_kwargs(max_frames=6))
+    assert len(job.taken) == 1  # the race happened: the first create found the name taken
+    dataset = spec.dataloader.dataset
+    assert dataset._shm_prefix_int not in job.prefixes()
+    batch = next(iter(spec.dataloader))
+    assert batch.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(batch[key], value), key
+    assert job.untouched()
+
+
+def test_a_shared_memory_name_taken_every_time_is_one_clear_error(demo, other_job):
+    job = other_job(SHM_NAME_ATTEMPTS)
+    with pytest.raises(SharedMemoryNameError) as info:
+        build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False,
+                                    **loader_kwargs(max_frames=6))
+    assert len(job.taken) == SHM_NAME_ATTEMPTS
+    message = str(info.value)
+    last = job.taken[-1][0].name.lstrip('/')
+    assert isinstance(info.value, RecipeError) and '\n' not in message  # main(): one `error: ...` paragraph
+    assert f"streaming picked the free name '/{last}'" in message, message
+    assert 'another process on this machine' in message
+    assert f'built {SHM_NAME_ATTEMPTS} times' in message
+    assert message.endswith('Rerun, and start jobs that share this machine a few seconds apart.')
+    assert job.untouched()
+
+
+def test_other_file_exists_errors_are_not_retried():
+    calls = []
+
+    def init() -> None:
+        calls.append(1)
+        raise FileExistsError(17, 'File exists', '/tmp/run/index.json')
+
+    with pytest.raises(FileExistsError):
+        construct_streaming(init)
+    assert len(calls) == 1
 
 
 # ------------------------------------------------------------------------------------------------------------

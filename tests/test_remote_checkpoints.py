@@ -5,15 +5,19 @@ mid-run loses no checkpoint: autoresume uploads again once it is back."""
 
 import json
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from composer import Trainer
+from composer.core import Callback, State
+from composer.loggers import Logger
 from s3_fixtures import start_moto_server
 
+import tempme_composer.train as train_module
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
 from tempme_composer.preflight import RecipeError
@@ -115,14 +119,51 @@ def test_a_missing_remote_checkpoint_is_one_error_naming_it(tmp_path, s3_bucket)
         train(load_config(DEMO, demo_args(tmp_path, 'run', 'do_train=false', 'do_eval=true', f'resume={uri}')))
 
 
+class StopStoreWhenEpoch2Starts(Callback):
+    """Stops the run's S3 server at the start of epoch 2, once every upload of epoch 1 is listed on it.
+
+    Training waits here (bounded), so the outage covers exactly epoch 2's uploads however fast training or
+    the upload worker runs; the server is real and is really stopped (connections refused).
+    """
+
+    def __init__(self, server, client, bucket: str, keys: set[str], timeout_s: float = 180.0) -> None:
+        self.server, self.client, self.bucket, self.keys, self.timeout_s = server, client, bucket, keys, timeout_s
+        self.stopped = False
+
+    def epoch_start(self, state: State, logger: Logger) -> None:
+        if int(state.timestamp.epoch) != 1 or self.stopped:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while not self.keys <= (listed := self._listed()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f'epoch 1 uploads not on the store after {self.timeout_s:.0f} s: {sorted(listed)}')
+            time.sleep(0.05)
+        self.server.stop()
+        self.stopped = True
+
+    def _listed(self) -> set[str]:
+        listing = self.client.list_objects_v2(Bucket=self.bucket)
+        return {o['Key'] for o in listing.get('Contents', [])}
+
+
+def with_callback(monkeypatch: pytest.MonkeyPatch, callback: Callback) -> None:
+    """Every Trainer that ``train()`` builds also gets ``callback`` (through Composer's ``callbacks``)."""
+
+    class TrainerWithCallback(Trainer):
+        def __init__(self, *args: Any, callbacks: list[Callback] | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, callbacks=[*(callbacks or []), callback], **kwargs)
+
+    monkeypatch.setattr(train_module, 'Trainer', TrainerWithCallback)
+
 
 @pytest.mark.e2e
 def test_a_store_that_goes_away_mid_run_is_an_error_and_autoresume_uploads_again(tmp_path, s3_server, monkeypatch):
-    """A real outage, nothing patched: the run's own S3 server is stopped (connections refused) as soon as
-    epoch 1's checkpoint and latest pointer are on it, while epoch 2 trains or its uploads run (they lag the
-    training by seconds here). With epochs=2 the failure surfaces deterministically at the end of training
-    (Composer's wait for the uploads at FIT_END): no batch is left whose end would check the upload worker.
-    No retry settings are needed: a refused connection uses up botocore's retries within seconds."""
+    """A real outage, nothing of the recipe patched: the run's own S3 server is stopped when epoch 2 starts,
+    right after epoch 1's checkpoint, latest pointer and best files are on it, so every upload of epoch 2
+    fails. With epochs=2 the failure surfaces deterministically at the end of training (Composer's wait for
+    the uploads at FIT_END): epoch 2's uploads are queued after its last batch, so no batch end checks the
+    upload worker first. No retry settings are needed: a refused connection uses up botocore's retries
+    within seconds."""
     import boto3
 
     server, endpoint = start_moto_server()
@@ -134,28 +175,16 @@ def test_a_store_that_goes_away_mid_run_is_an_error_and_autoresume_uploads_again
     store = f's3://{bucket}/runs/demo'
     local = tmp_path / 'run' / 'checkpoints'
     args = demo_args(tmp_path, 'run', f'save_folder={store}', 'autoresume=true')
-    give_up = threading.Event()
-
-    def stop_once_epoch_1_is_uploaded() -> None:
-        deadline = time.monotonic() + 180  # bounded: a run that never uploads fails the asserts, not hangs
-        try:
-            while not give_up.is_set() and time.monotonic() < deadline:
-                listing = client.list_objects_v2(Bucket=bucket, Prefix='runs/demo/')
-                keys = {o['Key'] for o in listing.get('Contents', [])}
-                if {'runs/demo/ep1-ba3-rank0.pt', 'runs/demo/latest-rank0.pt.symlink'} <= keys:
-                    return
-                time.sleep(0.02)
-        finally:
-            server.stop()
-
-    stopper = threading.Thread(target=stop_once_epoch_1_is_uploaded, daemon=True)
-    stopper.start()
+    epoch_1 = {f'runs/demo/{name}' for name in ('best.pt', 'best.json', 'ep1-ba3-rank0.pt', 'latest-rank0.pt.symlink')}
+    stopper = StopStoreWhenEpoch2Starts(server, client, bucket, epoch_1)
     try:
-        with pytest.raises(CheckpointUploadError) as info:
+        with monkeypatch.context() as patch, pytest.raises(CheckpointUploadError) as info:
+            with_callback(patch, stopper)
             train(load_config(DEMO, [*args, 'epochs=2']))
     finally:
-        give_up.set()
-        stopper.join(timeout=200)
+        if not stopper.stopped:
+            server.stop()
+    assert stopper.stopped
     message = str(info.value)
     assert isinstance(info.value, RecipeError) and '\n' not in message  # main(): one `error: ...` paragraph
     assert message.startswith(f'uploading a checkpoint to save_folder={store} failed (EndpointConnectionError: '
