@@ -18,7 +18,6 @@ from export_fixtures import exported_tiny, run_folder
 from video_fixtures import write_video
 
 from tempme_composer.inference import ExportError, load_exported
-from tempme_composer.inference.export import export_checkpoint
 from tempme_composer.inference.export import main as export_main
 from tempme_composer.inference.exported import model_hash, sha256_file
 from tempme_composer.inference.index import index_videos

@@ -67,3 +67,34 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_numbered_video(path: Path, *, frames: int = 30, fps: int = 10, width: int = 32, height: int = 24,
+                         pts_ms: Sequence[int] | None = None, rotation: float | None = None,
+                         container_format: str | None = None, faststart: bool = False) -> Path:
+    """Write ``frames`` frames that all differ (noise plus a brightness step per frame), so that taking a
+    wrong frame changes the decoded pixels.
+
+    ``pts_ms`` gives each frame's presentation time in milliseconds (a variable frame rate; needs a container
+    that keeps them, e.g. Matroska); ``faststart`` puts an mp4's index in front, so a cut file still opens.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(frames)
+    options = {'movflags': 'faststart'} if faststart else {}
+    with av.open(str(path), mode='w', format=container_format or 'mp4', options=options) as container:
+        stream = container.add_stream(_codec(), rate=Fraction(fps), options={'threads': '1'})
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        if pts_ms is not None:
+            stream.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(frames):
+            array = (rng.integers(0, 128, (height, width, 3)) + 2 * (i % 64)).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(array, format='rgb24')
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -2,8 +2,9 @@
 
 NAME: ``efficiency`` (the four variants' parameters, tokens, GMAC, videos/s, memory, MFU), ``conv`` (exact ways
 to run STOP's pixel Conv3d stack), ``tempme`` (per-block tokens, GMAC and videos/s: meanP vs TempMe),
-``metrics`` (evaluation time and memory), ``data`` (video storage and loader throughput) and ``search`` (exact vs
-HNSW search over 10k-1M indexed videos). Shared timing,
+``metrics`` (evaluation time and memory), ``data`` (video storage and loader throughput), ``search`` (exact vs
+HNSW search over 10k-1M indexed videos) and ``index-memory`` (peak RSS of ``tempme-index`` on a huge-frame clip
+and a two-hour video, whole-video vs bounded decoding). Shared timing,
 table and JSON helpers are in `tempme_composer.bench.common`.
 """
 
@@ -16,6 +17,7 @@ BENCHMARKS = {
     'metrics': 'tempme_composer.bench.metrics',
     'data': 'tempme_composer.bench.data',
     'search': 'tempme_composer.bench.search',
+    'index-memory': 'tempme_composer.bench.index_memory',
 }
 
 __all__ = ['BENCHMARKS']

@@ -133,8 +133,9 @@ def _streaming_shm_name(error: FileExistsError) -> str | None:
 
 def _ranks_synchronise() -> bool:
     """Whether streaming's registration synchronises ranks (torch.distributed, or it would start it itself)."""
-    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return initialized or int(os.environ.get('WORLD_SIZE', '1')) > 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size() > 1  # one rank in a process group: nothing to keep in step
+    return int(os.environ.get('WORLD_SIZE', '1')) > 1
 
 
 def _shm_race_message(name: str, attempts: int, several_ranks: bool) -> str:

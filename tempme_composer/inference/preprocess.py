@@ -16,11 +16,11 @@ from PIL import Image
 
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data.uint8_frames import frames_to_uint8
-from tempme_composer.data.video import decode_video, select_frame_indices
+from tempme_composer.data.video import MAX_FRAME_PIXELS, decode_video_frames, select_frame_indices
 from tempme_composer.inference.exported import Preprocessing
 
 __all__ = ['VideoInput', 'QueryError', 'video_from_file', 'video_from_frames', 'tokenize_queries',
-           'thumbnail_strip', 'THUMBNAILS_PER_VIDEO']
+           'thumbnail_strip', 'thumbnail_indices', 'frames_needed', 'THUMBNAILS_PER_VIDEO']
 
 THUMBNAILS_PER_VIDEO = 4
 THUMBNAIL_HEIGHT = 72
@@ -45,7 +45,7 @@ class VideoInput:
 def video_from_frames(frames: Sequence[np.ndarray | Image.Image], prep: Preprocessing, *, duration: float,
                       warnings: Sequence[str] = ()) -> VideoInput:
     """Select ``max_frames`` of ``frames`` and preprocess them exactly as evaluation does (``frames`` may be a
-    `StoredFrames`, which decodes only the selected ones)."""
+    `StoredFrames`, which decodes only the selected ones, or a `PickedFrames` holding `frames_needed`)."""
     keep = select_frame_indices(len(frames), prep.max_frames, prep.slice_framepos)
     picked = frames.select_stored(keep) if hasattr(frames, 'select_stored') else [frames[i] for i in keep]
     R = prep.image_resolution
@@ -56,16 +56,33 @@ def video_from_frames(frames: Sequence[np.ndarray | Image.Image], prep: Preproce
     return VideoInput(video, mask, float(duration), len(frames), thumbnail_strip(frames), list(warnings))
 
 
-def video_from_file(path: str | os.PathLike, prep: Preprocessing) -> VideoInput:
+def frames_needed(num_frames: int, prep: Preprocessing) -> set[int]:
+    """Rule indices `video_from_frames` reads from ``num_frames`` frames: the selection and the thumbnails."""
+    keep = select_frame_indices(num_frames, prep.max_frames, prep.slice_framepos)
+    return {int(i) for i in keep} | {int(i) for i in thumbnail_indices(num_frames)}
+
+
+def video_from_file(path: str | os.PathLike, prep: Preprocessing, *,
+                    max_pixels: int = MAX_FRAME_PIXELS) -> VideoInput:
     """Decode with the conversion's frame rule, then `video_from_frames`.
+
+    Only `frames_needed` are held (`decode_video_frames`), so memory does not grow with the video's length,
+    and frames over ``max_pixels`` (after the rule's resize) are decoded smaller with a ``resized:`` warning.
+    Otherwise the result equals decoding every frame with `decode_video` and passing them all.
 
     Raises:
         VideoDecodeError: the file is not a readable video (missing, not media, truncated before any frame).
     """
     rule = prep.frames
-    decoded = decode_video(path, fps=rule.fps, short_side=rule.short_side, apply_rotation=rule.apply_rotation)
-    duration = decoded.duration_s
-    return video_from_frames(decoded.frames, prep, duration=duration, warnings=decoded.warnings)
+    decoded = decode_video_frames(path, fps=rule.fps, short_side=rule.short_side,
+                                  apply_rotation=rule.apply_rotation, pick=lambda n: frames_needed(n, prep),
+                                  max_pixels=max_pixels)
+    return video_from_frames(decoded.frames, prep, duration=decoded.duration_s, warnings=decoded.warnings)
+
+
+def thumbnail_indices(num_frames: int, count: int = THUMBNAILS_PER_VIDEO) -> np.ndarray:
+    """Indices of the ``count`` evenly spaced frames (first and last included) `thumbnail_strip` shows."""
+    return np.linspace(0, num_frames - 1, num=min(count, num_frames)).round().astype(int)
 
 
 def thumbnail_strip(frames: Sequence[np.ndarray | Image.Image], count: int = THUMBNAILS_PER_VIDEO,
@@ -73,9 +90,8 @@ def thumbnail_strip(frames: Sequence[np.ndarray | Image.Image], count: int = THU
     """A JPEG of ``count`` evenly spaced frames side by side (the results page shows it as the video)."""
     import io
 
-    picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
     images = []
-    for i in picks:
+    for i in thumbnail_indices(len(frames), count):
         image = frames[i] if isinstance(frames[i], Image.Image) else Image.fromarray(frames[i])
         image = image.convert('RGB')
         width = max(1, round(image.width * height / image.height))
