@@ -157,10 +157,10 @@ def check_row(row: dict[str, Any], where: str) -> None:
     parts = PurePosixPath(path).parts
     if PurePosixPath(path).is_absolute() or '..' in parts or '\x00' in path:
         raise IndexError_(f'{where}: "path" is {path!r}, expected a path inside the indexed folder (relative, no "..")')
-    for key in ('duration',):
+    for key in ('duration', 'start', 'end'):
         if row.get(key) is not None and not _is_number(row[key]):
             raise IndexError_(f'{where}: "{key}" is {row[key]!r}, expected a number')
-    for key in ('size', 'mtime_ns', 'frames', 'used_frames', 'sample', 'row'):
+    for key in ('size', 'mtime_ns', 'frames', 'used_frames', 'sample', 'row', 'moment'):
         if key in row and not _is_int(row[key]):
             raise IndexError_(f'{where}: "{key}" is {row[key]!r}, expected an integer')
     thumb = row.get('thumb')
