@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -57,6 +58,18 @@ def _error_line(capsys) -> str:
     assert lines and lines[-1].startswith('error: '), err
     assert 'Traceback' not in err, err
     return lines[-1]
+
+
+def _edit_rows(index: Path, edit) -> Path:
+    """Rewrite the committed metadata with ``edit(rows)`` (a file forged by hand); returns its path."""
+    from tempme_composer.inference.metadata_db import MetadataRows, write_metadata_db
+
+    path = index / json.loads((index / 'index.json').read_text())['metadata']
+    rows = list(MetadataRows(path, 3, lambda row, where: None, ValueError))
+    edit(rows)
+    path.unlink()
+    write_metadata_db(path, rows)
+    return path
 
 
 def _set_manifest(index: Path, **changes) -> dict:
@@ -139,7 +152,7 @@ def test_search_html_replaces_only_its_own_page(built, tmp_path, capsys):
 
 # ---- paths stay inside their folder ------------------------------------------------------------------------------
 @pytest.mark.parametrize('entry,value', [('captions', '../../victim.txt'), ('embeddings', 'ABSOLUTE'),
-                                         ('metadata', 'thumbs/../metadata-g1.jsonl')])
+                                         ('metadata', 'thumbs/../metadata-g1.sqlite')])
 def test_manifest_names_outside_the_index_are_refused_and_nothing_is_deleted(built, tmp_path, capsys, entry, value):
     index = _copy_index(built, tmp_path / 'a' / 'b')
     victim = tmp_path / 'a' / 'victim.txt'
@@ -159,11 +172,11 @@ def test_manifest_names_outside_the_index_are_refused_and_nothing_is_deleted(bui
 
 def test_a_link_out_of_the_index_is_refused(built, tmp_path):
     index = _copy_index(built, tmp_path)
-    outside = tmp_path / 'outside.jsonl'
-    shutil.copy(index / 'metadata-g1.jsonl', outside)
-    (index / 'metadata-g1.jsonl').unlink()
-    (index / 'metadata-g1.jsonl').symlink_to(outside)
-    with pytest.raises(IndexError_, match="'metadata' is 'metadata-g1.jsonl', which links outside"):
+    outside = tmp_path / 'outside.sqlite'
+    shutil.copy(index / 'metadata-g1.sqlite', outside)
+    (index / 'metadata-g1.sqlite').unlink()
+    (index / 'metadata-g1.sqlite').symlink_to(outside)
+    with pytest.raises(IndexError_, match="'metadata' is 'metadata-g1.sqlite', which links outside"):
         VideoIndex(index)
     # the index's own sub-folders are never written or emptied through a link
     index = _copy_index(built, tmp_path / 'b')
@@ -181,13 +194,10 @@ def test_a_link_out_of_the_index_is_refused(built, tmp_path):
 @pytest.mark.parametrize('thumb', ['../../../../etc/passwd', '/etc/passwd', 'x.jpg/../../index.json'])
 def test_a_thumbnail_outside_the_index_is_an_error_and_never_inlined(built, tmp_path, capsys, thumb):
     index = _copy_index(built, tmp_path)
-    meta = index / 'metadata-g1.jsonl'
-    rows = [json.loads(line) for line in meta.read_text().splitlines()]
-    rows[0]['thumb'] = thumb
-    meta.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    _edit_rows(index, lambda rows: rows[0].update(thumb=thumb))
     page = tmp_path / 'page.html'
     assert search_main([str(index), 'a red square', '--html', str(page)]) == 1
-    assert f'metadata-g1.jsonl, line 1: "thumb" is {thumb!r}, expected a file name <key>.jpg' in _error_line(capsys)
+    assert f'metadata-g1.sqlite, row 0: "thumb" is {thumb!r}, expected a file name <key>.jpg' in _error_line(capsys)
     assert not page.exists()
     ranks = tmp_path / 'ranks.jsonl'
     ranks.write_text(json.dumps({'caption': 'c', 'video_id': 'v0.mp4', 'rank': 2, 'top_videos': ['v1.mp4']}) + '\n')
@@ -378,15 +388,17 @@ def test_every_bad_index_file_is_one_error_line(built, tmp_path, capsys):
     np.save(index / 'embeddings-g1.npy', np.zeros((2, 64), np.float32))
     fails(index, 'embeddings-g1.npy holds an array of shape (2, 64) and dtype float32, but index.json says shape (3, 64)')
     index = _copy_index(built, tmp_path / 'json')
-    with open(index / 'metadata-g1.jsonl', 'a') as f:
-        f.write('{not json\n')
-    fails(index, 'metadata-g1.jsonl, line 4: not JSON')
+    db = sqlite3.connect(index / 'metadata-g1.sqlite')
+    db.execute("UPDATE rows SET row = '{not json' WHERE id = 0")
+    db.commit()
+    db.close()
+    fails(index, 'metadata-g1.sqlite, row 0: not JSON')
     index = _copy_index(built, tmp_path / 'nopath')
-    meta = index / 'metadata-g1.jsonl'
-    rows = [json.loads(line) for line in meta.read_text().splitlines()]
-    del rows[1]['path']
-    meta.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    fails(index, 'metadata-g1.jsonl, line 2: row has no "path"')
+    _edit_rows(index, lambda rows: rows[1].pop('path'))
+    fails(index, 'metadata-g1.sqlite, row 1: row has no "path"')
+    index = _copy_index(built, tmp_path / 'notdb')
+    (index / 'metadata-g1.sqlite').write_bytes(b'not a database' * 100)
+    fails(index, 'metadata-g1.sqlite is not a readable metadata database')
 
 
 def test_bad_analysis_files_are_one_error_line(built, tmp_path, capsys):
@@ -442,3 +454,13 @@ def test_each_thumbnail_is_inlined_once_and_cards_link_their_video(built, tmp_pa
     for i in range(3):
         uri = (built['videos'] / f'v{i}.mp4').resolve().as_uri()
         assert text.count(f'href="{uri}"') == 60
+
+
+def test_a_version_1_index_with_json_lines_metadata_is_still_read(built, tmp_path):
+    index = _copy_index(built, tmp_path)
+    want = list(VideoIndex(index).rows)
+    (index / 'metadata-g1.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in want))
+    (index / 'metadata-g1.sqlite').unlink()
+    _set_manifest(index, format_version=1, metadata='metadata-g1.jsonl')
+    assert list(VideoIndex(index).rows) == want
+    assert search_main([str(index), 'a red square']) == 0

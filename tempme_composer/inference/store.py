@@ -1,10 +1,11 @@
 """The on-disk video index: one folder, committed atomically, readable with memory maps.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2; version 1, with ``metadata-g<N>.jsonl``, is still read)::
 
     index.json               manifest: model hash, dtype, row count, the generation's file names (commit point)
     embeddings-g<N>.npy      [rows, D] float16 (default) or float32, memory-mapped for search
-    metadata-g<N>.jsonl      one JSON object per row: path or video_id, size, mtime_ns, duration, frames, thumb
+    metadata-g<N>.sqlite     one row per embedding (`metadata_db`): path or video_id, size, mtime_ns, duration,
+                             frames, thumb, and a moment's start / end
     captions-g<N>.jsonl      (an MDS split only) one line per caption: row, caption_index, text
     thumbs/<key>.jpg         a strip of a few frames per video
     pending/batch-*.npy|.jsonl  batches encoded by a run that has not committed yet (a crash keeps them)
@@ -30,6 +31,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from tempme_composer.inference.folders import UnsafeNameError, confined
+from tempme_composer.inference.metadata_db import MetadataRows, write_metadata_db
 
 __all__ = [
     'INDEX_FORMAT',
@@ -52,7 +55,9 @@ __all__ = [
 ]
 
 INDEX_FORMAT = 'tempme-video-index'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads: 1 kept its metadata as JSON lines, 2 in SQLite.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = 'index.json'
 PENDING = 'pending'
 THUMBS = 'thumbs'
@@ -62,7 +67,7 @@ DTYPES = ('float16', 'float32')
 #: The file names an index holds, per manifest entry: generation files are found by these patterns only.
 GENERATION_FILES = {
     'embeddings': re.compile(r'embeddings-g([0-9]{1,12})\.npy'),
-    'metadata': re.compile(r'metadata-g([0-9]{1,12})\.jsonl'),
+    'metadata': re.compile(r'metadata-g([0-9]{1,12})\.(?:jsonl|sqlite)'),
     'captions': re.compile(r'captions-g([0-9]{1,12})\.jsonl'),
 }
 THUMB_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}\.jpg')
@@ -73,6 +78,9 @@ _MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
     'model_hash': (str,), 'count': (int,), 'embed_dim': (int,), 'dtype': (str,), 'generation': (int,),
     'source': (dict,), 'preprocessing': (dict,),
 }
+#: numpy parses a .npy header with ``ast.literal_eval``, which CPython 3.11 cannot run in two threads at once
+#: (``SystemError: AST constructor recursion depth mismatch``): readers in threads open arrays one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
 #: Readers retry this often when a writer commits between their reading index.json and opening its files.
 _OPEN_ATTEMPTS = 5
 
@@ -222,9 +230,10 @@ class IndexStore:
                               'with tempme-index --rebuild') from e
         if not isinstance(m, dict):
             raise IndexError_(f'{self.manifest_path}: expected a JSON object, got {type(m).__name__}')
-        if m.get('format') != INDEX_FORMAT or m.get('format_version') != FORMAT_VERSION:
+        if m.get('format') != INDEX_FORMAT or m.get('format_version') not in READABLE_VERSIONS:
             raise IndexError_(f'{self.manifest_path}: format {m.get("format")!r} version {m.get("format_version")!r}; '
-                              f'this tempme_composer reads {INDEX_FORMAT} version {FORMAT_VERSION}')
+                              f'this tempme_composer reads {INDEX_FORMAT} versions '
+                              f'{", ".join(map(str, READABLE_VERSIONS))}')
         self._check_manifest(m)
         return m
 
@@ -259,7 +268,8 @@ class IndexStore:
         m = manifest or self.manifest()
         path = self.folder / m['embeddings']
         try:
-            emb = np.load(path, mmap_mode='r', allow_pickle=False)
+            with _NPY_HEADER_LOCK:
+                emb = np.load(path, mmap_mode='r', allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             if isinstance(e, FileNotFoundError):
                 raise
@@ -272,8 +282,16 @@ class IndexStore:
         return emb
 
     def rows(self, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every committed row, read and checked (an update needs them all; a search uses `rows_view`)."""
+        return list(self.rows_view(manifest))
+
+    def rows_view(self, manifest: dict[str, Any] | None = None) -> Sequence[dict[str, Any]]:
+        """The committed rows as a sequence: an SQLite file is read a row at a time, on demand (a search opens
+        a million-row index without parsing it); a version-1 JSON-lines file is parsed and checked whole."""
         m = manifest or self.manifest()
         path = self.folder / m['metadata']
+        if path.suffix == '.sqlite':
+            return MetadataRows(path, m['count'], check_row, IndexError_)
         rows = _read_jsonl(path)
         if len(rows) != m['count']:
             raise IndexError_(f'{path} has {len(rows)} rows but {MANIFEST} says {m["count"]}: '
@@ -294,7 +312,7 @@ class IndexStore:
                                   f'(a caption), got row={c.get("row")!r}, text={c.get("text")!r:.60}')
         return rows
 
-    def open_committed(self) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]]]:
+    def open_committed(self) -> tuple[dict[str, Any], np.ndarray, Sequence[dict[str, Any]]]:
         """Manifest, embeddings and rows of one committed generation, as a set.
 
         A writer may commit between our reading ``index.json`` and opening the files it names, then delete them;
@@ -305,7 +323,7 @@ class IndexStore:
             before = self._raw_generation()
             try:
                 manifest = self.manifest()
-                return manifest, self.embeddings(manifest), self.rows(manifest)
+                return manifest, self.embeddings(manifest), self.rows_view(manifest)
             except (FileNotFoundError, IndexError_) as e:
                 if attempt < _OPEN_ATTEMPTS - 1 and self._raw_generation() != before:
                     continue  # a commit happened meanwhile: read the new generation
@@ -445,10 +463,10 @@ class IndexStore:
         except IndexError_:
             old = None  # a damaged manifest being rebuilt: its names are not trusted, its files are found below
         generation = self._next_generation()
-        names = {'embeddings': f'embeddings-g{generation}.npy', 'metadata': f'metadata-g{generation}.jsonl',
+        names = {'embeddings': f'embeddings-g{generation}.npy', 'metadata': f'metadata-g{generation}.sqlite',
                  'captions': f'captions-g{generation}.jsonl' if captions is not None else None}
         _atomic_save_npy(self.folder / names['embeddings'], embeddings)
-        atomic_write_bytes(self.folder / names['metadata'], _jsonl(rows))
+        write_metadata_db(self.folder / names['metadata'], rows)
         if captions is not None:
             atomic_write_bytes(self.folder / names['captions'], _jsonl(captions))
         atomic_write_bytes(self.folder / SKIPPED, _jsonl(skipped))
