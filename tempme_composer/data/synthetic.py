@@ -14,6 +14,11 @@ background shade/tint and pixel noise. Each video gets 3-5 caption paraphrases b
 synonyms ("a red circle moves to the left", "something red and round heading left", ...).
 
 Run ``python -m tempme_composer.data.synthetic --out DIR`` to create it.
+
+The *long* demo (``--long``) strings 3-6 such clips of different classes into one video, for moment retrieval:
+each clip's captions carry its ``[start, end]`` in seconds. It is written as mp4 files, as annotations in the
+ActivityNet Captions format, and as the MDS splits ``tempme-convert activitynet`` makes of them (the converter
+itself runs on the files), so an index built from it has captions with timestamps.
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ __all__ = [
     'DIRECTIONS',
     'MDS_COLUMNS',
     'DemoDataset',
+    'LONG_SPLITS',
+    'LongDemoDataset',
     'generate_demo_dataset',
+    'generate_long_demo_dataset',
+    'long_video_classes',
+    'render_long_video',
     'make_captions',
     'render_clip',
     'main',
@@ -417,23 +427,266 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     return result(reused=False)
 
 
-def main(argv: Sequence[str] | None = None) -> DemoDataset:
-    """CLI: ``python -m tempme_composer.data.synthetic --out DIR [--num-train N --num-eval N --seed S]``."""
+# ------------------------------------------------------------------------------------------------------------
+# Long videos: several clips in a row, for moment retrieval
+# ------------------------------------------------------------------------------------------------------------
+
+_LONG_META_NAME = 'long_demo_dataset.json'
+_LONG_FORMAT_VERSION = 1
+#: ActivityNet Captions' splits (as ``tempme-convert activitynet`` names them) and their annotation files.
+LONG_SPLITS: dict[str, str] = {'train': 'train.json', 'val_1': 'val_1.json'}
+_LONG_SPLIT_CODES = {'train': 11, 'val_1': 12}  # random streams apart from the short demo's (1, 2)
+_LONG_ID_TAGS = {'train': 'train', 'val_1': 'val'}
+
+
+@dataclass(frozen=True)
+class LongDemoDataset:
+    """Where a generated long demo dataset lives (``eval_dir`` is ActivityNet's ``val_1`` split)."""
+
+    root: Path
+    videos_dir: Path  # <root>/videos/{train,val_1}/<video_id>.mp4
+    annotations_dir: Path  # <root>/annotations/{train,val_1}.json, ActivityNet Captions format
+    mds_dir: Path  # <root>/mds/{train,train_pairs,val_1,val_1_pairs}: what tempme-convert activitynet writes
+    train_dir: Path  # <root>/mds/train
+    eval_dir: Path  # <root>/mds/val_1
+    num_train: int
+    num_eval: int
+    reused: bool
+
+
+def _long_paths(root: Path) -> dict[str, Path]:
+    return {'root': root, 'videos_dir': root / 'videos', 'annotations_dir': root / 'annotations',
+            'mds_dir': root / 'mds', 'train_dir': root / 'mds' / 'train', 'eval_dir': root / 'mds' / 'val_1'}
+
+
+def _long_is_complete(root: Path) -> bool:
+    p = _long_paths(root)
+    return ((root / _LONG_META_NAME).is_file() and (p['train_dir'] / 'index.json').is_file()
+            and (p['eval_dir'] / 'index.json').is_file())
+
+
+def long_video_classes(split: str, count: int, seed: int, min_clips: int,
+                       max_clips: int) -> list[list[tuple[str, str, str]]]:
+    """(colour, shape, direction) of each clip of each long video of a split.
+
+    Classes are drawn from shuffled passes over all 72, never twice in one video; while a split uses at most 72
+    clips, no class repeats in it, so every caption describes exactly one moment of the split.
+    """
+    rng = np.random.default_rng([seed, _LONG_SPLIT_CODES[split], 0])
+    classes = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+    pool: list[tuple[str, str, str]] = []
+    videos = []
+    for _ in range(count):
+        want = int(rng.integers(min_clips, max_clips + 1))
+        chosen: list[tuple[str, str, str]] = []
+        i = 0
+        while len(chosen) < want:
+            if i == len(pool):
+                pool.extend(classes[j] for j in rng.permutation(len(classes)))
+            if pool[i] in chosen:
+                i += 1  # left in the pool for a later video
+            else:
+                chosen.append(pool.pop(i))
+        videos.append(chosen)
+    return videos
+
+
+def render_long_video(classes: Sequence[tuple[str, str, str]], rng: np.random.Generator, *, frame_size: int,
+                      clip_frames: tuple[int, int], video_fps: float,
+                      captions_per_clip: int) -> tuple[list[np.ndarray], list[dict]]:
+    """Frames of one long video (one `render_clip` per class, in a row) and, per clip, its captions and its
+    ``[start, end]`` in seconds: frames ``[f0, f0 + n)`` at ``video_fps`` span ``[f0 / fps, (f0 + n) / fps]``."""
+    frames: list[np.ndarray] = []
+    clips = []
+    for colour, shape, direction in classes:
+        n = int(rng.integers(clip_frames[0], clip_frames[1] + 1))
+        start = len(frames) / video_fps
+        frames += render_clip(colour, shape, direction, rng, frame_size=frame_size, num_frames=n)
+        clips.append({'class': [colour, shape, direction], 'start': start, 'end': len(frames) / video_fps,
+                      'captions': make_captions(colour, shape, direction, rng, captions_per_clip)})
+    return frames, clips
+
+
+def _write_long_videos(root: Path, split: str, count: int, *, seed: int, min_clips: int, max_clips: int,
+                       frame_size: int, clip_frames: tuple[int, int], video_fps: float,
+                       captions_per_clip: int) -> dict[str, dict]:
+    """Render and encode a split's long videos; returns its annotations in ActivityNet Captions' format
+    (``{video_id: {duration, timestamps, sentences}}``, one ``[start, end]`` per sentence)."""
+    videos_dir = root / 'videos' / split
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    annotations: dict[str, dict] = {}
+    for i, classes in enumerate(long_video_classes(split, count, seed, min_clips, max_clips)):
+        rng = np.random.default_rng([seed, _LONG_SPLIT_CODES[split], i + 1])
+        video_id = f'long_{_LONG_ID_TAGS[split]}_{i:05d}'
+        frames, clips = render_long_video(classes, rng, frame_size=frame_size, clip_frames=clip_frames,
+                                          video_fps=video_fps, captions_per_clip=captions_per_clip)
+        path = videos_dir / f'{video_id}.mp4'
+        _write_mp4(path, frames, video_fps)
+        decoded = decode_video(path, fps=None, short_side=None)
+        if len(decoded.frames) != len(frames):  # the timestamps count frames: they must all come back
+            raise RuntimeError(f'{path}: encoded {len(frames)} frames but decoded {len(decoded.frames)}')
+        annotations[video_id] = {
+            'duration': len(frames) / video_fps,
+            'timestamps': [[c['start'], c['end']] for c in clips for _ in c['captions']],
+            'sentences': [text for c in clips for text in c['captions']],
+        }
+    return annotations
+
+
+def _convert_long(tmp: Path, *, store_fps: float, frame_size: int, jpeg_quality: int, workers: int) -> dict:
+    """Run the ActivityNet reader and ``tempme-convert``'s conversion on the written files and annotations."""
+    from tempme_composer.data.annotations import read_activitynet
+    from tempme_composer.data.convert import ConvertSettings, convert_records
+
+    notes = tmp / 'annotations'
+    annotations = read_activitynet(train_json=notes / LONG_SPLITS['train'], val_json=notes / LONG_SPLITS['val_1'])
+    if annotations.problems:
+        raise RuntimeError(f'the long demo annotations have problems: {annotations.problems[:3]}')
+    settings = ConvertSettings(fps=store_fps, size=frame_size, jpeg_quality=jpeg_quality)
+    summaries = convert_records('activitynet', annotations, tmp / 'videos', tmp / 'mds', settings=settings,
+                                workers=workers, work_dir=tmp / 'convert-work', progress=False)
+    shutil.rmtree(tmp / 'convert-work', ignore_errors=True)
+    for split, summary in summaries.items():
+        if summary.failed or summary.converted != len(annotations[split]):
+            raise RuntimeError(f'converting the long demo split {split} wrote {summary.converted} of '
+                               f'{len(annotations[split])} videos: {summary.unwritten[:3]}')
+    return {split: {'videos': s.converted, 'frames': s.frames} for split, s in summaries.items()}
+
+
+def _replace_dir(tmp: Path, root: Path) -> None:
+    """Move the finished ``tmp`` into place, replacing an older ``root`` (renamed away first, then deleted)."""
+    trash = None
+    if root.exists():
+        trash = root.parent / f'.{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        os.replace(root, trash)
+    os.replace(tmp, root)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 16, num_eval: int = 8,
+                               seed: int = 0, min_clips: int = 3, max_clips: int = 6,
+                               clip_frames: tuple[int, int] = (12, 24), captions_per_clip: int = 2,
+                               frame_size: int = 48, video_fps: float = 8.0, store_fps: float = 4.0,
+                               jpeg_quality: int = 90, workers: int = 1,
+                               overwrite: bool = False) -> LongDemoDataset:
+    """Create (or reuse) the long demo under ``out_dir``: videos of ``min_clips``-``max_clips`` demo clips
+    (``clip_frames`` frames each at ``video_fps``: 1.5-3 s by default) with each clip's captions and span.
+
+    Layout: ``videos/{train,val_1}/<video_id>.mp4``; ``annotations/{train,val_1}.json`` in ActivityNet Captions'
+    format; ``mds/{train,val_1}`` (+ ``_pairs``) written by ``tempme-convert``'s conversion of those files at
+    ``store_fps`` (columns ``video_id, captions, timestamps, frames, num_frames, fps, duration`` and
+    ``tempme_dataset.json``); ``long_demo_dataset.json`` (parameters, written last). With at most 72 clips in a
+    split (the default eval split has at most 48), each caption has exactly one correct moment in it.
+
+    Deterministic for a given seed and parameters (byte-identical videos, annotations and shards; only the
+    conversion's record of when it ran differs). Written to a temporary sibling and renamed into place; a
+    complete dataset with the same parameters is reused unless ``overwrite``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty and was not made by this function (never deleted).
+        ValueError: bad parameters, or an existing dataset with other parameters and ``overwrite=False``.
+    """
+    if num_train < 1 or num_eval < 1:
+        raise ValueError(f'num_train and num_eval must be >= 1, got {num_train} and {num_eval}')
+    if not 1 <= min_clips <= max_clips:
+        raise ValueError(f'clips per video must satisfy 1 <= min_clips <= max_clips, got {min_clips}, {max_clips}')
+    if not 2 <= clip_frames[0] <= clip_frames[1]:
+        raise ValueError(f'clip_frames must be (min, max) with 2 <= min <= max, got {clip_frames}')
+    if frame_size < 16 or frame_size % 2:
+        raise ValueError(f'frame_size must be an even number >= 16 (yuv420p), got {frame_size}')
+    if not (video_fps > 0 and store_fps > 0):
+        raise ValueError(f'video_fps and store_fps must be > 0, got {video_fps} and {store_fps}')
+    if not 1 <= captions_per_clip <= len(_TEMPLATES):
+        raise ValueError(f'captions_per_clip must be in [1, {len(_TEMPLATES)}], got {captions_per_clip}')
+    root = Path(out_dir).absolute()
+    params = {'format_version': _LONG_FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
+              'min_clips': min_clips, 'max_clips': max_clips, 'clip_frames': list(clip_frames),
+              'captions_per_clip': captions_per_clip, 'frame_size': frame_size, 'video_fps': video_fps,
+              'store_fps': store_fps, 'jpeg_quality': jpeg_quality}
+
+    def result(reused: bool) -> LongDemoDataset:
+        return LongDemoDataset(**_long_paths(root), num_train=num_train, num_eval=num_eval, reused=reused)
+
+    def existing_params() -> dict:
+        meta = json.loads((root / _LONG_META_NAME).read_text())
+        return {k: meta.get(k) for k in params}
+
+    if _long_is_complete(root) and not overwrite:
+        if existing_params() != params:
+            raise ValueError(f'{root} already holds a long demo dataset made with {existing_params()}, not '
+                             f'{params}; pass overwrite=True (--overwrite) or choose another directory')
+        log.info('reusing the complete long demo dataset at %s', root)
+        return result(reused=True)
+    if root.exists() and any(root.iterdir()) and not (root / _LONG_META_NAME).is_file():
+        raise FileExistsError(f'{root} exists and is not a long demo dataset directory; refusing to overwrite '
+                              'it. Choose an empty or new directory.')
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    start = time.perf_counter()
+    try:
+        common = dict(seed=seed, min_clips=min_clips, max_clips=max_clips, frame_size=frame_size,
+                      clip_frames=tuple(clip_frames), video_fps=video_fps, captions_per_clip=captions_per_clip)
+        (tmp / 'annotations').mkdir(parents=True)
+        counts = {}
+        for split, count in (('train', num_train), ('val_1', num_eval)):
+            annotations = _write_long_videos(tmp, split, count, **common)
+            (tmp / 'annotations' / LONG_SPLITS[split]).write_text(json.dumps(annotations, indent=1) + '\n')
+            counts[split] = {'videos': count, 'clips': sum(len(set(map(tuple, a['timestamps'])))
+                                                             for a in annotations.values()),
+                             'captions': sum(len(a['sentences']) for a in annotations.values())}
+        converted = _convert_long(tmp, store_fps=store_fps, frame_size=frame_size, jpeg_quality=jpeg_quality,
+                                  workers=workers)
+        meta = {**params, 'codec': _video_codec(), 'splits': {k: {**v, 'stored_frames': converted[k]['frames']}
+                                                              for k, v in counts.items()}}
+        (tmp / _LONG_META_NAME).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
+        if _long_is_complete(root) and not overwrite and existing_params() == params:
+            log.info('another process finished %s first; reusing it', root)
+            return result(reused=True)
+        _replace_dir(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info('wrote long demo dataset (%d train, %d eval videos, codec %s) to %s in %.1fs', num_train, num_eval,
+             _video_codec(), root, time.perf_counter() - start)
+    return result(reused=False)
+
+
+def main(argv: Sequence[str] | None = None) -> DemoDataset | LongDemoDataset:
+    """CLI: ``python -m tempme_composer.data.synthetic --out DIR [--num-train N --num-eval N --seed S]``;
+    ``--long`` writes the long demo instead (``--min-clips``, ``--max-clips``, ``--captions-per-clip``,
+    ``--store-fps``)."""
     parser = argparse.ArgumentParser(prog='python -m tempme_composer.data.synthetic',
                                      description=__doc__.split('\n')[0])
-    parser.add_argument('--out', required=True, help='output directory (videos/ and mds/{train,eval} inside)')
-    parser.add_argument('--num-train', type=int, default=288)
-    parser.add_argument('--num-eval', type=int, default=72)
+    parser.add_argument('--out', required=True, help='output directory (videos/ and mds/{train,eval} inside; '
+                        'with --long: videos/, annotations/ and mds/{train,val_1})')
+    parser.add_argument('--long', action='store_true', help='long videos of several clips, with each clip\'s '
+                        'captions and [start, end] (moment retrieval), converted like ActivityNet Captions')
+    parser.add_argument('--num-train', type=int, default=None, help='default 288 (--long: 16)')
+    parser.add_argument('--num-eval', type=int, default=None, help='default 72 (--long: 8)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--frame-size', type=int, default=48)
-    parser.add_argument('--num-frames', type=int, default=16)
+    parser.add_argument('--num-frames', type=int, default=16, help='frames per video (not with --long)')
+    parser.add_argument('--min-clips', type=int, default=3, help='--long: fewest clips per video (default 3)')
+    parser.add_argument('--max-clips', type=int, default=6, help='--long: most clips per video (default 6)')
+    parser.add_argument('--captions-per-clip', type=int, default=2, help='--long: paraphrases per clip (default 2)')
+    parser.add_argument('--store-fps', type=float, default=4.0, help='--long: frames stored per second in the '
+                        'MDS splits (the videos run at 8 fps; default 4)')
     parser.add_argument('--overwrite', action='store_true', help='regenerate even if a dataset exists')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     start = time.perf_counter()
-    ds = generate_demo_dataset(args.out, num_train=args.num_train, num_eval=args.num_eval, seed=args.seed,
-                               frame_size=args.frame_size, num_frames=args.num_frames,
-                               overwrite=args.overwrite)
+    if args.long:
+        ds = generate_long_demo_dataset(
+            args.out, num_train=16 if args.num_train is None else args.num_train,
+            num_eval=8 if args.num_eval is None else args.num_eval, seed=args.seed, min_clips=args.min_clips,
+            max_clips=args.max_clips, captions_per_clip=args.captions_per_clip, frame_size=args.frame_size,
+            store_fps=args.store_fps, overwrite=args.overwrite)
+    else:
+        ds = generate_demo_dataset(args.out, num_train=288 if args.num_train is None else args.num_train,
+                                   num_eval=72 if args.num_eval is None else args.num_eval, seed=args.seed,
+                                   frame_size=args.frame_size, num_frames=args.num_frames,
+                                   overwrite=args.overwrite)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(ds).items()}
     summary['seconds'] = round(time.perf_counter() - start, 2)
     print(json.dumps(summary, indent=2))

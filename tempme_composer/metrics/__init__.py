@@ -1,8 +1,21 @@
-"""Retrieval metrics: pure ranking (`ranking`) and summaries (`summary`), and the torchmetrics Metric (`retrieval`).
+"""Retrieval metrics: pure ranking (`ranking`) and summaries (`summary`), and the torchmetrics Metric (`retrieval`);
+moment retrieval (temporal IoU, temporal NMS, VCMR recall) in `moments`.
 
 Conventions (ties, medians, group-level video→text, DSL) are documented in `tempme_composer.metrics.ranking`.
 """
 
+from tempme_composer.metrics.moments import (
+    MOMENT_IOUS,
+    MOMENT_KS,
+    NMS_THRESHOLD,
+    MomentRanks,
+    best_temporal_iou,
+    moment_ranks,
+    moment_retrieval_metrics,
+    summarize_moment_ranks,
+    temporal_iou,
+    temporal_nms,
+)
 from tempme_composer.metrics.ranking import (
     TIE_MODES,
     NonFiniteScoreError,
@@ -27,20 +40,30 @@ from tempme_composer.metrics.summary import (
 
 __all__ = [
     'METRIC_NAMES',
+    'MOMENT_IOUS',
+    'MOMENT_KS',
+    'NMS_THRESHOLD',
+    'MomentRanks',
     'TIE_MODES',
     'NonFiniteScoreError',
     'RankCounts',
     'RetrievalMetrics',
     'TieMode',
+    'best_temporal_iou',
     'caption_topk',
     'dual_softmax',
     'embedding_metrics',
     'embedding_rank_counts',
     'format_log_lines',
+    'moment_ranks',
+    'moment_retrieval_metrics',
     'rank_counts',
     'retrieval_metrics',
     'retrieval_ranks',
     'similarity_metrics',
     'summarize_counts',
+    'summarize_moment_ranks',
     'summarize_ranks',
+    'temporal_iou',
+    'temporal_nms',
 ]
