@@ -1,10 +1,13 @@
 """Static result pages: one self-contained HTML file (thumbnails inlined), no server, no network, works from
-``file://``. Two pages: search results (per query the top-k videos as thumbnail strips), and the eval-time
-analysis (the worst-ranked captions with what was retrieved instead — the qualitative figure papers show).
+``file://``. Two pages: search results (per query the top-k moments, each as its thumbnail strip and time
+range), and the eval-time analysis (the worst-ranked captions with what was retrieved instead — the
+qualitative figure papers show).
 
 Each thumbnail is inlined once per page, as a CSS class every card that shows it refers to, so a page grows
-with what it shows, not with how often a video appears; each card of a folder index links to its video file
-(``file://``, which the browser plays). Every text from a file is HTML-escaped.
+with what it shows, not with how often a video appears. Each card of a folder index links to its video file
+(``file://``) and plays its moment in place: a ``<video>`` whose source carries a W3C media fragment
+(``video.mp4#t=12,24``: the browser starts at 12 s and pauses at 24 s), ``preload="none"`` so a page of many
+cards reads no video until one is played. Every text from a file is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tempme_composer.inference.search import QueryResult, VideoIndex, full_path
+from tempme_composer.inference.search import (
+    QueryResult,
+    VideoIndex,
+    clock,
+    full_path,
+    media_fragment,
+    moment_of,
+)
 
 __all__ = ['results_page', 'analysis_page', 'read_ranks', 'is_our_page', 'GENERATOR']
 
@@ -37,6 +47,8 @@ section h2{font-size:16px;margin:0 0 6px} .note{color:#a15c00;font-size:12px;mar
 .hit.gt{border-color:#1a7f37;background:#f0fff4}
 .th{display:block;width:100%;background:#eee no-repeat;background-size:100% 100%;border-radius:4px;min-height:30px}
 a.play{display:block;text-decoration:none;color:inherit}
+.hit video{display:block;width:100%;max-height:170px;margin-top:4px;background:#111;border-radius:4px}
+.span{font-family:ui-monospace,monospace}
 .meta{font-size:12px;color:#333;margin-top:4px;word-break:break-all}
 .rank{font-weight:600} .score{font-family:ui-monospace,monospace}
 .badge{display:inline-block;background:#1a7f37;color:#fff;border-radius:4px;padding:0 5px;font-size:11px;margin-left:4px}
@@ -104,12 +116,18 @@ def _card(index: VideoIndex, row: int, rank: int | str, score: float | None, gro
     score_text = f' · <span class="score">{score:.4f}</span>' if score is not None else ''
     badge = '<span class="badge">ground truth</span>' if ground_truth else ''
     label = html.escape(r['path'])
+    start, end, _ = moment_of(r)
+    span = f'{clock(start)}–{clock(end)}'
     picture = f'<span class="th {thumbs.css_class(index.thumbnail(row))}" role="img" aria-label="{label}"></span>'
     video = full_path(index, r['path'])
-    if video is not None:  # a folder index: the card plays its file
-        picture = f'<a class="play" href="{html.escape(video.as_uri())}" title="play {label}">{picture}</a>'
+    if video is not None:  # a folder index: the card links its file and plays its moment
+        uri = html.escape(video.as_uri())
+        picture = (f'<a class="play" href="{uri}" title="open {label}">{picture}</a>'
+                   f'<video controls preload="none" src="{uri}{media_fragment(start, end)}" '
+                   f'title="{label} {span}"></video>')
     return (f'<div class="hit{" gt" if ground_truth else ""}">{picture}<div class="meta"><span class="rank">#{rank}'
-            f'</span>{score_text}{badge}<br>{label} · {float(r.get("duration") or 0):.1f} s</div></div>')
+            f'</span>{score_text}{badge}<br>{label} · <span class="span">{span}</span> of '
+            f'{float(r.get("duration") or 0):.1f} s</div></div>')
 
 
 def _metrics_banner(values: dict[str, float], label: str) -> str:
@@ -136,7 +154,9 @@ def results_page(results: Sequence[QueryResult], index: VideoIndex, title: str =
         note = f'<div class="note">{html.escape(r.note)}</div>' if r.note else ''
         body.append(f'<section><h2>“{html.escape(r.query)}”</h2>{note}<div class="hits">{"".join(cards)}</div>{extra}</section>')
     when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-    sub = f'{len(index.rows)} videos in {index.folder.resolve()} · model {index.model_hash[:12]} · {when}'
+    videos = len(index.rows_by_video())
+    count = f'{videos} videos' if videos == len(index.rows) else f'{len(index.rows)} moments of {videos} videos'
+    sub = f'{count} in {index.folder.resolve()} · model {index.model_hash[:12]} · {when}'
     return _page(title, sub, body, thumbs)
 
 

@@ -1,5 +1,9 @@
-"""``tempme-search INDEX "a man is cooking" [--top-k 10] [--json] [--html OUT.html]``, ``--queries FILE``,
-``--eval`` (metrics of an annotated index) and ``--analysis RANKS.jsonl --html OUT.html``."""
+"""``tempme-search INDEX "a man is cooking" [--top-k 10] [--json] [--html OUT.html] [--snippets DIR]``,
+``--queries FILE``, ``--image FILE`` / ``--video FILE`` / ``--like PATH[@SECONDS]`` (query by example),
+``--eval`` (metrics of an annotated index) and ``--analysis RANKS.jsonl --html OUT.html``.
+
+Results are moments: ``--nms-iou`` and ``--per-video`` decide how many of one video's moments a query lists
+(see `tempme_composer.inference.search.suppress`)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,16 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tempme_composer.inference.exported import ExportError
 from tempme_composer.inference.preprocess import QueryError
 from tempme_composer.inference.store import IndexError_
 from tempme_composer.inference.terminal import printable
+
+if TYPE_CHECKING:
+    from tempme_composer.inference.exported import ExportedModel
+    from tempme_composer.inference.search import Hit, QueryResult, VideoIndex
 
 __all__ = ['main', 'read_queries', 'write_page', 'check_page_target']
 
@@ -34,16 +43,25 @@ def read_queries(path: str | Path) -> list[str]:
     return lines
 
 
+def _span(hit: Hit) -> str:
+    """``'  0:12-0:24'`` for a moment, '' for a hit that is its whole video."""
+    from tempme_composer.inference.search import clock
+
+    whole = hit.start <= 0.0 and hit.end >= hit.duration - 0.05
+    return '' if whole else f'  {clock(hit.start)}-{clock(hit.end)}'
+
+
 def _print_results(results, index) -> None:
     from tempme_composer.inference.search import display_path
 
     for r in results:
         print(f'query: "{printable(r.query)}"')
         if r.note:
-            print(f'  note: {r.note}')
+            print(f'  note: {printable(r.note)}')
         for h in r.hits:
             mark = '  <- ground truth' if h.row in r.ground_truth else ''
-            print(f'  {h.rank:>3}. {h.score:.4f}  {printable(display_path(index, h.path))}  ({h.duration:.1f} s){mark}')
+            print(f'  {h.rank:>3}. {h.score:.4f}  {printable(display_path(index, h.path))}{_span(h)}  '
+                  f'({h.duration:.1f} s){mark}')
         if r.ground_truth and not any(h.row in r.ground_truth for h in r.hits):
             print(f'  ground truth {printable(index.rows[r.ground_truth[0]]["path"])} ranked {r.ground_truth_rank}')
 
@@ -74,11 +92,25 @@ def write_page(path: str | Path, page: str, force: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='tempme-search', description='search a tempme-index folder by text')
+    parser = argparse.ArgumentParser(prog='tempme-search', description='search a tempme-index folder by text, '
+                                     'by an image or video, or by an indexed moment')
     parser.add_argument('index', nargs='?', help='index folder written by tempme-index')
     parser.add_argument('query', nargs='*', help='one or more text queries')
     parser.add_argument('--queries', help='a file with one query per line')
+    parser.add_argument('--image', action='append', default=[], metavar='FILE',
+                        help='search by an image (read as a one-frame video); may be repeated')
+    parser.add_argument('--video', action='append', default=[], metavar='FILE',
+                        help='search by a video clip; may be repeated')
+    parser.add_argument('--like', action='append', default=[], metavar='PATH[@SECONDS]',
+                        help='"more like this": an indexed moment as the query (PATH as results show it or relative '
+                        'to the indexed folder; @SECONDS picks the moment containing that time, else its first)')
     parser.add_argument('--top-k', type=int, default=10)
+    parser.add_argument('--nms-iou', type=float, default=0.5, help='drop a moment whose temporal IoU with a '
+                        'better result of the same video exceeds this (default 0.5; 1 keeps overlapping moments)')
+    parser.add_argument('--per-video', default='auto', help='at most N moments of one video (0: no limit); default '
+                        'auto: one per started minute of the video, so a clip gives one result and a long video several')
+    parser.add_argument('--snippets', metavar='DIR', help='write each result\'s moment as its own video file into DIR '
+                        '(<rank>-<name>-<start>-<end>.<ext>; existing files are never replaced)')
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     parser.add_argument('--html', help='write a static results page (open it from file://)')
     parser.add_argument('--approximate', action='store_true', help='HNSW search (usearch, cached graph) instead of exact: for indexes of 100k+ videos')
@@ -108,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from tempme_composer.inference.search import (
         VideoIndex,
+        check_moment_options,
         evaluate_index,
         load_index_model,
         result_dicts,
-        search,
     )
 
     if args.analysis:
@@ -129,13 +161,28 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error('INDEX is required')
     if args.html:
         check_page_target(args.html, args.force)  # refused before the model loads and the search runs
+    if args.snippets:
+        from tempme_composer.inference.snippets import check_folder
+
+        check_folder(args.snippets)  # refused before the search runs; created when there is something to write
     if args.top_k < 1:
         raise QueryError(f'--top-k {args.top_k}: expected a positive number')
+    args.per_video = _per_video(args.per_video)
+    check_moment_options(args.nms_iou, args.per_video)
     if args.expansion_search is not None and (not args.approximate or args.expansion_search < args.top_k):
         raise QueryError(f'--expansion-search {args.expansion_search}: expected a number >= --top-k '
                          f'({args.top_k}), together with --approximate')
+    texts = list(args.query) + (read_queries(args.queries) if args.queries else [])
+    if not (texts or args.image or args.video or args.like or args.eval):
+        raise QueryError('no query given: pass "some words" after INDEX, --queries FILE, --image FILE, --video FILE '
+                         'or --like PATH[@SECONDS]')
     index = VideoIndex(args.index)
-    model = load_index_model(index, args.model, args.clip_checkpoint, args.device)
+    if args.snippets:
+        from tempme_composer.inference.snippets import check_source
+
+        check_source(index)
+    needs_model = bool(texts or args.image or args.video or args.eval)  # --like reads stored embeddings only
+    model = load_index_model(index, args.model, args.clip_checkpoint, args.device) if needs_model else None
     if args.eval:
         from tempme_composer.metrics.summary import format_log_lines
 
@@ -145,16 +192,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print('\n'.join(format_log_lines(results)))
         if args.json:
             print(json.dumps(results))
-        if not (args.query or args.queries):
+        if not (texts or args.image or args.video or args.like):
             return 0
-    queries = list(args.query) + (read_queries(args.queries) if args.queries else [])
-    if not queries:
-        raise QueryError('no query given: pass "some words" after INDEX, or --queries FILE')
-    results = search(index, model, queries, args.top_k, approximate=args.approximate,
-                     expansion_search=args.expansion_search)
+    results = _search_all(args, index, model, texts)
     for r in results:
         if r.note:
-            print(f'note: {r.note}', file=sys.stderr)
+            print(f'note: {printable(r.note)}', file=sys.stderr)
     if args.json:
         print(json.dumps(result_dicts(results, index), indent=2))
     else:
@@ -164,6 +207,57 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         write_page(args.html, results_page(results, index), args.force)
         print(f'wrote {printable(args.html)}', file=sys.stderr)
+    if args.snippets:
+        return _write_snippets(results, index, args.snippets)
+    return 0
+
+
+def _per_video(value: str) -> int | str:
+    """``--per-video``: ``auto`` or a whole number >= 0.
+
+    Raises:
+        QueryError: anything else, naming the flag.
+    """
+    if value.strip().lower() == 'auto':
+        return 'auto'
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise QueryError(f'--per-video {value}: expected auto or a whole number >= 0 (0: no limit)')
+    return number
+
+
+def _search_all(args: argparse.Namespace, index: VideoIndex, model: ExportedModel | None,
+                texts: list[str]) -> list[QueryResult]:
+    """Results of the text queries, then of each --image, --video and --like, in that order."""
+    from tempme_composer.inference.queries import image_query, like_query, search_by, video_query
+    from tempme_composer.inference.search import search
+
+    options = {'approximate': args.approximate, 'expansion_search': args.expansion_search,
+               'nms_iou': args.nms_iou, 'per_video': args.per_video}
+    examples = [image_query(model, f) for f in args.image] + [video_query(model, f) for f in args.video] \
+        + [like_query(index, spec) for spec in args.like]
+    results = search(index, model, texts, args.top_k, **options) if texts else []
+    return results + search_by(index, examples, args.top_k, **options)
+
+
+def _write_snippets(results: list[QueryResult], index: VideoIndex, folder: str) -> int:
+    """Cut every result's moment into ``folder``; one error line when some could not be cut."""
+    from tempme_composer.inference.snippets import write_snippets
+
+    done = write_snippets(results, index, folder)
+    failed = [(hit, why) for hit, why in done if isinstance(why, str)]
+    for _, snippet in done:
+        if not isinstance(snippet, str):
+            how = 'stream copy' if snippet.mode == 'copy' else 're-encoded'
+            print(f'wrote {printable(snippet.path)} ({how})', file=sys.stderr)
+    if failed:
+        hit, why = failed[0]
+        print(f'error: --snippets: {len(failed)} of {len(done)} moments could not be cut (first: rank {hit.rank}, '
+              f'{printable(why)})', file=sys.stderr)
+        return 1
     return 0
 
 
