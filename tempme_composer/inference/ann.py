@@ -82,6 +82,17 @@ def _restore(Index: Any, path: Path, embeddings: np.ndarray) -> Any | None:
     return ann
 
 
+def _padded_keys(found: Any, queries: int, k: int) -> np.ndarray:
+    """``[queries, k]`` row numbers, -1 where the graph found fewer than ``k`` (usearch returns a single query's
+    matches as a 1-d array of the found count)."""
+    found = np.asarray(found, dtype=np.int64)
+    keys = np.full((queries, k), -1, dtype=np.int64)
+    if found.ndim == 1:
+        found = found[None, :]
+    keys[:, : found.shape[1]] = found[:, :k]
+    return keys
+
+
 def ann_search(ann: Any, embeddings: np.ndarray, queries: np.ndarray, k: int,
                expansion_search: int = EXPANSION_SEARCH) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` ``(scores, rows)`` per query, rows proposed by the graph, scores exact fp32 and sorted
@@ -89,7 +100,7 @@ def ann_search(ann: Any, embeddings: np.ndarray, queries: np.ndarray, k: int,
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(embeddings))
     ann.expansion_search = max(expansion_search, k)
-    keys = np.asarray(ann.search(queries, k).keys, dtype=np.int64).reshape(len(queries), k)
+    keys = _padded_keys(ann.search(queries, k).keys, len(queries), k)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
     for i, found in enumerate(keys):

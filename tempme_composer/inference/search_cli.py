@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--expansion-search', type=int, default=None, help='with --approximate: HNSW candidate list '
                         '(default 512, recall@10 >= 0.99 measured up to 1M videos; larger is slower and closer to exact)')
     parser.add_argument('--eval', action='store_true', help='metrics of an index built from an annotated MDS split')
+    parser.add_argument('--eval-moments', action='store_true', help='video-corpus moment retrieval (R@1/5/10 at '
+                        'tIoU 0.3/0.5/0.7, and video R@K) of an index built with --window from a split whose '
+                        'captions carry time ranges')
     parser.add_argument('--analysis', help='a ranks file of evaluation.save_ranks: with --html, the worst-ranked '
                         'captions page (thumbnails from INDEX when given)')
     parser.add_argument('--worst', type=int, default=20, help='captions on the --analysis page')
@@ -173,7 +176,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise QueryError(f'--expansion-search {args.expansion_search}: expected a number >= --top-k '
                          f'({args.top_k}), together with --approximate')
     texts = list(args.query) + (read_queries(args.queries) if args.queries else [])
-    if not (texts or args.image or args.video or args.like or args.eval):
+    if not (texts or args.image or args.video or args.like or args.eval or args.eval_moments):
         raise QueryError('no query given: pass "some words" after INDEX, --queries FILE, --image FILE, --video FILE '
                          'or --like PATH[@SECONDS]')
     index = VideoIndex(args.index)
@@ -181,7 +184,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from tempme_composer.inference.snippets import check_source
 
         check_source(index)
-    needs_model = bool(texts or args.image or args.video or args.eval)  # --like reads stored embeddings only
+    needs_model = bool(texts or args.image or args.video or args.eval or args.eval_moments)  # --like: stored only
     model = load_index_model(index, args.model, args.clip_checkpoint, args.device) if needs_model else None
     if args.eval:
         from tempme_composer.metrics.summary import format_log_lines
@@ -192,8 +195,17 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print('\n'.join(format_log_lines(results)))
         if args.json:
             print(json.dumps(results))
-        if not (texts or args.image or args.video or args.like):
-            return 0
+    if args.eval_moments:
+        from tempme_composer.inference.moment_eval import evaluate_moments, format_moment_lines
+
+        moments = evaluate_moments(index, model)
+        print(f'eval-moments {printable(index.manifest["source"]["root"])}: {int(moments["num_captions"])} captions, '
+              f'{int(moments["num_moments"])} moments of {int(moments["num_videos"])} videos')
+        print('\n'.join(format_moment_lines(moments)))
+        if args.json:
+            print(json.dumps(moments))
+    if (args.eval or args.eval_moments) and not (texts or args.image or args.video or args.like):
+        return 0
     results = _search_all(args, index, model, texts)
     for r in results:
         if r.note:
