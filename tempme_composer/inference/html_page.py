@@ -154,7 +154,7 @@ def results_page(results: Sequence[QueryResult], index: VideoIndex, title: str =
         note = f'<div class="note">{html.escape(r.note)}</div>' if r.note else ''
         body.append(f'<section><h2>“{html.escape(r.query)}”</h2>{note}<div class="hits">{"".join(cards)}</div>{extra}</section>')
     when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-    videos = len(index.rows_by_video())
+    videos = index.num_videos
     count = f'{videos} videos' if videos == len(index.rows) else f'{len(index.rows)} moments of {videos} videos'
     sub = f'{count} in {index.folder.resolve()} · model {index.model_hash[:12]} · {when}'
     return _page(title, sub, body, thumbs)

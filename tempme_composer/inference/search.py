@@ -130,9 +130,17 @@ class VideoIndex:
         return self._rows_by_video
 
     @property
+    def num_videos(self) -> int:
+        """Distinct videos: recorded by the commit (no scan of a million rows), else counted."""
+        videos = self.manifest.get('videos')
+        if isinstance(videos, int) and not isinstance(videos, bool) and 0 <= videos <= len(self.rows):
+            return videos
+        return len(self.rows_by_video())
+
+    @property
     def one_row_per_video(self) -> bool:
         """Whether no video has several moments (then nothing can be suppressed and k candidates suffice)."""
-        return len(self.rows_by_video()) == len(self.rows)
+        return self.num_videos == len(self.rows)
 
     def search_embeddings(self, queries: np.ndarray, k: int, approximate: bool = False,
                           expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:

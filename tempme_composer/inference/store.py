@@ -477,6 +477,7 @@ class IndexStore:
             'format_version': FORMAT_VERSION,
             **base,
             'count': int(embeddings.shape[0]),
+            'videos': len({r.get('path') for r in rows}),
             'embed_dim': int(embeddings.shape[1]),
             'dtype': str(embeddings.dtype),
             'generation': generation,
