@@ -1,8 +1,9 @@
 """Index memory benchmark: peak RSS and time of ``tempme-index`` on one huge-frame clip and one long video,
-decoding every frame (the old way, ``full``) vs only the frames the model input needs (``bounded``).
+decoding every frame (the old way, ``full``) vs only the frames the model input needs (``bounded``), and the
+long video indexed as moments (``--window``: one decoding pass holding the frames of the open windows).
 
-    python -m tempme_composer.bench index-memory [--decode both|full|bounded] [--cases baseline,huge,long]
-        [--workdir DIR] [--rss-limit-gib 16] [--json FILE]
+    python -m tempme_composer.bench index-memory [--decode both|full|bounded]
+        [--cases baseline,huge,long,long-windows] [--workdir DIR] [--rss-limit-gib 16] [--json FILE]
 
 Cases (written here with libx264 ``ultrafast``/``zerolatency``, mostly flat content so they encode fast):
 
@@ -11,6 +12,9 @@ Cases (written here with libx264 ``ultrafast``/``zerolatency``, mostly flat cont
   size). Decoding it whole holds 60 RGB frames of 192 MB.
 * ``long``: a two-hour video at 2 fps, 320x240, indexed by an export with tempme-convert's default rule (1 fps,
   short side 224): 7,200 frames kept by the rule.
+* ``long-windows``: the same video and export with ``tempme-index --window`` (the export's default window:
+  ``max_frames`` frames at 1 fps, stride half a window), a row per moment. Only ``bounded``: the whole-video
+  reference has no moments.
 
 Each measurement is one fresh ``tempme-index`` process (``--workers 0``: decoding in that process, so its peak
 RSS is the whole run's) whose peak RSS comes from ``wait4`` in a small stdlib-only parent; ``full`` runs the
@@ -42,7 +46,7 @@ __all__ = ['Case', 'CASES', 'full_decode_video_from_file', 'index_with_full_deco
            'write_huge_clip', 'write_long_video']
 
 #: Peak RSS the bounded path must stay under, per case (MiB).
-TARGET_MIB = {'huge': 2048, 'long': 1536}
+TARGET_MIB = {'huge': 2048, 'long': 1536, 'long-windows': 1536}
 
 
 def _h264_stream(container: Any, rate: Fraction, width: int, height: int) -> Any:
@@ -103,6 +107,9 @@ class Case:
     write: Callable[[Path], Path]
     demo_rule: bool  # True: the demo's every-frame, full-size rule; False: tempme-convert's default rule
     describe: str
+    index_args: tuple[str, ...] = ()  # extra tempme-index flags
+    video_of: str | None = None  # another case whose video this one indexes (written once)
+    full_decode: bool = True  # whether the whole-video reference applies
 
 
 CASES = {
@@ -110,6 +117,9 @@ CASES = {
                      'one second at 2 fps, 320x240: the fixed cost'),
     'huge': Case('huge', 'huge.mp4', write_huge_clip, True, '8000x8000, every frame at full size'),
     'long': Case('long', 'long.mp4', write_long_video, False, 'two hours at 2 fps, 320x240, 1 fps rule'),
+    'long-windows': Case('long-windows', 'long.mp4', write_long_video, False,
+                         'the long video as moments (--window: the default windows)', index_args=('--window',),
+                         video_of='long', full_decode=False),
 }
 
 
@@ -221,9 +231,9 @@ def measure_process(cmd: Sequence[str], limit_bytes: int) -> dict[str, Any]:
     return {**got, 'output': run.stdout.decode('utf-8', 'replace')}
 
 
-def _index_command(mode: str, model: Path, videos: Path, out: Path) -> list[str]:
+def _index_command(mode: str, model: Path, videos: Path, out: Path, extra: Sequence[str] = ()) -> list[str]:
     args = ['--model', str(model), '--videos', str(videos), '--out', str(out), '--workers', '0', '--device', 'cpu',
-            '--dtype', 'float32', '--no-progress']
+            '--dtype', 'float32', '--no-progress', *extra]
     if mode == 'bounded':
         exe = shutil.which('tempme-index', path=str(Path(sys.executable).parent)) or shutil.which('tempme-index')
         return [exe, *args] if exe else [sys.executable, '-m', 'tempme_composer.inference.index', *args]
@@ -234,7 +244,7 @@ def _index_command(mode: str, model: Path, videos: Path, out: Path) -> list[str]
 
 def _prepare(workdir: Path, case: Case) -> tuple[Path, Path]:
     """The case's video (alone in its folder, written once per workdir) and its export."""
-    folder = workdir / f'videos-{case.name}'
+    folder = workdir / f'videos-{case.video_of or case.name}'
     folder.mkdir(parents=True, exist_ok=True)
     video = folder / case.file
     if not video.is_file():
@@ -247,21 +257,31 @@ def bench_case(workdir: Path, case: Case, modes: Sequence[str], limit_bytes: int
     video, model = _prepare(workdir, case)
     frames = _frames_in_file(video)
     rows = []
-    for mode in modes:
+    for mode in [m for m in modes if case.full_decode or m == 'bounded']:
         out = workdir / f'index-{case.name}-{mode}'
         shutil.rmtree(out, ignore_errors=True)
-        print(f'{case.name}: tempme-index, {mode} decode ...', flush=True)
-        got = measure_process(_index_command(mode, model, video.parent, out), limit_bytes)
+        print(f'{case.name}: tempme-index {" ".join(case.index_args)}, {mode} decode ...', flush=True)
+        got = measure_process(_index_command(mode, model, video.parent, out, case.index_args), limit_bytes)
         if got['returncode'] != 0 and not got['stopped_over_limit']:
             print(got['output'][-4000:], file=sys.stderr)
         rows.append({'case': case.name, 'video': case.describe, 'decode': mode, 'frames_in_file': frames,
                      'file_mib': video.stat().st_size / 2**20, **{k: v for k, v in got.items() if k != 'output'},
+                     'index_rows': _index_rows(out),
                      'target_mib': TARGET_MIB.get(case.name) if mode == 'bounded' else None})
     return rows
 
 
+def _index_rows(out: Path) -> int | None:
+    """Rows the run committed (one per video, or per moment); None when it wrote no index."""
+    try:
+        return int(json.loads((out / 'index.json').read_text())['count'])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def format_table(rows: Sequence[dict[str, Any]], limit_gib: float) -> str:
-    head = ['case', 'video', 'decode', 'frames in file', 'file MiB', 'peak RSS MiB', 'seconds', 'target MiB']
+    head = ['case', 'video', 'decode', 'frames in file', 'file MiB', 'index rows', 'peak RSS MiB', 'seconds',
+            'target MiB']
     cells = []
     for r in rows:
         if r['stopped_over_limit']:
@@ -270,8 +290,8 @@ def format_table(rows: Sequence[dict[str, Any]], limit_gib: float) -> str:
             peak = f'failed (exit {r["returncode"]})'
         else:
             peak = fmt(r['peak_rss_mib'], '.0f')
-        cells.append([r['case'], r['video'], r['decode'], r['frames_in_file'], fmt(r['file_mib'], '.1f'), peak,
-                      fmt(r['seconds'], '.1f'), fmt(r['target_mib'], 'd')])
+        cells.append([r['case'], r['video'], r['decode'], r['frames_in_file'], fmt(r['file_mib'], '.1f'),
+                      fmt(r.get('index_rows'), 'd'), peak, fmt(r['seconds'], '.1f'), fmt(r['target_mib'], 'd')])
     return markdown_table(head, cells)
 
 

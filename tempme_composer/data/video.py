@@ -4,7 +4,8 @@ These are the pieces shared by the offline path (decode a video file once, store
 online path (turn stored frames into the ``[T, 3, R, R]`` tensor the model sees). Everything except the
 decoders is a pure function so that it can be unit-tested against the worked examples in
 ``data_metrics.md`` §2.3–2.5. :func:`decode_video` returns every frame the rule keeps (the converter stores
-them all); :func:`decode_video_frames` holds only the few a model input needs, for any length or frame size.
+them all); :func:`decode_video_frames` holds only the few a model input needs, for any length or frame size;
+:class:`RuleFrames` streams every kept frame with its time, for consumers that hold a sliding window of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import math
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +36,9 @@ __all__ = [
     'MAX_FRAME_PIXELS',
     'SLICE_FRAMEPOS_CHOICES',
     'DecodedVideo',
+    'PassResult',
     'PickedFrames',
+    'RuleFrames',
     'SelectedFrames',
     'VideoDecodeError',
     'decode_video',
@@ -175,7 +178,7 @@ _FrameSink = Callable[[int, 'av.VideoFrame', int], None]
 
 
 @dataclass
-class _PassResult:
+class PassResult:
     """What one decoding pass learned about the file (everything in `DecodedVideo` but the frames)."""
 
     num_frames: int  # frames the rule kept
@@ -195,13 +198,16 @@ def _thread_type(stream: av.video.stream.VideoStream, max_pixels: int | None) ->
     return 'SLICE' if max_pixels is not None and pixels > max_pixels else 'AUTO'
 
 
-def _decode_pass(path: Path, fps: float | None, apply_rotation: bool, sink: _FrameSink,
-                 max_pixels: int | None = None) -> _PassResult:
-    """Decode every frame once, hand each frame the rule keeps to ``sink`` and measure duration/truncation.
+def _pass_frames(path: Path, fps: float | None, apply_rotation: bool, max_pixels: int | None = None,
+                 opened: Callable[[float | None], None] | None = None,
+                 ) -> Generator[tuple[int, Fraction, av.VideoFrame, int], None, PassResult]:
+    """Decode every frame once, yield each frame the rule keeps and measure duration/truncation.
 
-    The sink decides what a kept frame costs: `decode_video` converts all of them, `decode_video_frames` only
-    the few it needs. Errors and warnings are those documented on `decode_video`. ``max_pixels``: see
-    `_thread_type` (None: always FFmpeg's automatic threading).
+    Yields (rule index, time from the first frame in seconds, decoded frame, its rotation in degrees) and
+    returns the `PassResult`. ``opened`` is told the stream's declared frame rate (None: not stated) before the
+    first frame. An ``av.FFmpegError`` thrown in at a yield counts as a decode error at that frame. Errors and
+    warnings are those documented on `decode_video`; ``max_pixels``: see `_thread_type` (None: always FFmpeg's
+    automatic threading).
     """
     import av
 
@@ -210,6 +216,8 @@ def _decode_pass(path: Path, fps: float | None, apply_rotation: bool, sink: _Fra
         time_base = stream.time_base
         rate = _stream_rate(stream)
         source_fps = float(rate) if rate else 0.0
+        if opened is not None:
+            opened(source_fps or None)
         clock = _RuleClock(time_base, rate, fps)
         kept = 0
         warnings: list[str] = []
@@ -220,7 +228,7 @@ def _decode_pass(path: Path, fps: float | None, apply_rotation: bool, sink: _Fra
                 if not clock.keeps(frame.pts, getattr(frame, 'duration', None)):
                     continue
                 frame_rotation = _rotation_of(frame) if apply_rotation else 0
-                sink(kept, frame, frame_rotation)
+                yield kept, clock.last_time, frame, frame_rotation
                 if apply_rotation:
                     rotation = frame_rotation
                 kept += 1
@@ -253,8 +261,44 @@ def _decode_pass(path: Path, fps: float | None, apply_rotation: bool, sink: _Fra
                             'early, e.g. an incomplete download')
     if rotation:
         warnings.append(f'rotated: display matrix {rotation} degrees applied')
-    return _PassResult(num_frames=kept, source_fps=source_fps, duration_s=duration_s, warnings=warnings,
-                       rotation=rotation, truncated=truncated, declared_duration_s=declared_s)
+    return PassResult(num_frames=kept, source_fps=source_fps, duration_s=duration_s, warnings=warnings,
+                      rotation=rotation, truncated=truncated, declared_duration_s=declared_s)
+
+
+def _handled(frames: Generator[tuple[int, Fraction, av.VideoFrame, int], None, PassResult],
+             handle: Callable[[int, av.VideoFrame, int], object],
+             ) -> Generator[tuple[int, Fraction, object], None, PassResult]:
+    """Each kept frame of a `_pass_frames` pass through ``handle`` (rule index, frame, rotation), yielded as
+    (rule index, time, what ``handle`` returned); an ``av.FFmpegError`` of the handler is a decode error at
+    that frame, as one of the decoder's. Returns the pass's `PassResult`; the file is closed on exit."""
+    import av
+
+    with contextlib.closing(frames):
+        try:
+            item = next(frames)
+            while True:
+                index, time, frame, rotation = item
+                try:
+                    out = handle(index, frame, rotation)
+                except av.FFmpegError as e:
+                    item = frames.throw(e)
+                    continue
+                yield index, time, out
+                item = next(frames)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _decode_pass(path: Path, fps: float | None, apply_rotation: bool, sink: _FrameSink,
+                 max_pixels: int | None = None) -> PassResult:
+    """`_pass_frames` handing each kept frame to ``sink``, which decides what a kept frame costs:
+    `decode_video` converts all of them, `decode_video_frames` only the few it needs."""
+    handled = _handled(_pass_frames(path, fps, apply_rotation, max_pixels), sink)
+    while True:
+        try:
+            next(handled)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> np.ndarray:
@@ -380,25 +424,75 @@ def _resize_warning(size: tuple[int, int], fitted: tuple[int, int], max_pixels: 
             f'decoded at {fitted[0]}x{fitted[1]}')
 
 
-class _Keeper:
-    """Sink of one pass of `decode_video_frames`: converts and holds only the wanted rule indices, at the
-    rule's size capped to the pixel budget."""
+class _BudgetRGB:
+    """Converts kept frames to the rule's size capped to the pixel budget; remembers the first ``resized:``."""
 
-    def __init__(self, wanted: set[int], short_side: int | None, max_pixels: int) -> None:
-        self.wanted, self.short_side, self.max_pixels = wanted, short_side, max_pixels
-        self.frames: dict[int, np.ndarray] = {}
+    def __init__(self, short_side: int | None, max_pixels: int) -> None:
+        self.short_side, self.max_pixels = short_side, max_pixels
         self.resized: str | None = None
 
-    def __call__(self, index: int, frame: av.VideoFrame, rotation: int) -> None:
-        if index not in self.wanted:
-            return  # dropped undecoded to RGB: the decoder's buffer is released with ``frame``
+    def convert(self, frame: av.VideoFrame, rotation: int) -> np.ndarray:
         size = _scaled_size(frame.width, frame.height, self.short_side)
         if math.prod(size) > self.max_pixels:
             fitted = _fit_pixels(size[0], size[1], self.max_pixels)
             if self.resized is None:
                 self.resized = _resize_warning(size, fitted, self.max_pixels, rotation)
             size = fitted
-        self.frames[index] = _to_rgb(frame, size, rotation)
+        return _to_rgb(frame, size, rotation)
+
+
+class _Keeper(_BudgetRGB):
+    """Sink of one pass of `decode_video_frames`: converts and holds only the wanted rule indices, at the
+    rule's size capped to the pixel budget."""
+
+    def __init__(self, wanted: set[int], short_side: int | None, max_pixels: int) -> None:
+        super().__init__(short_side, max_pixels)
+        self.wanted = wanted
+        self.frames: dict[int, np.ndarray] = {}
+
+    def __call__(self, index: int, frame: av.VideoFrame, rotation: int) -> None:
+        if index not in self.wanted:
+            return  # dropped undecoded to RGB: the decoder's buffer is released with ``frame``
+        self.frames[index] = self.convert(frame, rotation)
+
+
+class RuleFrames:
+    """Every frame the rule keeps, in one decoding pass, as ``(seconds from the first frame, [H, W, 3] uint8)``.
+
+    The frames are `decode_video_frames`'s (rule size capped to ``max_pixels``, turned upright) but nothing is
+    held here: a consumer that keeps only what it still needs (e.g. the frames of a time window) decodes a video
+    of any length in bounded memory. ``declared_fps`` is known once the first frame is out; ``result`` (the
+    pass's timing and warnings, ``resized:`` last as in `decode_video_frames`) once the iteration ended.
+
+    Raises (while iterating): `VideoDecodeError` and `ValueError` as `decode_video_frames`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fps: float | None, short_side: int | None,
+                 apply_rotation: bool = True, max_pixels: int = MAX_FRAME_PIXELS) -> None:
+        _check_rule(fps, short_side)
+        if max_pixels < 1:
+            raise ValueError(f'max_pixels must be a positive int, got {max_pixels}')
+        self.path, self.fps, self.apply_rotation = Path(path), fps, apply_rotation
+        self._rgb = _BudgetRGB(short_side, max_pixels)
+        self.declared_fps: float | None = None
+        self.result: PassResult | None = None
+
+    def _opened(self, rate: float | None) -> None:
+        self.declared_fps = rate
+
+    def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
+        frames = _pass_frames(self.path, self.fps, self.apply_rotation, self._rgb.max_pixels, self._opened)
+        handled = _handled(frames, lambda _, frame, rotation: self._rgb.convert(frame, rotation))
+        while True:
+            try:
+                _, time, image = next(handled)
+            except StopIteration as stop:
+                run: PassResult = stop.value
+                break
+            yield float(time), image
+        if self._rgb.resized:
+            run.warnings.append(self._rgb.resized)
+        self.result = run
 
 
 def _count_rule_frames(path: Path, fps: float | None) -> int:

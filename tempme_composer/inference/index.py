@@ -1,7 +1,13 @@
 """``tempme-index --model DIR --videos FOLDER --out INDEX``: encode a folder of videos (or an MDS split) once.
 
-Incremental: a re-run encodes only new or changed files (path, size, mtime) and drops deleted ones; batches
-are committed as they finish (`tempme_composer.inference.store`), so a crash loses at most the current batch.
+Each video is one row, or with ``--window [SECONDS]`` (``--stride``, ``--segments windows|shots``) a row per
+moment: overlapping windows, or shots split into windows (`tempme_composer.inference.moments`), decoded in
+one pass that holds only the frames of the windows still open.
+
+Incremental: a re-run encodes only new or changed files (path, size, mtime) and drops deleted ones (a changed
+or deleted video takes all its moments with it); batches are committed as they finish
+(`tempme_composer.inference.store`), so a crash loses at most the current batch (with moments: the videos not
+yet encoded whole, as a pending batch holds complete videos only).
 A video that cannot be decoded is skipped and listed with its reason, never indexed as zeros.
 Symbolic links under ``--videos``: a link to a file is indexed under the link's own path; a link to a folder is
 not followed (``os.walk``'s rule: no cycles, nothing outside the folder by accident); a dangling or looping link
@@ -24,12 +30,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.video import VideoDecodeError
-from tempme_composer.inference.exported import ExportedModel, ExportError, load_exported
+from tempme_composer.inference.exported import ExportedModel, ExportError, Preprocessing, load_exported
 from tempme_composer.inference.folders import describe_contents, is_inside
+from tempme_composer.inference.moments import (
+    MODES,
+    Moment,
+    MomentSettings,
+    VideoEnd,
+    detect_cuts,
+    file_moments,
+    moment_settings,
+    moments_of,
+    require_shot_detection,
+    stored_moments,
+)
 from tempme_composer.inference.preprocess import VideoInput, video_from_file, video_from_frames
 from tempme_composer.inference.store import DTYPES, MANIFEST, PENDING, IndexError_, IndexStore, PendingBatch
 from tempme_composer.inference.terminal import printable
@@ -45,16 +63,23 @@ VIDEO_EXTENSIONS = frozenset({
 })
 
 
+#: Pending rows carry the moment settings they were made with (dropped at commit), so that a run with other
+#: settings never takes over an interrupted run's rows.
+_PENDING_TAG = 'moments'
+
+
 @dataclass
 class IndexReport:
     """What a run did: counts and every skipped video with its reason."""
 
-    indexed: int = 0  # rows in the committed index
+    indexed: int = 0  # rows in the committed index (one per video, or one per moment)
     encoded: int = 0  # videos encoded by this run
     reused: int = 0  # unchanged videos kept from the index
     recovered: int = 0  # videos encoded by an interrupted run and committed now
-    removed: int = 0  # rows dropped because their file is gone (or changed and re-encoded)
+    removed: int = 0  # videos dropped because their file is gone (or changed and re-encoded)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    videos: int = 0  # videos in the committed index
+    mode: str = 'whole'  # how videos were cut into rows (`moments.MODES`)
 
 
 def find_videos(root: Path, all_files: bool = False, exclude: Path | None = None) -> list[Path]:
@@ -97,6 +122,36 @@ class _FileVideos(Dataset):
             return row, f'cannot decode video {str(self.root / rel)!r}: {type(e).__name__}: {e}'
 
 
+class _FileMoments(IterableDataset):
+    """Streams each video's moments (one decoding pass in a loader worker), then its `VideoEnd`; a video that
+    cannot be decoded or cut into shots comes back as its reason instead, after any moments it gave."""
+
+    def __init__(self, root: Path, items: Sequence[tuple[str, int, int]], prep: Preprocessing,
+                 settings: MomentSettings) -> None:
+        self.root, self.items, self.prep, self.settings = root, list(items), prep, settings
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], Moment | VideoEnd | str]]:
+        info = get_worker_info()
+        mine = self.items if info is None else self.items[info.id :: info.num_workers]
+        for rel, size, mtime in mine:
+            yield from self._video({'path': rel, 'size': size, 'mtime_ns': mtime})
+
+    def _video(self, row: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Moment | VideoEnd | str]]:
+        path = self.root / row['path']
+        try:
+            cuts = detect_cuts(path) if self.settings.mode == 'shots' else ()
+        except Exception as e:  # PySceneDetect's reader failing on one file must not stop the run
+            yield row, f'cannot detect the shots of {str(path)!r}: {type(e).__name__}: {e}'
+            return
+        try:
+            for item in file_moments(path, self.prep, self.settings, cuts=cuts):
+                yield row, item
+        except VideoDecodeError as e:
+            yield row, str(e)
+        except Exception as e:  # any decoder failure of one file must not stop the run
+            yield row, f'cannot decode video {str(path)!r}: {type(e).__name__}: {e}'
+
+
 def _collate(items: list[Any]) -> list[Any]:
     return items
 
@@ -122,6 +177,16 @@ def encode_texts(model: ExportedModel, ids: torch.Tensor, bf16: bool = False, ba
         for s in range(0, len(ids), batch_size):
             out.append(model.model.encode_text(ids[s : s + batch_size].to(model.device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32)
+
+
+def _check_moments(store: IndexStore, manifest: dict[str, Any] | None, settings: MomentSettings) -> None:
+    """Refuse to update an index whose rows were cut into moments another way (rows of two settings would mix)."""
+    if manifest is None or moments_of(manifest) == settings.record():
+        return
+    built = MomentSettings.from_record(moments_of(manifest))
+    raise IndexError_(f'{store.folder} was indexed as {built.describe()}; this run asks for {settings.describe()}: '
+                      'use --rebuild to re-encode it that way, or another --out folder (or the same '
+                      '--segments/--window/--stride as before)')
 
 
 def _check_model(store: IndexStore, model: ExportedModel, rebuild: bool) -> dict[str, Any] | None:
@@ -158,13 +223,30 @@ def check_index_out(out: Path, source: Path, force: bool) -> None:
                           'or add --force to write the index into it')
 
 
-def _base(model: ExportedModel, source: dict[str, Any]) -> dict[str, Any]:
+def _base(model: ExportedModel, source: dict[str, Any], settings: MomentSettings) -> dict[str, Any]:
     return {'model_hash': model.model_hash, 'model_dir': str(model.directory.resolve()), 'source': source,
             'preprocessing': model.config['preprocessing'],
-            'evaluation': model.config.get('evaluation', {})}
+            'evaluation': model.config.get('evaluation', {}), 'moments': settings.record()}
 
 
-def _progress(total: int, enabled: bool, what: str):
+def _committed(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the index stores it: whole-video rows of an index written before moments existed gain their
+    span (0 to the duration, moment 0); the pending tag is dropped."""
+    out = {k: v for k, v in row.items() if k != _PENDING_TAG}
+    if 'moment' not in out:
+        out.update(start=0.0, end=out.get('duration'), moment=0)
+    return out
+
+
+def _settings(model: ExportedModel, segments: str | None, window: float | None,
+              stride: float | None) -> MomentSettings:
+    settings = moment_settings(model.preprocessing, segments=segments, window=window, stride=stride)
+    if settings.mode == 'shots':
+        require_shot_detection()
+    return settings
+
+
+def _progress(total: int | None, enabled: bool, what: str):
     from tqdm import tqdm
 
     return tqdm(total=total, unit='video', desc=what, disable=not enabled, dynamic_ncols=True)
@@ -172,23 +254,30 @@ def _progress(total: int, enabled: bool, what: str):
 
 def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.PathLike, *, dtype: str = 'float16',
                  batch_size: int = 16, num_workers: int = 0, bf16: bool = False, all_files: bool = False,
-                 rebuild: bool = False, force: bool = False, progress: bool = True) -> IndexReport:
+                 rebuild: bool = False, force: bool = False, progress: bool = True, segments: str | None = None,
+                 window: float | None = None, stride: float | None = None) -> IndexReport:
     """Index (or update the index of) every video under ``videos`` into ``out``, holding its writer lock.
 
+    ``segments`` / ``window`` / ``stride`` (seconds): cut each video into moments (`moments.moment_settings`;
+    none of them: one row per video). ``batch_size`` counts moments per forward then.
+
     Raises:
-        IndexError_: ``out`` belongs to another model, is damaged, is not an index (without ``force``), is
-            being updated by another run, or ``videos`` holds no readable video.
+        IndexError_: a bad ``segments``/``window``/``stride``; ``out`` belongs to another model, was cut into
+            moments another way, is damaged, is not an index (without ``force``), is being updated by another
+            run, or ``videos`` holds no readable video.
     """
     if dtype not in DTYPES:
         raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
+    settings = _settings(model, segments, window, stride)
     root = Path(videos).resolve()
     if not root.is_dir():
         raise IndexError_(f'--videos {videos}: no such folder')
     store = IndexStore(out)
     check_index_out(store.folder, root, force)
     with store.writer_lock():
-        return _index_videos(model, root, store, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
-                             bf16=bf16, all_files=all_files, rebuild=rebuild, progress=progress)
+        return _index_videos(model, root, store, settings, dtype=dtype, batch_size=batch_size,
+                             num_workers=num_workers, bf16=bf16, all_files=all_files, rebuild=rebuild,
+                             progress=progress)
 
 
 def _video_files(root: Path, all_files: bool, exclude: Path) -> tuple[dict[str, tuple[int, int]], list[dict[str, Any]]]:
@@ -207,8 +296,47 @@ def _video_files(root: Path, all_files: bool, exclude: Path) -> tuple[dict[str, 
     return current, broken
 
 
-def _index_videos(model: ExportedModel, root: Path, store: IndexStore, *, dtype: str, batch_size: int,
-                  num_workers: int, bf16: bool, all_files: bool, rebuild: bool, progress: bool) -> IndexReport:
+def _kept_rows(store: IndexStore, manifest: dict[str, Any] | None,
+               current: dict[str, tuple[int, int]]) -> tuple[list[dict[str, Any]], list[int], int]:
+    """The committed rows of unchanged videos (every moment of each), their positions, and how many videos
+    were dropped (gone, or changed: all their moments go)."""
+    if manifest is None:
+        return [], [], 0
+    rows, positions, dropped = [], [], set()
+    for i, row in enumerate(store.rows(manifest)):
+        if current.get(row['path']) == (row['size'], row['mtime_ns']):
+            rows.append(row)
+            positions.append(i)
+        else:
+            dropped.add(row['path'])
+    return rows, positions, len(dropped)
+
+
+def _recover_pending(store: IndexStore, model: ExportedModel, current: dict[str, tuple[int, int]], done: set[str],
+                     settings: MomentSettings) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """A crashed run's complete batches: the videos (all their rows) that still match their files, this model
+    and these moment settings, and are not in ``done``."""
+    whole = MomentSettings().record()
+    rows, embeddings, taken = [], [], set(done)
+    for batch in store.read_pending(model.embed_dim):
+        by_path: dict[str, list[int]] = {}
+        for n, row in enumerate(batch.rows):
+            by_path.setdefault(row['path'], []).append(n)
+        for path, ns in by_path.items():
+            group = [batch.rows[n] for n in ns]
+            if path in taken or not all(
+                    r['model_hash'] == model.model_hash and current.get(path) == (r['size'], r['mtime_ns'])
+                    and r.get(_PENDING_TAG, whole) == settings.record() for r in group):
+                continue
+            rows += group
+            embeddings += [batch.embeddings[n] for n in ns]
+            taken.add(path)
+    return rows, embeddings
+
+
+def _index_videos(model: ExportedModel, root: Path, store: IndexStore, settings: MomentSettings, *, dtype: str,
+                  batch_size: int, num_workers: int, bf16: bool, all_files: bool, rebuild: bool,
+                  progress: bool) -> IndexReport:
     manifest = _check_model(store, model, rebuild)
     if manifest is not None and manifest['source'].get('kind') != 'videos':
         raise IndexError_(f'{store.folder} indexes an MDS split ({manifest["source"].get("root")}), not a folder of '
@@ -216,36 +344,47 @@ def _index_videos(model: ExportedModel, root: Path, store: IndexStore, *, dtype:
     if manifest is not None and manifest['dtype'] != dtype:
         raise IndexError_(f'{store.folder} stores {manifest["dtype"]} embeddings; --dtype {dtype} needs --rebuild '
                           'or another --out folder')
+    _check_moments(store, manifest, settings)
     current, broken = _video_files(root, all_files, store.folder)
-    report = IndexReport(skipped=list(broken))
+    report = IndexReport(skipped=list(broken), mode=settings.mode)
 
-    kept_rows, kept_idx = [], []
-    if manifest is not None:
-        for i, row in enumerate(store.rows(manifest)):
-            if current.get(row['path']) == (row['size'], row['mtime_ns']):
-                kept_rows.append(row)
-                kept_idx.append(i)
-            else:
-                report.removed += 1
+    kept_rows, kept_idx, report.removed = _kept_rows(store, manifest, current)
     done = {r['path'] for r in kept_rows}
-    pending_rows, pending_emb = [], []
-    for batch in store.read_pending(model.embed_dim):  # a crashed run's complete batches: keep what still matches the files
-        for row, emb in zip(batch.rows, batch.embeddings, strict=True):
-            if row['model_hash'] == model.model_hash and current.get(row['path']) == (row['size'], row['mtime_ns']) \
-                    and row['path'] not in done:
-                pending_rows.append(row)
-                pending_emb.append(emb)
-                done.add(row['path'])
-    report.recovered = len(pending_rows)
-    todo = [(rel, *current[rel]) for rel in sorted(current) if rel not in done]
-    report.reused = len(kept_rows)
+    pending_rows, pending_emb = _recover_pending(store, model, current, done, settings)
+    recovered = {r['path'] for r in pending_rows}
+    report.recovered, report.reused = len(recovered), len(done)
+    todo = [(rel, *current[rel]) for rel in sorted(current) if rel not in done and rel not in recovered]
     if not current and not broken:
         raise IndexError_(f'--videos {root}: no video files found (looked for {", ".join(sorted(VIDEO_EXTENSIONS))} '
                           'recursively; --all-files tries every file)')
 
+    encode = _encode_moment_files if settings.segmented else _encode_whole_files
+    rows, emb = encode(model, root, store, todo, settings, report, dtype=dtype, batch_size=batch_size,
+                       num_workers=num_workers, bf16=bf16, progress=progress)
+    pending_rows += rows
+    pending_emb += emb
+    if not kept_rows and not pending_rows:
+        raise IndexError_(f'--videos {root}: none of the {len(current) + len(broken)} video files could be decoded '
+                          f'(first: {report.skipped[0]["path"]}: {report.skipped[0]["reason"]}); nothing was indexed')
+    old = store.embeddings(manifest)[kept_idx] if manifest is not None and kept_idx else np.zeros((0, model.embed_dim), dtype)
+    new = np.stack(pending_emb).astype(dtype) if pending_emb else np.zeros((0, model.embed_dim), dtype)
+    embeddings = np.concatenate([np.asarray(old, dtype=dtype), new])
+    rows = [_committed(r) for r in kept_rows + pending_rows]
+    committed = store.commit(_base(model, {'kind': 'videos', 'root': str(root)}, settings), embeddings, rows, None,
+                             report.skipped)
+    report.indexed, report.videos = committed['count'], len({r['path'] for r in rows})
+    return report
+
+
+def _encode_whole_files(model: ExportedModel, root: Path, store: IndexStore, todo: list[tuple[str, int, int]],
+                        settings: MomentSettings, report: IndexReport, *, dtype: str, batch_size: int,
+                        num_workers: int, bf16: bool, progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """One row per video: ``batch_size`` videos decoded in the loader's workers, encoded per forward and
+    written as a pending batch."""
     loader = DataLoader(_FileVideos(root, todo, model), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=model.device.type == 'cuda')
     number = store.next_pending_number()
+    out_rows, out_emb = [], []
     with _progress(len(todo), progress, 'indexing') as bar:
         for items in loader:
             ok = [(row, x) for row, x in items if not isinstance(x, str)]
@@ -256,25 +395,99 @@ def _index_videos(model: ExportedModel, root: Path, store: IndexStore, *, dtype:
                 rows = []
                 for row, x in ok:
                     key = _row_key(row['path'])
-                    rows.append({**row, 'key': key, 'duration': round(x.duration, 3), 'frames': x.num_frames,
+                    duration = round(x.duration, 3)
+                    rows.append({**row, 'key': key, 'duration': duration, 'frames': x.num_frames,
                                  'used_frames': int(x.mask.sum()), 'warnings': x.warnings,
-                                 'thumb': store.write_thumbnail(key, x.thumbnail), 'model_hash': model.model_hash})
+                                 'thumb': store.write_thumbnail(key, x.thumbnail), 'model_hash': model.model_hash,
+                                 'start': 0.0, 'end': duration, 'moment': 0, _PENDING_TAG: settings.record()})
                 store.write_pending(number, PendingBatch(rows, emb, []))
                 number += 1
-                pending_rows += rows
-                pending_emb.extend(emb)
+                out_rows += rows
+                out_emb.extend(emb)
                 report.encoded += len(rows)
             bar.update(len(items))
-    if not kept_rows and not pending_rows:
-        raise IndexError_(f'--videos {root}: none of the {len(current) + len(broken)} video files could be decoded '
-                          f'(first: {report.skipped[0]["path"]}: {report.skipped[0]["reason"]}); nothing was indexed')
-    old = store.embeddings(manifest)[kept_idx] if manifest is not None and kept_idx else np.zeros((0, model.embed_dim), dtype)
-    new = np.stack(pending_emb).astype(dtype) if pending_emb else np.zeros((0, model.embed_dim), dtype)
-    embeddings = np.concatenate([np.asarray(old, dtype=dtype), new])
-    committed = store.commit(_base(model, {'kind': 'videos', 'root': str(root)}), embeddings, kept_rows + pending_rows,
-                             None, report.skipped)
-    report.indexed = committed['count']
-    return report
+    return out_rows, out_emb
+
+
+class _MomentEncoder:
+    """Encodes moments as they stream in, ``batch_size`` per forward. A video's rows reach a pending batch
+    (what survives a crash) only once all its moments are encoded, so a recovered video is never partial."""
+
+    def __init__(self, model: ExportedModel, store: IndexStore, settings: MomentSettings, *, dtype: str,
+                 batch_size: int, bf16: bool) -> None:
+        self.model, self.store, self.tag = model, store, settings.record()
+        self.dtype, self.batch_size, self.bf16 = dtype, batch_size, bf16
+        self.queue: list[tuple[dict[str, Any], Moment]] = []
+        self.encoded: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {}
+        self.ended: list[tuple[dict[str, Any], VideoEnd]] = []
+        self.rows: list[dict[str, Any]] = []
+        self.embeddings: list[np.ndarray] = []
+        self.number = store.next_pending_number()
+
+    def add(self, row: dict[str, Any], item: Moment | VideoEnd) -> None:
+        if isinstance(item, VideoEnd):
+            self.ended.append((row, item))
+            return
+        self.queue.append((row, item))
+        if len(self.queue) >= self.batch_size:
+            self.flush()
+
+    def drop(self, path: str) -> None:
+        """Forget a video that failed part way (its thumbnails go at the commit: no row names them)."""
+        self.queue = [(row, m) for row, m in self.queue if row['path'] != path]
+        self.encoded.pop(path, None)
+
+    def flush(self) -> None:
+        """Encode the queued moments; write the videos that ended as one pending batch."""
+        if self.queue:
+            emb = encode_videos(self.model, [m.input for _, m in self.queue], self.bf16).astype(self.dtype)
+            for (row, m), e in zip(self.queue, emb, strict=True):
+                key = _row_key(row['path'])
+                part = {'frames': m.input.num_frames, 'used_frames': int(m.input.mask.sum()),
+                        'thumb': self.store.write_thumbnail(f'{key}-m{m.index}', m.input.thumbnail),
+                        'start': round(m.start, 3), 'end': round(m.end, 3), 'moment': m.index}
+                self.encoded.setdefault(row['path'], []).append((part, e))
+            self.queue = []
+        rows, embeddings = [], []
+        for row, end in self.ended:
+            key = _row_key(row['path'])
+            for part, e in self.encoded.pop(row['path'], []):
+                rows.append({**row, 'key': key, 'duration': round(end.duration, 3), 'frames': part['frames'],
+                             'used_frames': part['used_frames'], 'warnings': end.warnings, 'thumb': part['thumb'],
+                             'model_hash': self.model.model_hash, 'start': part['start'], 'end': part['end'],
+                             'moment': part['moment'], _PENDING_TAG: self.tag})
+                embeddings.append(e)
+        self.ended = []
+        if rows:
+            self.store.write_pending(self.number, PendingBatch(rows, np.stack(embeddings), []))
+            self.number += 1
+            self.rows += rows
+            self.embeddings += embeddings
+
+
+def _encode_moment_files(model: ExportedModel, root: Path, store: IndexStore, todo: list[tuple[str, int, int]],
+                         settings: MomentSettings, report: IndexReport, *, dtype: str, batch_size: int,
+                         num_workers: int, bf16: bool,
+                         progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """A row per moment: each video decoded once in a loader worker, its moments streamed to the model."""
+    loader = DataLoader(_FileMoments(root, todo, model.preprocessing, settings), batch_size=None,
+                        num_workers=num_workers, collate_fn=_collate)
+    encoder = _MomentEncoder(model, store, settings, dtype=dtype, batch_size=batch_size, bf16=bf16)
+    with _progress(len(todo), progress, 'indexing') as bar:
+        for row, item in loader:
+            if isinstance(item, str):
+                report.skipped.append({'path': row['path'], 'reason': item})
+                encoder.drop(row['path'])
+                bar.update(1)
+                continue
+            encoder.add(row, item)
+            if isinstance(item, VideoEnd):
+                report.encoded += 1
+                bar.update(1)
+        encoder.flush()
+    place = {rel: n for n, (rel, _, _) in enumerate(todo)}  # workers finish videos in any order: the files' order
+    order = sorted(range(len(encoder.rows)), key=lambda n: (place[encoder.rows[n]['path']], encoder.rows[n]['moment']))
+    return [encoder.rows[n] for n in order], [encoder.embeddings[n] for n in order]
 
 
 def _mds_samples(split: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -287,35 +500,96 @@ def _mds_samples(split: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | os.PathLike, *,
                     dtype: str = 'float16', batch_size: int | None = None, bf16: bool = False, rebuild: bool = False,
-                    force: bool = False, progress: bool = True) -> IndexReport:
+                    force: bool = False, progress: bool = True, window: float | None = None,
+                    stride: float | None = None, segments: str | None = None) -> IndexReport:
     """Index every video of a converted MDS split (stored frames, the eval path's preprocessing) with its captions.
 
     Videos are encoded in the order and batches evaluation uses (``batch_size`` defaults to the run's global
     ``batch_size_val``), so a float32 index reproduces the evaluation's embeddings. The split is re-encoded
-    whole when its ``index.json`` changed.
+    whole when its ``index.json`` changed. With ``window``/``stride`` (seconds) each video is cut into windows
+    over its stored frames (frame i at i / the sample's fps), ``batch_size`` moments per forward.
+
+    Raises:
+        IndexError_: as `index_videos`; ``segments='shots'`` (shots are detected in video files, and a split
+            holds frames).
     """
     if dtype not in DTYPES:
         raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
+    settings = moment_settings(model.preprocessing, segments=segments, window=window, stride=stride)
+    if settings.mode == 'shots':
+        raise IndexError_('--segments shots needs video files (--videos): an MDS split stores frames, not the videos '
+                          'PySceneDetect reads; use --segments windows')
     split = Path(split).resolve()
     if not (split / 'index.json').is_file():
         raise IndexError_(f'--mds {split}: not an MDS split folder (no index.json)')
     store = IndexStore(out)
     check_index_out(store.folder, split, force)
     with store.writer_lock():
-        return _index_mds_split(model, split, store, dtype=dtype, batch_size=batch_size, bf16=bf16, rebuild=rebuild,
-                                progress=progress)
+        return _index_mds_split(model, split, store, settings, dtype=dtype, batch_size=batch_size, bf16=bf16,
+                                rebuild=rebuild, progress=progress)
 
 
-def _index_mds_split(model: ExportedModel, split: Path, store: IndexStore, *, dtype: str, batch_size: int | None,
-                     bf16: bool, rebuild: bool, progress: bool) -> IndexReport:
+def _sample_texts(sample: dict[str, Any], paragraph: bool) -> list[str]:
+    texts = sample['captions']
+    texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+    return [' '.join(texts)] if paragraph else texts
+
+
+def _spans(value: Any) -> list[list[float]]:
+    """``[[start, end], ...]`` of one stored caption timestamp: one ``[s, e]`` pair or a list of them."""
+    def pair(v: Any) -> bool:
+        return isinstance(v, list | tuple) and len(v) == 2 and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+
+    if pair(value):
+        return [[float(value[0]), float(value[1])]]
+    if isinstance(value, list | tuple):
+        return [[float(v[0]), float(v[1])] for v in value if pair(v)]
+    return []
+
+
+def _caption_rows(sample: dict[str, Any], row: int, paragraph: bool) -> list[dict[str, Any]]:
+    """The captions of a sample, each pointing at the video's first row, with the time ranges it describes
+    (``timestamps``: ``[[start, end], ...]``, or None when the dataset has none; a paragraph has them all)."""
+    texts = _sample_texts(sample, paragraph)
+    stored = sample.get('timestamps')
+    stored = list(stored) if isinstance(stored, list | tuple) else []
+    spans = [_spans(v) for v in stored]
+    if paragraph:
+        spans = [[s for each in spans for s in each]]
+    video_id = str(sample['video_id'])
+    return [{'row': row, 'video_id': video_id, 'caption_index': k, 'text': text,
+             'timestamps': (spans[k] or None) if k < len(spans) else None} for k, text in enumerate(texts)]
+
+
+def _sample_duration(sample: dict[str, Any], frames: StoredFrames) -> float:
+    return float(sample.get('duration') or (len(frames) / float(sample['fps']) if sample.get('fps') else 0.0))
+
+
+def _index_mds_split(model: ExportedModel, split: Path, store: IndexStore, settings: MomentSettings, *, dtype: str,
+                     batch_size: int | None, bf16: bool, rebuild: bool, progress: bool) -> IndexReport:
     manifest = _check_model(store, model, rebuild)
+    _check_moments(store, manifest, settings)
     signature = hashlib.sha256((split / 'index.json').read_bytes()).hexdigest()
     batch_size = batch_size or int(model.config.get('evaluation', {}).get('batch_size_val') or 16)
     if manifest is not None and manifest['source'].get('signature') == signature and manifest['dtype'] == dtype \
             and manifest['source'].get('batch_size') == batch_size:
-        return IndexReport(indexed=manifest['count'], reused=manifest['count'])
+        videos = len({r['path'] for r in store.rows(manifest)})
+        return IndexReport(indexed=manifest['count'], reused=videos, videos=videos, mode=settings.mode)
     source = {'kind': 'mds', 'root': str(split), 'signature': signature, 'batch_size': batch_size}
-    report = IndexReport()
+    report = IndexReport(mode=settings.mode)
+    encode = _encode_mds_moments if settings.segmented else _encode_mds_videos
+    rows, embeddings, captions = encode(model, split, store, settings, report, dtype=dtype, batch_size=batch_size,
+                                        bf16=bf16, progress=progress)
+    committed = store.commit(_base(model, source, settings), np.concatenate(embeddings), rows, captions, [])
+    report.indexed, report.videos = committed['count'], report.encoded
+    return report
+
+
+def _encode_mds_videos(model: ExportedModel, split: Path, store: IndexStore, settings: MomentSettings,
+                       report: IndexReport, *, dtype: str, batch_size: int, bf16: bool,
+                       progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, Any]]]:
+    """One row per video, in evaluation's order and batches."""
     rows, embeddings, captions = [], [], []
     paragraph = model.preprocessing.paragraph
     samples = list(_mds_samples(split))
@@ -324,30 +598,67 @@ def _index_mds_split(model: ExportedModel, split: Path, store: IndexStore, *, dt
             inputs = []
             for i, sample in samples[s : s + batch_size]:
                 frames = StoredFrames(sample['frames'], f'{split} sample {i} (video_id {sample["video_id"]!r})')
-                texts = sample['captions']
-                texts = [texts] if isinstance(texts, str) else list(texts)
-                if paragraph:
-                    texts = [' '.join(str(t) for t in texts)]
-                duration = sample.get('duration') or (len(frames) / float(sample['fps']) if sample.get('fps') else 0.0)
-                x = video_from_frames(frames, model.preprocessing, duration=float(duration))
+                x = video_from_frames(frames, model.preprocessing, duration=_sample_duration(sample, frames))
                 key = _row_key(f'{split}:{sample["video_id"]}')
+                duration = round(x.duration, 3)
                 rows.append({'path': str(sample['video_id']), 'video_id': str(sample['video_id']), 'key': key,
-                             'sample': i, 'duration': round(x.duration, 3), 'frames': x.num_frames,
+                             'sample': i, 'duration': duration, 'frames': x.num_frames,
                              'used_frames': int(x.mask.sum()), 'thumb': store.write_thumbnail(key, x.thumbnail),
-                             'model_hash': model.model_hash})
-                captions += [{'row': len(rows) - 1, 'caption_index': k, 'text': str(t)} for k, t in enumerate(texts)]
+                             'model_hash': model.model_hash, 'start': 0.0, 'end': duration, 'moment': 0})
+                captions += _caption_rows(sample, len(rows) - 1, paragraph)
                 inputs.append(x)
             embeddings.append(encode_videos(model, inputs, bf16).astype(dtype))
             report.encoded += len(inputs)
             bar.update(len(inputs))
-    committed = store.commit(_base(model, source), np.concatenate(embeddings), rows, captions, [])
-    report.indexed = committed['count']
-    return report
+    return rows, embeddings, captions
+
+
+def _encode_mds_moments(model: ExportedModel, split: Path, store: IndexStore, settings: MomentSettings,
+                        report: IndexReport, *, dtype: str, batch_size: int, bf16: bool,
+                        progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, Any]]]:
+    """A row per window of each video's stored frames, ``batch_size`` moments per forward; the captions point
+    at their video's first row."""
+    rows, embeddings, captions, inputs = [], [], [], []
+    prep = model.preprocessing
+
+    def encode() -> None:
+        if inputs:
+            embeddings.append(encode_videos(model, inputs, bf16).astype(dtype))
+            inputs.clear()
+
+    with _progress(None, progress, 'indexing') as bar:
+        for i, sample in _mds_samples(split):
+            where = f'{split} sample {i} (video_id {sample["video_id"]!r})'
+            frames = StoredFrames(sample['frames'], where)
+            fps = float(sample.get('fps') or 0.0)
+            if not fps > 0:
+                raise IndexError_(f'--window: {where} stores no frame rate ("fps" is {sample.get("fps")!r}), so its '
+                                  'frames cannot be placed in time; index it without --window')
+            duration = _sample_duration(sample, frames)
+            key = _row_key(f'{split}:{sample["video_id"]}')
+            captions += _caption_rows(sample, len(rows), prep.paragraph)
+            for m in stored_moments(frames, fps, duration, prep, settings):
+                x = m.input
+                rows.append({'path': str(sample['video_id']), 'video_id': str(sample['video_id']), 'key': key,
+                             'sample': i, 'duration': round(duration, 3), 'frames': x.num_frames,
+                             'used_frames': int(x.mask.sum()),
+                             'thumb': store.write_thumbnail(f'{key}-m{m.index}', x.thumbnail),
+                             'model_hash': model.model_hash, 'start': round(m.start, 3), 'end': round(m.end, 3),
+                             'moment': m.index})
+                inputs.append(x)
+                if len(inputs) >= batch_size:
+                    encode()
+            report.encoded += 1
+            bar.update(1)
+        encode()
+    return rows, embeddings, captions
 
 
 def print_report(report: IndexReport, out: str) -> None:
     out = printable(out)
-    print(f'{out}: {report.indexed} videos indexed ({report.encoded} encoded now, {report.reused} unchanged, '
+    what = f'{report.indexed} videos' if report.mode == 'whole' else \
+        f'{report.indexed} moments ({report.mode}) of {report.videos} videos'
+    print(f'{out}: {what} indexed ({report.encoded} videos encoded now, {report.reused} unchanged, '
           f'{report.recovered} recovered from an interrupted run, {report.removed} removed or changed)')
     if report.skipped:
         print(f'skipped {len(report.skipped)} videos that could not be decoded (listed in {out}/skipped.jsonl):')
@@ -355,6 +666,11 @@ def print_report(report: IndexReport, out: str) -> None:
             print(f'  {printable(s["path"])}: {printable(s["reason"])}')
         if len(report.skipped) > 20:
             print(f'  … and {len(report.skipped) - 20} more')
+
+
+#: ``--window`` given without a value: the export's default window (not text: argparse would parse text as
+#: the flag's float).
+_EXPORT_WINDOW = object()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,8 +682,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', required=True, help='index folder (created, or updated incrementally)')
     parser.add_argument('--clip-checkpoint', help='base CLIP file, for a model exported without --full')
     parser.add_argument('--dtype', default='float16', choices=DTYPES, help='stored embeddings (float32: exact)')
-    parser.add_argument('--batch-size', type=int, default=None, help='videos per forward (default 16; MDS: the '
-                        "run's batch_size_val)")
+    parser.add_argument('--batch-size', type=int, default=None, help='videos (or moments) per forward (default '
+                        "16; MDS: the run's batch_size_val)")
+    parser.add_argument('--window', type=float, nargs='?', const=_EXPORT_WINDOW, default=None, metavar='SECONDS',
+                        help='index each video as overlapping windows of SECONDS, a row each (no value: the '
+                        "max_frames frames the model reads, at the export's frame rate)")
+    parser.add_argument('--stride', type=float, default=None, metavar='SECONDS',
+                        help='start a window every SECONDS (default: half the window)')
+    parser.add_argument('--segments', choices=MODES[1:], default=None,
+                        help='windows (the default with --window/--stride), or shots: cut at the shot changes '
+                        'PySceneDetect finds, a shot longer than a window split into windows')
     parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='decoding processes')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast (GPU)')
@@ -379,16 +703,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    window = None if args.window is _EXPORT_WINDOW else args.window
+    segments = args.segments or ('windows' if args.window is not None or args.stride is not None else None)
+    moments = {'segments': segments, 'window': window, 'stride': args.stride}
     try:
         model = load_exported(args.model, args.clip_checkpoint, device=args.device)
         if args.videos:
             report = index_videos(model, args.videos, args.out, dtype=args.dtype, batch_size=args.batch_size or 16,
                                   num_workers=args.workers, bf16=args.bf16, all_files=args.all_files,
-                                  rebuild=args.rebuild, force=args.force, progress=not args.no_progress)
+                                  rebuild=args.rebuild, force=args.force, progress=not args.no_progress, **moments)
         else:
             report = index_mds_split(model, args.mds, args.out, dtype=args.dtype, batch_size=args.batch_size,
                                      bf16=args.bf16, rebuild=args.rebuild, force=args.force,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, **moments)
     except (ExportError, IndexError_) as e:
         print(f'error: {printable(e)}', file=sys.stderr)
         return 1
