@@ -255,3 +255,32 @@ def test_evaluate_moments_with_a_real_exported_model(long_demo, tmp_path):
     assert all(0.0 <= results[f'moment_R@{k}_tIoU{m}'] <= results[f'moment_R@{k}_tIoU0.3'] <= 100.0
                for k in (1, 5, 10) for m in IOUS)
     assert results['video_R@1'] <= results['video_R@5'] <= results['video_R@10'] <= 100.0
+
+
+def test_eval_moments_of_a_folder_index_with_an_annotations_file(long_demo, tmp_path, capsys):
+    """`tempme-index --videos … --window` then `tempme-search --eval-moments --annotations FILE`: the captions
+    and time ranges come from the ActivityNet-style file, matched to the indexed files by name."""
+    from export_fixtures import exported_tiny
+
+    from tempme_composer.inference.index import main as index_main
+    from tempme_composer.inference.search_cli import main as search_main
+
+    export = exported_tiny(tmp_path)
+    videos, annotations = long_demo.videos_dir / 'val_1', long_demo.annotations_dir / 'val_1.json'
+    index = tmp_path / 'index'
+    assert index_main(['--model', str(export), '--videos', str(videos), '--out', str(index), '--window',
+                       '--no-progress', '--workers', '0']) == 0
+    capsys.readouterr()
+    assert search_main([str(index), '--eval-moments', '--annotations', str(annotations), '--json']) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith('Moments: R@1/5/10 at tIoU 0.3: ')
+    results = json.loads(printed[-1])
+    want = sum(len(v['sentences']) for v in json.loads(annotations.read_text()).values())
+    assert results['num_captions'] == want and results['num_videos'] == PARAMS['num_eval']
+    assert results['num_moments'] > PARAMS['num_eval']  # several windows per long video
+    other = tmp_path / 'other.json'
+    other.write_text(json.dumps({'elsewhere': {'timestamps': [[0, 1]], 'sentences': ['a red circle']}}))
+    assert search_main([str(index), '--eval-moments', '--annotations', str(other)]) == 1
+    assert 'none of its 1 videos is in the index' in capsys.readouterr().err
+    assert search_main([str(index), '--eval-moments', '--annotations', str(tmp_path / 'missing.json')]) == 1
+    assert 'missing.json: cannot read it as JSON' in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """``tempme-search INDEX --eval-moments``: video-corpus moment retrieval over an index built from an MDS split
-whose captions carry ``[start, end]`` timestamps (ActivityNet Captions, DiDeMo, the long demo).
+whose captions carry ``[start, end]`` timestamps (ActivityNet Captions, DiDeMo, the long demo), or over a folder
+index with ``--annotations FILE`` (ActivityNet Captions' JSON layout; video ids are the files' names).
 
 The index's rows are the moments (a row without ``start``/``end`` is its whole video, ``[0, duration]``); its
 captions are encoded with the index's model and scored against every row with
@@ -8,8 +9,12 @@ captions are encoded with the index's model and scored against every row with
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,7 @@ from tempme_composer.metrics.moments import (
     moment_retrieval_metrics,
 )
 
-__all__ = ['MomentQueries', 'evaluate_moments', 'format_moment_lines', 'moment_gallery', 'moment_queries']
+__all__ = ['MomentQueries', 'annotation_captions', 'evaluate_moments', 'format_moment_lines', 'moment_gallery', 'moment_queries']
 
 
 def _row_video(row: dict[str, Any]) -> str:
@@ -104,8 +109,47 @@ def moment_queries(captions: list[dict[str, Any]], rows: list[dict[str, Any]],
     return MomentQueries(texts, np.asarray(video, dtype=np.int64), segments, left_out)
 
 
+def annotation_captions(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Caption rows (as an MDS index stores them) for a folder index, from an ActivityNet Captions-style file
+    ``{video_id: {"timestamps": [[s, e], ...], "sentences": [...]}}``; a video id names the indexed file whose
+    relative path without its extension (or whose file name without it) is that id.
+
+    Raises:
+        IndexError_: the file is missing or not of that form, or none of its videos is in the index.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise IndexError_(f'--annotations {path}: cannot read it as JSON ({e})') from e
+    if not isinstance(data, dict):
+        raise IndexError_(f'--annotations {path}: expected an object {{video_id: {{"timestamps", "sentences"}}}}')
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        rel = PurePosixPath(row['path'])
+        for name in (str(rel.with_suffix('')), rel.stem):
+            first.setdefault(name, i)
+    captions = []
+    for video_id, entry in data.items():
+        if str(video_id) not in first:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get('sentences'), list) \
+                or not isinstance(entry.get('timestamps'), list) or len(entry['sentences']) != len(entry['timestamps']):
+            raise IndexError_(f'--annotations {path}: video {video_id!r}: expected "sentences" and "timestamps" '
+                              'lists of the same length')
+        row = first[str(video_id)]
+        for k, (text, stamp) in enumerate(zip(entry['sentences'], entry['timestamps'], strict=True)):
+            captions.append({'row': row, 'video_id': rows[row]['path'], 'caption_index': k, 'text': str(text),
+                             'timestamps': stamp})
+    if not captions:
+        raise IndexError_(f'--annotations {path}: none of its {len(data)} videos is in the index (video ids are '
+                          'matched to the indexed files\' paths without their extension)')
+    return captions
+
+
 def evaluate_moments(index: Any, model: ExportedModel, *, batch_size: int = 256,
-                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict[str, float]:
+                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                     annotations: str | os.PathLike | None = None) -> dict[str, float]:
     """VCMR R@1/5/10 at tIoU 0.3/0.5/0.7 and video R@1/5/10 (percent) of an annotated index
     (a `tempme_composer.inference.search.VideoIndex`), with the counts they cover.
 
@@ -117,13 +161,14 @@ def evaluate_moments(index: Any, model: ExportedModel, *, batch_size: int = 256,
     from tempme_composer.inference.index import encode_texts
 
     index.check_model(model)
-    captions = index.store.captions(index.manifest)
+    rows = list(index.rows)
+    captions = annotation_captions(annotations, rows) if annotations else index.store.captions(index.manifest)
     if not captions:
         raise IndexError_(f'{index.folder} has no captions (it was built from a folder of videos): --eval-moments '
                           'needs an index built with tempme-index --mds from a split whose captions have '
-                          'timestamps (ActivityNet Captions, DiDeMo, the long demo)')
-    video_ids, row_video, row_segments = moment_gallery(index.rows)
-    queries = moment_queries(captions, index.rows, {v: i for i, v in enumerate(video_ids)})
+                          'timestamps (ActivityNet Captions, DiDeMo, the long demo), or --annotations FILE')
+    video_ids, row_video, row_segments = moment_gallery(rows)
+    queries = moment_queries(captions, rows, {v: i for i, v in enumerate(video_ids)})
     if not queries.texts:
         raise IndexError_(f'none of the {len(captions)} captions of {index.folder} has [start, end] timestamps: '
                           '--eval-moments needs a split with moment annotations (ActivityNet Captions, DiDeMo, the '

@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--eval', action='store_true', help='metrics of an index built from an annotated MDS split')
     parser.add_argument('--eval-moments', action='store_true', help='video-corpus moment retrieval (R@1/5/10 at '
                         'tIoU 0.3/0.5/0.7, and video R@K) of an index built with --window from a split whose '
-                        'captions carry time ranges')
+                        'captions carry time ranges (or with --annotations)')
+    parser.add_argument('--annotations', metavar='FILE', help='with --eval-moments on a folder index: captions with '
+                        'time ranges, ActivityNet Captions\' JSON layout ({video_id: {timestamps, sentences}}; ids are '
+                        'the indexed files\' names without extension)')
     parser.add_argument('--analysis', help='a ranks file of evaluation.save_ranks: with --html, the worst-ranked '
                         'captions page (thumbnails from INDEX when given)')
     parser.add_argument('--worst', type=int, default=20, help='captions on the --analysis page')
@@ -176,6 +179,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise QueryError(f'--expansion-search {args.expansion_search}: expected a number >= --top-k '
                          f'({args.top_k}), together with --approximate')
     texts = list(args.query) + (read_queries(args.queries) if args.queries else [])
+    if args.annotations and not args.eval_moments:
+        raise QueryError('--annotations goes with --eval-moments (the captions and time ranges to evaluate)')
     if not (texts or args.image or args.video or args.like or args.eval or args.eval_moments):
         raise QueryError('no query given: pass "some words" after INDEX, --queries FILE, --image FILE, --video FILE '
                          'or --like PATH[@SECONDS]')
@@ -198,7 +203,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.eval_moments:
         from tempme_composer.inference.moment_eval import evaluate_moments, format_moment_lines
 
-        moments = evaluate_moments(index, model)
+        moments = evaluate_moments(index, model, annotations=args.annotations)
         print(f'eval-moments {printable(index.manifest["source"]["root"])}: {int(moments["num_captions"])} captions, '
               f'{int(moments["num_moments"])} moments of {int(moments["num_videos"])} videos')
         print('\n'.join(format_moment_lines(moments)))
