@@ -284,3 +284,5 @@ def test_eval_moments_of_a_folder_index_with_an_annotations_file(long_demo, tmp_
     assert 'none of its 1 videos is in the index' in capsys.readouterr().err
     assert search_main([str(index), '--eval-moments', '--annotations', str(tmp_path / 'missing.json')]) == 1
     assert 'missing.json: cannot read it as JSON' in capsys.readouterr().err
+    assert search_main([str(index), '--eval', '--annotations', str(annotations)]) == 1
+    assert '--annotations goes with --eval-moments' in capsys.readouterr().err

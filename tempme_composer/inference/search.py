@@ -332,12 +332,16 @@ def evaluate_index(index: VideoIndex, model: ExportedModel, tie_mode: str | None
     does), with `tempme_composer.metrics.embedding_metrics`.
 
     Raises:
-        IndexError_: the index was built from a folder of videos (no captions).
+        IndexError_: the index was built from a folder of videos (no captions), or holds moments.
     """
     from tempme_composer.clip.tokenizer import tokenize
     from tempme_composer.inference.index import encode_texts
     from tempme_composer.metrics.summary import embedding_metrics
 
+    if not index.one_row_per_video:
+        mode = (index.manifest.get('moments') or {}).get('mode', 'windows')
+        raise IndexError_(f'{index.folder} holds moments ({mode}: {len(index.rows)} rows of {index.num_videos} videos), '
+                          'and --eval ranks whole videos: use --eval-moments, or index the split without --window')
     captions = index.store.captions(index.manifest)
     if not captions:
         raise IndexError_(f'{index.folder} was built from a folder of videos, which has no captions: --eval needs an '
