@@ -13,6 +13,28 @@ Symbolic links under ``--videos``: a link to a file is indexed under the link's 
 not followed (``os.walk``'s rule: no cycles, nothing outside the folder by accident); a dangling or looping link
 is skipped with its reason. One run at a time per index (`IndexStore.writer_lock`).
 No Composer import (streaming only to read an MDS split).
+
+Several processes, or machines, with a launcher (``--videos`` and ``--out`` at the same path on every machine,
+on a filesystem they all share)::
+
+    torchrun --nproc-per-node 4 -m tempme_composer.inference.index --model M --videos V --out I [--window ...]
+    composer -n 4 -m tempme_composer.inference.index --model M --videos V --out I
+    # two machines, 8 GPUs each: the same command on both, --node-rank 0 and 1
+    torchrun --nnodes 2 --node-rank 0 --master-addr HOST --master-port 29500 --nproc-per-node 8 \\
+        -m tempme_composer.inference.index --model M --videos V --out I
+    composer --world_size 16 --node_rank 0 --master_addr HOST --master_port 29500 -n 8 \\
+        -m tempme_composer.inference.index --model M --videos V --out I
+
+(``$(which tempme-index)`` in place of ``-m tempme_composer.inference.index`` works too: both launchers run it
+as a Python script.) When the launcher's environment says ``WORLD_SIZE`` > 1, the ranks join a
+process group (gloo; NCCL when the device is CUDA, each rank on ``cuda:LOCAL_RANK``). Rank 0 takes the writer
+lock and decides what to encode before any rank writes; the files still to encode are split among the ranks by
+size; each rank writes its batches to ``pending/`` under numbers of its own; rank 0 then reads them all and
+commits one index, the one a single process writes (same rows in the same order, same embeddings up to float
+rounding across batch compositions: bit for bit with ``--batch-size 1``), the skipped videos of every rank
+listed once. Rank 0 alone prints the report; an error on any rank (the lock, the index, the model) stops
+every rank with the same line. A rank that dies makes the others fail within ``--dist-timeout`` minutes (on
+CPU at once), and the next run recovers the batches written so far. ``--mds`` runs in one process only.
 """
 
 from __future__ import annotations
@@ -20,16 +42,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import heapq
 import logging
 import os
+import secrets
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tempme_composer.data.frame_layout import StoredFrames
@@ -49,12 +76,22 @@ from tempme_composer.inference.moments import (
     stored_moments,
 )
 from tempme_composer.inference.preprocess import VideoInput, video_from_file, video_from_frames
-from tempme_composer.inference.store import DTYPES, MANIFEST, PENDING, IndexError_, IndexStore, PendingBatch
+from tempme_composer.inference.store import (
+    DTYPES,
+    LOCK,
+    MANIFEST,
+    PENDING,
+    IndexError_,
+    IndexStore,
+    PendingBatch,
+)
 from tempme_composer.inference.terminal import printable
 
-__all__ = ['VIDEO_EXTENSIONS', 'IndexReport', 'index_videos', 'index_mds_split', 'find_videos', 'main']
+__all__ = ['VIDEO_EXTENSIONS', 'IndexReport', 'index_videos', 'index_videos_distributed', 'index_mds_split',
+           'find_videos', 'World', 'launched_world', 'main']
 
 log = logging.getLogger(__name__)
+_T = TypeVar('_T')
 
 #: Containers indexed from a folder (searched recursively); ``--all-files`` tries every file instead.
 VIDEO_EXTENSIONS = frozenset({
@@ -66,6 +103,11 @@ VIDEO_EXTENSIONS = frozenset({
 #: Pending rows carry the moment settings they were made with (dropped at commit), so that a run with other
 #: settings never takes over an interrupted run's rows.
 _PENDING_TAG = 'moments'
+#: A run on several ranks tags its pending rows with its own id (dropped at commit): rank 0 tells the rows the
+#: ranks encoded now from an interrupted run's batches still in ``pending/``.
+_RUN_TAG = 'run'
+#: How long rank 0 looks for the other ranks' batches before it says they are not in ``--out``.
+_LATE_FILES_S = 90.0
 
 
 @dataclass
@@ -215,10 +257,11 @@ def check_index_out(out: Path, source: Path, force: bool) -> None:
     if is_inside(source, out):
         raise IndexError_(f'--out {out} contains the input {source}: an index is written into its own folder; '
                           'choose an --out folder outside it')
-    if force or not out.is_dir() or (out / MANIFEST).is_file() or (out / PENDING).is_dir():
+    # an index, or the folder of a first run still encoding (its lock file is there before anything else)
+    if force or not out.is_dir() or any((out / name).exists() for name in (MANIFEST, PENDING, LOCK)):
         return
-    contents = describe_contents(out)
-    if contents:
+    if os.listdir(out):
+        contents = describe_contents(out)
         raise IndexError_(f'--out {out} exists and is not a video index (it holds {contents}): choose a new folder, '
                           'or add --force to write the index into it')
 
@@ -231,8 +274,8 @@ def _base(model: ExportedModel, source: dict[str, Any], settings: MomentSettings
 
 def _committed(row: dict[str, Any]) -> dict[str, Any]:
     """A row as the index stores it: whole-video rows of an index written before moments existed gain their
-    span (0 to the duration, moment 0); the pending tag is dropped."""
-    out = {k: v for k, v in row.items() if k != _PENDING_TAG}
+    span (0 to the duration, moment 0); the pending tags are dropped."""
+    out = {k: v for k, v in row.items() if k not in (_PENDING_TAG, _RUN_TAG)}
     if 'moment' not in out:
         out.update(start=0.0, end=out.get('duration'), moment=0)
     return out
@@ -266,18 +309,25 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
             moments another way, is damaged, is not an index (without ``force``), is being updated by another
             run, or ``videos`` holds no readable video.
     """
-    if dtype not in DTYPES:
-        raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
-    settings = _settings(model, segments, window, stride)
-    root = Path(videos).resolve()
-    if not root.is_dir():
-        raise IndexError_(f'--videos {videos}: no such folder')
+    settings, root = _checked_args(model, videos, dtype, segments, window, stride)
     store = IndexStore(out)
     check_index_out(store.folder, root, force)
     with store.writer_lock():
         return _index_videos(model, root, store, settings, dtype=dtype, batch_size=batch_size,
                              num_workers=num_workers, bf16=bf16, all_files=all_files, rebuild=rebuild,
                              progress=progress)
+
+
+def _checked_args(model: ExportedModel, videos: str | os.PathLike, dtype: str, segments: str | None,
+                  window: float | None, stride: float | None) -> tuple[MomentSettings, Path]:
+    """The run's moment settings and its resolved ``--videos`` folder; an error names the flag."""
+    if dtype not in DTYPES:
+        raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
+    settings = _settings(model, segments, window, stride)
+    root = Path(videos).resolve()
+    if not root.is_dir():
+        raise IndexError_(f'--videos {videos}: no such folder')
+    return settings, root
 
 
 def _video_files(root: Path, all_files: bool, exclude: Path) -> tuple[dict[str, tuple[int, int]], list[dict[str, Any]]]:
@@ -334,9 +384,26 @@ def _recover_pending(store: IndexStore, model: ExportedModel, current: dict[str,
     return rows, embeddings
 
 
-def _index_videos(model: ExportedModel, root: Path, store: IndexStore, settings: MomentSettings, *, dtype: str,
-                  batch_size: int, num_workers: int, bf16: bool, all_files: bool, rebuild: bool,
-                  progress: bool) -> IndexReport:
+@dataclass
+class _Plan:
+    """What a run on a folder does, decided under the writer lock before anything is encoded: the rows it
+    keeps, the interrupted run's rows it recovers, and the files still to encode (sorted by path)."""
+
+    root: Path
+    manifest: dict[str, Any] | None
+    current: dict[str, tuple[int, int]]
+    kept_rows: list[dict[str, Any]]
+    kept_idx: list[int]
+    recovered_rows: list[dict[str, Any]]
+    recovered_emb: list[np.ndarray]
+    todo: list[tuple[str, int, int]]
+    report: IndexReport
+    broken: int  # links under the folder that lead nowhere (skipped before any decoding)
+
+
+def _plan_videos(model: ExportedModel, root: Path, store: IndexStore, settings: MomentSettings, *, dtype: str,
+                 all_files: bool, rebuild: bool) -> _Plan:
+    """Check the index against this run, then split the folder's videos into kept, recovered and to encode."""
     manifest = _check_model(store, model, rebuild)
     if manifest is not None and manifest['source'].get('kind') != 'videos':
         raise IndexError_(f'{store.folder} indexes an MDS split ({manifest["source"].get("root")}), not a folder of '
@@ -357,33 +424,66 @@ def _index_videos(model: ExportedModel, root: Path, store: IndexStore, settings:
     if not current and not broken:
         raise IndexError_(f'--videos {root}: no video files found (looked for {", ".join(sorted(VIDEO_EXTENSIONS))} '
                           'recursively; --all-files tries every file)')
+    return _Plan(root, manifest, current, kept_rows, kept_idx, pending_rows, pending_emb, todo, report,
+                 len(broken))
 
+
+def _encode_todo(model: ExportedModel, root: Path, store: IndexStore, todo: list[tuple[str, int, int]],
+                 settings: MomentSettings, report: IndexReport, numbers: Iterator[int], run: str | None = None, *,
+                 dtype: str, batch_size: int, num_workers: int, bf16: bool,
+                 progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Encode ``todo`` (whole files or moments) into pending batches numbered from ``numbers``; the rows come
+    back in `_new_row_order`. ``run`` tags the pending rows so that the run's own batches can be told apart."""
+    tags = {_PENDING_TAG: settings.record(), **({_RUN_TAG: run} if run is not None else {})}
     encode = _encode_moment_files if settings.segmented else _encode_whole_files
-    rows, emb = encode(model, root, store, todo, settings, report, dtype=dtype, batch_size=batch_size,
-                       num_workers=num_workers, bf16=bf16, progress=progress)
-    pending_rows += rows
-    pending_emb += emb
-    if not kept_rows and not pending_rows:
-        raise IndexError_(f'--videos {root}: none of the {len(current) + len(broken)} video files could be decoded '
-                          f'(first: {report.skipped[0]["path"]}: {report.skipped[0]["reason"]}); nothing was indexed')
-    old = store.embeddings(manifest)[kept_idx] if manifest is not None and kept_idx else np.zeros((0, model.embed_dim), dtype)
+    return encode(model, root, store, todo, settings, report, numbers, tags, dtype=dtype, batch_size=batch_size,
+                  num_workers=num_workers, bf16=bf16, progress=progress)
+
+
+def _new_row_order(todo: Sequence[tuple[str, int, int]], rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Positions of newly encoded ``rows`` in index order: their file's place in ``todo``, then the moment
+    (loader workers and ranks finish videos in any order; the index does not depend on it)."""
+    place = {rel: n for n, (rel, _, _) in enumerate(todo)}
+    return sorted(range(len(rows)), key=lambda n: (place[rows[n]['path']], rows[n]['moment']))
+
+
+def _commit_videos(model: ExportedModel, plan: _Plan, store: IndexStore, settings: MomentSettings, *, dtype: str,
+                   rows: list[dict[str, Any]], embeddings: list[np.ndarray]) -> IndexReport:
+    """Commit the kept rows, then the recovered ones, then ``rows`` (the new ones, in `_new_row_order`)."""
+    report, root, manifest = plan.report, plan.root, plan.manifest
+    pending_rows, pending_emb = plan.recovered_rows + rows, plan.recovered_emb + embeddings
+    if not plan.kept_rows and not pending_rows:
+        raise IndexError_(f'--videos {root}: none of the {len(plan.current) + plan.broken} video files could be '
+                          f'decoded (first: {report.skipped[0]["path"]}: {report.skipped[0]["reason"]}); nothing was '
+                          'indexed')
+    old = store.embeddings(manifest)[plan.kept_idx] if manifest is not None and plan.kept_idx \
+        else np.zeros((0, model.embed_dim), dtype)
     new = np.stack(pending_emb).astype(dtype) if pending_emb else np.zeros((0, model.embed_dim), dtype)
-    embeddings = np.concatenate([np.asarray(old, dtype=dtype), new])
-    rows = [_committed(r) for r in kept_rows + pending_rows]
-    committed = store.commit(_base(model, {'kind': 'videos', 'root': str(root)}, settings), embeddings, rows, None,
-                             report.skipped)
-    report.indexed, report.videos = committed['count'], len({r['path'] for r in rows})
+    embeddings_all = np.concatenate([np.asarray(old, dtype=dtype), new])
+    committed_rows = [_committed(r) for r in plan.kept_rows + pending_rows]
+    committed = store.commit(_base(model, {'kind': 'videos', 'root': str(root)}, settings), embeddings_all,
+                             committed_rows, None, report.skipped)
+    report.indexed, report.videos = committed['count'], len({r['path'] for r in committed_rows})
     return report
 
 
+def _index_videos(model: ExportedModel, root: Path, store: IndexStore, settings: MomentSettings, *, dtype: str,
+                  batch_size: int, num_workers: int, bf16: bool, all_files: bool, rebuild: bool,
+                  progress: bool) -> IndexReport:
+    plan = _plan_videos(model, root, store, settings, dtype=dtype, all_files=all_files, rebuild=rebuild)
+    rows, emb = _encode_todo(model, root, store, plan.todo, settings, plan.report, store.pending_numbers(),
+                             dtype=dtype, batch_size=batch_size, num_workers=num_workers, bf16=bf16, progress=progress)
+    return _commit_videos(model, plan, store, settings, dtype=dtype, rows=rows, embeddings=emb)
+
+
 def _encode_whole_files(model: ExportedModel, root: Path, store: IndexStore, todo: list[tuple[str, int, int]],
-                        settings: MomentSettings, report: IndexReport, *, dtype: str, batch_size: int,
-                        num_workers: int, bf16: bool, progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+                        settings: MomentSettings, report: IndexReport, numbers: Iterator[int], tags: dict[str, Any], *,
+                        dtype: str, batch_size: int, num_workers: int, bf16: bool,
+                        progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """One row per video: ``batch_size`` videos decoded in the loader's workers, encoded per forward and
-    written as a pending batch."""
+    written as a pending batch (numbered from ``numbers``, rows carrying ``tags``)."""
     loader = DataLoader(_FileVideos(root, todo, model), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=model.device.type == 'cuda')
-    number = store.next_pending_number()
     out_rows, out_emb = [], []
     with _progress(len(todo), progress, 'indexing') as bar:
         for items in loader:
@@ -399,9 +499,8 @@ def _encode_whole_files(model: ExportedModel, root: Path, store: IndexStore, tod
                     rows.append({**row, 'key': key, 'duration': duration, 'frames': x.num_frames,
                                  'used_frames': int(x.mask.sum()), 'warnings': x.warnings,
                                  'thumb': store.write_thumbnail(key, x.thumbnail), 'model_hash': model.model_hash,
-                                 'start': 0.0, 'end': duration, 'moment': 0, _PENDING_TAG: settings.record()})
-                store.write_pending(number, PendingBatch(rows, emb, []))
-                number += 1
+                                 'start': 0.0, 'end': duration, 'moment': 0, **tags})
+                store.write_pending(next(numbers), PendingBatch(rows, emb, []))
                 out_rows += rows
                 out_emb.extend(emb)
                 report.encoded += len(rows)
@@ -413,16 +512,15 @@ class _MomentEncoder:
     """Encodes moments as they stream in, ``batch_size`` per forward. A video's rows reach a pending batch
     (what survives a crash) only once all its moments are encoded, so a recovered video is never partial."""
 
-    def __init__(self, model: ExportedModel, store: IndexStore, settings: MomentSettings, *, dtype: str,
-                 batch_size: int, bf16: bool) -> None:
-        self.model, self.store, self.tag = model, store, settings.record()
+    def __init__(self, model: ExportedModel, store: IndexStore, numbers: Iterator[int], tags: dict[str, Any], *,
+                 dtype: str, batch_size: int, bf16: bool) -> None:
+        self.model, self.store, self.numbers, self.tags = model, store, numbers, tags
         self.dtype, self.batch_size, self.bf16 = dtype, batch_size, bf16
         self.queue: list[tuple[dict[str, Any], Moment]] = []
         self.encoded: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {}
         self.ended: list[tuple[dict[str, Any], VideoEnd]] = []
         self.rows: list[dict[str, Any]] = []
         self.embeddings: list[np.ndarray] = []
-        self.number = store.next_pending_number()
 
     def add(self, row: dict[str, Any], item: Moment | VideoEnd) -> None:
         if isinstance(item, VideoEnd):
@@ -455,24 +553,23 @@ class _MomentEncoder:
                 rows.append({**row, 'key': key, 'duration': round(end.duration, 3), 'frames': part['frames'],
                              'used_frames': part['used_frames'], 'warnings': end.warnings, 'thumb': part['thumb'],
                              'model_hash': self.model.model_hash, 'start': part['start'], 'end': part['end'],
-                             'moment': part['moment'], _PENDING_TAG: self.tag})
+                             'moment': part['moment'], **self.tags})
                 embeddings.append(e)
         self.ended = []
         if rows:
-            self.store.write_pending(self.number, PendingBatch(rows, np.stack(embeddings), []))
-            self.number += 1
+            self.store.write_pending(next(self.numbers), PendingBatch(rows, np.stack(embeddings), []))
             self.rows += rows
             self.embeddings += embeddings
 
 
 def _encode_moment_files(model: ExportedModel, root: Path, store: IndexStore, todo: list[tuple[str, int, int]],
-                         settings: MomentSettings, report: IndexReport, *, dtype: str, batch_size: int,
-                         num_workers: int, bf16: bool,
+                         settings: MomentSettings, report: IndexReport, numbers: Iterator[int],
+                         tags: dict[str, Any], *, dtype: str, batch_size: int, num_workers: int, bf16: bool,
                          progress: bool) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """A row per moment: each video decoded once in a loader worker, its moments streamed to the model."""
     loader = DataLoader(_FileMoments(root, todo, model.preprocessing, settings), batch_size=None,
                         num_workers=num_workers, collate_fn=_collate)
-    encoder = _MomentEncoder(model, store, settings, dtype=dtype, batch_size=batch_size, bf16=bf16)
+    encoder = _MomentEncoder(model, store, numbers, tags, dtype=dtype, batch_size=batch_size, bf16=bf16)
     with _progress(len(todo), progress, 'indexing') as bar:
         for row, item in loader:
             if isinstance(item, str):
@@ -485,9 +582,222 @@ def _encode_moment_files(model: ExportedModel, root: Path, store: IndexStore, to
                 report.encoded += 1
                 bar.update(1)
         encoder.flush()
-    place = {rel: n for n, (rel, _, _) in enumerate(todo)}  # workers finish videos in any order: the files' order
-    order = sorted(range(len(encoder.rows)), key=lambda n: (place[encoder.rows[n]['path']], encoder.rows[n]['moment']))
+    order = _new_row_order(todo, encoder.rows)
     return [encoder.rows[n] for n in order], [encoder.embeddings[n] for n in order]
+
+
+# ---- several ranks (torchrun, composer -n) ------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """This process's place among the ranks a launcher started (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    local_size: int = 1
+
+
+def launched_world(env: Mapping[str, str] = os.environ) -> World:
+    """The launcher's ranks from ``env``; one process when no launcher set ``WORLD_SIZE``.
+
+    Raises:
+        IndexError_: a ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that is not a rank of the world.
+    """
+    values = {}
+    for key, default in (('WORLD_SIZE', '1'), ('RANK', '0'), ('LOCAL_RANK', '0'), ('LOCAL_WORLD_SIZE', '1')):
+        text = env.get(key, default)
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise IndexError_(f'environment variable {key}={text!r}: expected an integer (set by torchrun or '
+                              'composer -n)') from None
+    world = World(values['RANK'], values['LOCAL_RANK'], values['WORLD_SIZE'], max(1, values['LOCAL_WORLD_SIZE']))
+    if world.size < 1 or not 0 <= world.rank < world.size or world.local_rank < 0:
+        raise IndexError_(f'RANK={world.rank}, LOCAL_RANK={world.local_rank}, WORLD_SIZE={world.size}: expected '
+                          '0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0')
+    return world
+
+
+@dataclass
+class _RankJob:
+    """What rank 0 deals each rank: its share of the files, the run's first batch number and the run's id."""
+
+    todo: list[tuple[str, int, int]]
+    first: int
+    run: str
+
+
+@dataclass
+class _RankResult:
+    """What a rank reports back once its share is encoded (its rows wait in ``pending/``)."""
+
+    encoded: int = 0
+    rows: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _error_text(e: BaseException) -> str:
+    """The one line `main` prints for an error: an OSError names its file and reason."""
+    if isinstance(e, OSError):
+        return f'{e.filename or ""}: {e.strerror}'
+    return str(e)
+
+
+def _attempt(step: Callable[[], _T]) -> tuple[_T | None, str | None]:
+    """Run one rank's step; an error the run reports (not a bug) comes back as its line, for the other ranks."""
+    try:
+        return step(), None
+    except (ExportError, IndexError_, OSError) as e:
+        return None, _error_text(e)
+
+
+def _exchange(what: str, call: Callable[[], _T]) -> _T:
+    """One exchange with the other ranks; a rank that died, or never came within the timeout, is one error line."""
+    try:
+        return call()
+    except RuntimeError as e:  # torch.distributed's errors (timeouts, closed connections) are RuntimeErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IndexError_(f'lost contact with the other tempme-index ranks while {what} ({reason}); the batches '
+                          f'encoded so far stay in {PENDING}/ and the next run recovers them') from e
+
+
+def _agree(error: str | None) -> None:
+    """Every rank hears every rank's failure: all fail with the first one (in rank order), or all go on."""
+    errors: list[str | None] = [None] * dist.get_world_size()
+    _exchange('comparing their outcomes', lambda: dist.all_gather_object(errors, error))
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise IndexError_(first)
+
+
+def _shares(todo: Sequence[tuple[str, int, int]], ranks: int) -> list[list[tuple[str, int, int]]]:
+    """Each rank's part of ``todo``: the largest files first, each to the rank with the fewest bytes so far
+    (ties: the lower rank), each part then in ``todo``'s order. Deterministic: the same list splits alike."""
+    loads = [(0, r) for r in range(ranks)]
+    parts: list[list[int]] = [[] for _ in range(ranks)]
+    for n in sorted(range(len(todo)), key=lambda n: (-todo[n][1], n)):
+        load, r = heapq.heappop(loads)
+        parts[r].append(n)
+        heapq.heappush(loads, (load + todo[n][1], r))
+    return [[todo[n] for n in sorted(part)] for part in parts]
+
+
+def _deal(plan: _Plan | None, store: IndexStore) -> _RankJob:
+    """Rank 0 splits the files still to encode and hands each rank its share (others pass ``plan=None``)."""
+    jobs = None
+    if plan is not None:
+        first, run = store.next_pending_number(), secrets.token_hex(8)
+        jobs = [_RankJob(share, first, run) for share in _shares(plan.todo, dist.get_world_size())]
+    mine: list[_RankJob | None] = [None]
+    _exchange('sharing out the files', lambda: dist.scatter_object_list(mine, jobs, src=0))
+    assert mine[0] is not None
+    return mine[0]
+
+
+def _run_rows(store: IndexStore, model: ExportedModel, run: str) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Every rank's rows of this run (tagged ``run``) from ``pending/``, not yet in index order."""
+    rows, embeddings = [], []
+    for batch in store.read_pending(model.embed_dim):
+        for row, e in zip(batch.rows, batch.embeddings, strict=True):
+            if row.get(_RUN_TAG) == run:
+                rows.append(row)
+                embeddings.append(e)
+    return rows, embeddings
+
+
+def _all_run_rows(store: IndexStore, model: ExportedModel, run: str,
+                  expected: int) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """`_run_rows`, looked for again for a while when some are missing: a shared filesystem may list another
+    machine's new files late (NFS caches a folder's listing for up to a minute)."""
+    deadline = time.monotonic() + _LATE_FILES_S
+    while True:
+        rows, embeddings = _run_rows(store, model, run)
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows, embeddings
+        time.sleep(2.0)
+
+
+def _commit_ranks(model: ExportedModel, plan: _Plan, store: IndexStore, settings: MomentSettings, job: _RankJob,
+                  results: Sequence[_RankResult], *, dtype: str) -> IndexReport:
+    """Rank 0: every rank's pending rows and skipped videos, ordered as one process orders them, committed."""
+    expected = sum(r.rows for r in results)
+    rows, embeddings = _all_run_rows(store, model, job.run, expected)
+    if len(rows) != expected:
+        raise IndexError_(f'{store.folder / PENDING} holds {len(rows)} of the {expected} rows the ranks encoded: '
+                          'every rank must write to the same --out folder (on a filesystem all machines share)')
+    order = _new_row_order(plan.todo, rows)
+    place = {rel: n for n, (rel, _, _) in enumerate(plan.todo)}
+    skipped = [s for r in results for s in r.skipped]
+    plan.report.skipped += sorted(skipped, key=lambda s: place.get(s['path'], len(place)))
+    plan.report.encoded = sum(r.encoded for r in results)
+    return _commit_videos(model, plan, store, settings, dtype=dtype, rows=[rows[n] for n in order],
+                          embeddings=[embeddings[n] for n in order])
+
+
+def index_videos_distributed(load_model: Callable[[], ExportedModel], videos: str | os.PathLike,
+                             out: str | os.PathLike, *, dtype: str = 'float16', batch_size: int = 16,
+                             num_workers: int = 0, bf16: bool = False, all_files: bool = False,
+                             rebuild: bool = False, force: bool = False, progress: bool = True,
+                             segments: str | None = None, window: float | None = None,
+                             stride: float | None = None) -> IndexReport | None:
+    """`index_videos` on every rank of the initialised process group, one index as one process writes it.
+
+    Rank 0 takes the writer lock and decides what to encode before any rank writes; each rank loads the model
+    (``load_model``) and encodes its share of the files into pending batches of its own numbers; after they
+    meet, rank 0 reads them all and commits. A rank that stops leaves its batches for the next run to recover.
+
+    Returns:
+        The report on rank 0, None on the other ranks.
+
+    Raises:
+        IndexError_: on every rank the same: the first failure of any rank (the lock, the index, the model, a
+            folder one machine cannot read), or lost contact with a rank.
+    """
+    rank, size = dist.get_rank(), dist.get_world_size()
+    store = IndexStore(out)
+    with contextlib.ExitStack() as lock:
+        ready, error = _attempt(lambda: _rank_setup(load_model, videos, dtype, segments, window, stride))
+        plan = None
+        if rank == 0 and error is None:
+            plan, error = _attempt(lambda: _lead(*ready, store, lock, force=force, dtype=dtype, all_files=all_files,
+                                                 rebuild=rebuild))
+        _agree(error)  # nothing is written before every rank is ready and rank 0 holds the lock
+        model, settings, root = ready
+        job = _deal(plan, store)
+        report = IndexReport(mode=settings.mode)
+        numbers = store.pending_numbers(job.first, rank, size)
+        encoded, error = _attempt(lambda: _encode_todo(
+            model, root, store, job.todo, settings, report, numbers, job.run, dtype=dtype, batch_size=batch_size,
+            num_workers=num_workers, bf16=bf16, progress=progress and rank == 0))
+        mine = _RankResult(report.encoded, len(encoded[0]) if encoded else 0, report.skipped, error)
+        results: list[_RankResult | None] = [None] * size
+        _exchange('waiting for every rank to finish its share', lambda: dist.all_gather_object(results, mine))
+        error = next((r.error for r in results if r.error is not None), None)
+        committed = None
+        if rank == 0 and error is None:
+            committed, error = _attempt(lambda: _commit_ranks(model, plan, store, settings, job, results, dtype=dtype))
+        _agree(error)
+        return committed
+
+
+def _rank_setup(load_model: Callable[[], ExportedModel], videos: str | os.PathLike, dtype: str,
+                segments: str | None, window: float | None,
+                stride: float | None) -> tuple[ExportedModel, MomentSettings, Path]:
+    """What every rank needs before encoding: the model on its device, the moment settings, the folder."""
+    model = load_model()
+    settings, root = _checked_args(model, videos, dtype, segments, window, stride)
+    return model, settings, root
+
+
+def _lead(model: ExportedModel, settings: MomentSettings, root: Path, store: IndexStore,
+          lock: contextlib.ExitStack, *, force: bool, dtype: str, all_files: bool, rebuild: bool) -> _Plan:
+    """Rank 0: take the writer lock (held until ``lock`` closes, after the commit) and plan the run."""
+    check_index_out(store.folder, root, force)
+    lock.enter_context(store.writer_lock())
+    return _plan_videos(model, root, store, settings, dtype=dtype, all_files=all_files, rebuild=rebuild)
 
 
 def _mds_samples(split: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -692,8 +1002,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--segments', choices=MODES[1:], default=None,
                         help='windows (the default with --window/--stride), or shots: cut at the shot changes '
                         'PySceneDetect finds, a shot longer than a window split into windows')
-    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='decoding processes')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--workers', type=int, default=None, help='decoding processes (default: up to 4, the '
+                        "machine's cores shared among the ranks a launcher started on it)")
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='with a launcher, "cuda" means cuda:LOCAL_RANK')
+    parser.add_argument('--dist-timeout', type=float, default=60.0, metavar='MINUTES',
+                        help='with a launcher: how long a rank waits for the others (to start, and for the slowest '
+                        'to finish its share) before failing (default 60)')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast (GPU)')
     parser.add_argument('--all-files', action='store_true', help='try every file, not only video extensions')
     parser.add_argument('--rebuild', action='store_true', help='replace an index built by another model or dtype, '
@@ -707,6 +1022,14 @@ def main(argv: list[str] | None = None) -> int:
     segments = args.segments or ('windows' if args.window is not None or args.stride is not None else None)
     moments = {'segments': segments, 'window': window, 'stride': args.stride}
     try:
+        world = launched_world()
+    except IndexError_ as e:
+        return _fail(str(e))
+    if args.workers is None:
+        args.workers = min(4, max(1, (os.cpu_count() or 1) // world.local_size))
+    if world.size > 1:
+        return _main_ranks(args, moments, world)
+    try:
         model = load_exported(args.model, args.clip_checkpoint, device=args.device)
         if args.videos:
             report = index_videos(model, args.videos, args.out, dtype=args.dtype, batch_size=args.batch_size or 16,
@@ -716,13 +1039,64 @@ def main(argv: list[str] | None = None) -> int:
             report = index_mds_split(model, args.mds, args.out, dtype=args.dtype, batch_size=args.batch_size,
                                      bf16=args.bf16, rebuild=args.rebuild, force=args.force,
                                      progress=not args.no_progress, **moments)
-    except (ExportError, IndexError_) as e:
-        print(f'error: {printable(e)}', file=sys.stderr)
-        return 1
-    except OSError as e:  # a folder we cannot read or write
-        print(f'error: {printable(e.filename or "")}: {e.strerror}', file=sys.stderr)
-        return 1
+    except (ExportError, IndexError_, OSError) as e:  # OSError: a folder we cannot read or write
+        return _fail(_error_text(e))
     print_report(report, args.out)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f'error: {printable(message)}', file=sys.stderr)
+    return 1
+
+
+def _rank_device(device: str, local_rank: int) -> torch.device:
+    """The device of one rank: plain ``cuda`` is the rank's own GPU, ``cuda:LOCAL_RANK``."""
+    chosen = torch.device(device)
+    return torch.device('cuda', local_rank) if chosen.type == 'cuda' and chosen.index is None else chosen
+
+
+def _join(device: torch.device, minutes: float) -> bool:
+    """Join the launcher's process group (NCCL for a GPU rank, gloo on CPU) unless the caller already has one;
+    every exchange fails after ``minutes`` rather than waiting forever for a rank that died.
+
+    Returns:
+        Whether this call created the group (and so destroys it).
+    """
+    if dist.is_initialized():
+        return False
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=timedelta(minutes=minutes))
+    return True
+
+
+def _main_ranks(args: argparse.Namespace, moments: dict[str, Any], world: World) -> int:
+    """`main` on one rank of a launcher's run: every rank prints the same error; rank 0 alone the report."""
+    if args.mds:
+        return _fail(f'--mds runs in one process (this is rank {world.rank} of WORLD_SIZE={world.size}): run '
+                     'tempme-index --mds without torchrun or composer -n')
+    if not args.dist_timeout > 0:
+        return _fail(f'--dist-timeout {args.dist_timeout}: expected a positive number of minutes')
+    try:
+        device = _rank_device(args.device, world.local_rank)
+        created = _join(device, args.dist_timeout)
+    except (RuntimeError, ValueError) as e:  # a bad --device, no MASTER_ADDR, a rendezvous that timed out
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return _fail(f'rank {world.rank} of {world.size} cannot join the other tempme-index ranks ({reason})')
+    try:
+        report = index_videos_distributed(
+            lambda: load_exported(args.model, args.clip_checkpoint, device=device), args.videos, args.out,
+            dtype=args.dtype, batch_size=args.batch_size or 16, num_workers=args.workers, bf16=args.bf16,
+            all_files=args.all_files, rebuild=args.rebuild, force=args.force, progress=not args.no_progress,
+            **moments)
+    except IndexError_ as e:
+        return _fail(str(e))
+    finally:
+        if created:
+            dist.destroy_process_group()
+    if report is not None:
+        print_report(report, args.out)
     return 0
 
 

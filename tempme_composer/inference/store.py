@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -401,8 +402,19 @@ class IndexStore:
                            json.dumps({'rows': batch.rows, 'captions': batch.captions}).encode('utf-8'))
 
     def next_pending_number(self) -> int:
+        """One past the newest pending batch: a run's batches sort after the interrupted run's they recover."""
         batches = self.pending_batches()
         return int(batches[-1].stem.split('-')[1]) + 1 if batches else 0
+
+    def pending_numbers(self, first: int | None = None, rank: int = 0, world_size: int = 1) -> Iterator[int]:
+        """The batch numbers one writer of ``world_size`` uses: ``first + rank``, then every ``world_size``-th.
+
+        Ranks that share one ``first`` (default: `next_pending_number`) interleave and never write the same name.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} of {world_size} writers: expected 0 <= rank < world_size')
+        start = self.next_pending_number() if first is None else first
+        return itertools.count(start + rank, world_size)
 
     def write_thumbnail(self, key: str, jpeg: bytes) -> str:
         folder = self._own_dir(THUMBS)
