@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -347,6 +347,22 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: i
             })
 
 
+def _reuse_or_refuse(root: Path, what: str, meta_name: str, params: dict, complete: bool,
+                     existing_params: Callable[[], dict]) -> bool:
+    """True when ``root`` holds a complete dataset made with ``params`` (reuse it); raises when it holds one
+    made otherwise, or a folder that is not a dataset of ours (never overwritten); False: write it."""
+    if complete:
+        if existing_params() != params:
+            raise ValueError(f'{root} already holds a {what} made with {existing_params()}, not '
+                             f'{params}; pass overwrite=True (--overwrite) or choose another directory')
+        log.info('reusing the complete %s at %s', what, root)
+        return True
+    if root.exists() and any(root.iterdir()) and not (root / meta_name).is_file():
+        raise FileExistsError(f'{root} exists and is not a {what} directory; refusing to overwrite it. '
+                              'Choose an empty or new directory.')
+    return False
+
+
 def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, num_eval: int = 72,
                           seed: int = 0, frame_size: int = 48, num_frames: int = 16, video_fps: float = 8.0,
                           jpeg_quality: int = 90, overwrite: bool = False) -> DemoDataset:
@@ -388,15 +404,9 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
             existing['format_version'] = _FORMAT_VERSION
         return existing
 
-    if _is_complete(root) and not overwrite:
-        if existing_params() != params:
-            raise ValueError(f'{root} already holds a demo dataset made with {existing_params()}, not '
-                             f'{params}; pass overwrite=True (--overwrite) or choose another directory')
-        log.info('reusing the complete demo dataset at %s', root)
+    if _reuse_or_refuse(root, 'demo dataset', _META_NAME, params, _is_complete(root) and not overwrite,
+                        existing_params):
         return result(reused=True)
-    if root.exists() and any(root.iterdir()) and not (root / _META_NAME).is_file():
-        raise FileExistsError(f'{root} exists and is not a demo dataset directory; refusing to overwrite it. '
-                              'Choose an empty or new directory.')
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
@@ -612,15 +622,9 @@ def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 1
         meta = json.loads((root / _LONG_META_NAME).read_text())
         return {k: meta.get(k) for k in params}
 
-    if _long_is_complete(root) and not overwrite:
-        if existing_params() != params:
-            raise ValueError(f'{root} already holds a long demo dataset made with {existing_params()}, not '
-                             f'{params}; pass overwrite=True (--overwrite) or choose another directory')
-        log.info('reusing the complete long demo dataset at %s', root)
+    if _reuse_or_refuse(root, 'long demo dataset', _LONG_META_NAME, params,
+                        _long_is_complete(root) and not overwrite, existing_params):
         return result(reused=True)
-    if root.exists() and any(root.iterdir()) and not (root / _LONG_META_NAME).is_file():
-        raise FileExistsError(f'{root} exists and is not a long demo dataset directory; refusing to overwrite '
-                              'it. Choose an empty or new directory.')
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
