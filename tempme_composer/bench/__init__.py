@@ -4,8 +4,9 @@ NAME: ``efficiency`` (the four variants' parameters, tokens, GMAC, videos/s, mem
 to run STOP's pixel Conv3d stack), ``tempme`` (per-block tokens, GMAC and videos/s: meanP vs TempMe),
 ``metrics`` (evaluation time and memory), ``data`` (video storage and loader throughput), ``search`` (exact vs
 HNSW search over 10k-1M indexed videos) and ``index-memory`` (peak RSS of ``tempme-index`` on a huge-frame clip
-and a two-hour video, whole-video vs bounded decoding), ``search-startup`` (opening a 1M-row index and answering
-a first query: JSON-lines vs SQLite metadata). Shared timing,
+and a two-hour video, whole-video vs bounded decoding), ``index-throughput`` (windows/s and hours of video per
+hour of ``tempme-index --window`` on a long video, decoding vs forward, loader cores per GPU), ``search-startup``
+(opening a 1M-row index and answering a first query: JSON-lines vs SQLite metadata). Shared timing,
 table and JSON helpers are in `tempme_composer.bench.common`.
 """
 
@@ -19,6 +20,7 @@ BENCHMARKS = {
     'data': 'tempme_composer.bench.data',
     'search': 'tempme_composer.bench.search',
     'index-memory': 'tempme_composer.bench.index_memory',
+    'index-throughput': 'tempme_composer.bench.index_throughput',
     'search-startup': 'tempme_composer.bench.search_startup',
 }
 

@@ -42,8 +42,8 @@ import numpy as np
 
 from tempme_composer.bench.common import fmt, machine_description, markdown_table, write_json
 
-__all__ = ['Case', 'CASES', 'full_decode_video_from_file', 'index_with_full_decode', 'main', 'measure_process',
-           'write_huge_clip', 'write_long_video']
+__all__ = ['Case', 'CASES', 'export_random_model', 'full_decode_video_from_file', 'index_command',
+           'index_rows', 'index_with_full_decode', 'main', 'measure_process', 'write_huge_clip', 'write_long_video']
 
 #: Peak RSS the bounded path must stay under, per case (MiB).
 TARGET_MIB = {'huge': 2048, 'long': 1536, 'long-windows': 1536}
@@ -132,10 +132,12 @@ def _frames_in_file(path: Path) -> int:
         return sum(1 for p in container.demux(stream) if p.size)
 
 
-def _export(workdir: Path, demo_rule: bool) -> Path:
-    """A tiny randomly initialised model exported by `export_checkpoint` from a run folder as training leaves
-    it. ``demo_rule``: a demo run (every frame, full size); else an MSR-VTT run whose converted dataset is not
-    on this machine, so the export records tempme-convert's default rule."""
+def export_random_model(workdir: Path, demo_rule: bool, *, preset: str = 'tiny',
+                        max_frames: int | None = None) -> Path:
+    """A randomly initialised model (CLIP ``preset``, ``max_frames``: None keeps the config's default) exported
+    by `export_checkpoint` from a run folder as training leaves it, once per workdir. ``demo_rule``: a demo run
+    (every frame, full size); else an MSR-VTT run whose converted dataset is not on this machine, so the export
+    records tempme-convert's default rule. Random weights cost the same time as trained ones."""
     import torch
 
     from tempme_composer.clip import CLIP, CLIP_PRESETS
@@ -144,6 +146,8 @@ def _export(workdir: Path, demo_rule: bool) -> Path:
     from tempme_composer.model import UnifiedModel
 
     name = 'demo' if demo_rule else 'convert-default'
+    if preset != 'tiny' or max_frames is not None:
+        name += f'-{preset.replace("/", "").lower()}-{max_frames or "default"}'
     out = workdir / f'export-{name}'
     if (out / 'config.json').is_file():
         return out
@@ -154,7 +158,9 @@ def _export(workdir: Path, demo_rule: bool) -> Path:
     else:
         source = {'local': str(workdir / 'not-converted'), 'split': 'test'}
         data = {'datatype': 'msrvtt', 'eval': source, 'train': {**source, 'split': 'train'}}
-    cfg = config_from_dict({'output_dir': str(run), 'model': {'clip': {'checkpoint': None, 'preset': 'tiny'}},
+    if max_frames is not None:
+        data['max_frames'] = max_frames
+    cfg = config_from_dict({'output_dir': str(run), 'model': {'clip': {'checkpoint': None, 'preset': preset}},
                             'data': data})
     (run / 'config.yaml').write_text(config_to_yaml(cfg))
     torch.manual_seed(0)
@@ -231,9 +237,12 @@ def measure_process(cmd: Sequence[str], limit_bytes: int) -> dict[str, Any]:
     return {**got, 'output': run.stdout.decode('utf-8', 'replace')}
 
 
-def _index_command(mode: str, model: Path, videos: Path, out: Path, extra: Sequence[str] = ()) -> list[str]:
-    args = ['--model', str(model), '--videos', str(videos), '--out', str(out), '--workers', '0', '--device', 'cpu',
-            '--dtype', 'float32', '--no-progress', *extra]
+def index_command(mode: str, model: Path, videos: Path, out: Path, extra: Sequence[str] = (),
+                  workers: int = 0) -> list[str]:
+    """The ``tempme-index`` command line (CPU, float32, no progress bar); ``mode`` ``full`` swaps in the
+    whole-video decode."""
+    args = ['--model', str(model), '--videos', str(videos), '--out', str(out), '--workers', str(workers),
+            '--device', 'cpu', '--dtype', 'float32', '--no-progress', *extra]
     if mode == 'bounded':
         exe = shutil.which('tempme-index', path=str(Path(sys.executable).parent)) or shutil.which('tempme-index')
         return [exe, *args] if exe else [sys.executable, '-m', 'tempme_composer.inference.index', *args]
@@ -250,7 +259,7 @@ def _prepare(workdir: Path, case: Case) -> tuple[Path, Path]:
     if not video.is_file():
         print(f'writing {video} ...', flush=True)
         case.write(video)
-    return video, _export(workdir, case.demo_rule)
+    return video, export_random_model(workdir, case.demo_rule)
 
 
 def bench_case(workdir: Path, case: Case, modes: Sequence[str], limit_bytes: int) -> list[dict[str, Any]]:
@@ -261,17 +270,17 @@ def bench_case(workdir: Path, case: Case, modes: Sequence[str], limit_bytes: int
         out = workdir / f'index-{case.name}-{mode}'
         shutil.rmtree(out, ignore_errors=True)
         print(f'{case.name}: tempme-index {" ".join(case.index_args)}, {mode} decode ...', flush=True)
-        got = measure_process(_index_command(mode, model, video.parent, out, case.index_args), limit_bytes)
+        got = measure_process(index_command(mode, model, video.parent, out, case.index_args), limit_bytes)
         if got['returncode'] != 0 and not got['stopped_over_limit']:
             print(got['output'][-4000:], file=sys.stderr)
         rows.append({'case': case.name, 'video': case.describe, 'decode': mode, 'frames_in_file': frames,
                      'file_mib': video.stat().st_size / 2**20, **{k: v for k, v in got.items() if k != 'output'},
-                     'index_rows': _index_rows(out),
+                     'index_rows': index_rows(out),
                      'target_mib': TARGET_MIB.get(case.name) if mode == 'bounded' else None})
     return rows
 
 
-def _index_rows(out: Path) -> int | None:
+def index_rows(out: Path) -> int | None:
     """Rows the run committed (one per video, or per moment); None when it wrote no index."""
     try:
         return int(json.loads((out / 'index.json').read_text())['count'])
