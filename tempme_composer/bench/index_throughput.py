@@ -106,8 +106,12 @@ def gpu_figure(case: ModelCase, max_frames: int, image_resolution: int) -> GpuFi
 
 
 def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` as two positive even numbers (yuv420p needs even sides)."""
     width, _, height = text.lower().partition('x')
-    return int(width), int(height)
+    got = int(width), int(height)
+    if min(got) <= 0 or any(n % 2 for n in got):
+        raise ValueError(text)
+    return got
 
 
 def _video(workdir: Path, minutes: float, fps: int, width: int, height: int) -> Path:
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog='python -m tempme_composer.bench index-throughput',
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--minutes', type=float, default=10.0, help='length of the test video')
-    parser.add_argument('--size', default='640x360', help='WIDTHxHEIGHT of the test video')
+    parser.add_argument('--size', type=_size, default='640x360', help='WIDTHxHEIGHT of the test video')
     parser.add_argument('--fps', type=int, default=25, help='frame rate of the test video')
     parser.add_argument('--models', default=','.join(MODELS), help=f'comma-separated, of {", ".join(MODELS)}')
     parser.add_argument('--workers', default='0,1,2', help='tempme-index --workers values to run, comma-separated')
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if unknown:
         parser.error(f'unknown model(s) {unknown}; choose from {", ".join(MODELS)}')
     workers = [int(n) for n in args.workers.split(',') if n]
-    width, height = _size(args.size)
+    width, height = args.size
     summaries = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix='tempme-index-throughput-') as tmp:
