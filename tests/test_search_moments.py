@@ -187,9 +187,14 @@ def test_search_fetches_candidates_until_k_moments_survive(tmp_path, monkeypatch
     (few,) = search_vectors(index, q[:1], ['long'], 50, per_video=1)
     assert len(few.hits) == 31 and calls[-1] == 230
     if importlib.util.find_spec('usearch') is not None:
+        # the graph is built on every core, so which near neighbours it finds may vary from build to build:
+        # the approximate mode suppresses the same way, with recall against exact search, not equality
         approx = search_vectors(index, q, ['long', 'random'], 10, approximate=True)
         exact = search_vectors(index, q, ['long', 'random'], 10)
-        assert [[h.row for h in r.hits] for r in approx] == [[h.row for h in r.hits] for r in exact]
+        for a, e in zip(approx, exact, strict=True):
+            assert len(a.hits) == 10
+            assert len({h.row for h in a.hits} & {h.row for h in e.hits}) >= 8
+            assert all(sum(h.path == g.path for g in a.hits) <= 4 for h in a.hits)  # one per started minute
 
 
 def test_an_index_of_whole_files_fetches_k_once_and_reads_as_before(tmp_path, monkeypatch):
