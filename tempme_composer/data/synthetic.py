@@ -423,13 +423,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
         if _is_complete(root) and not overwrite and existing_params() == params:
             log.info('another process finished %s first; reusing it', root)  # e.g. several ranks racing
             return result(reused=True)
-        trash = None
-        if root.exists():
-            trash = root.parent / f'.{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-            os.replace(root, trash)
-        os.replace(tmp, root)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        _replace_dir(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info('wrote demo dataset (%d train, %d eval videos, codec %s) to %s in %.1fs', num_train, num_eval,
