@@ -22,8 +22,9 @@ from typing import Any, Literal
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tempme_composer.errors import ConfigError
+
 __all__ = [
-    'ConfigError',
     'ClipConfig',
     'DataConfig',
     'DataSourceConfig',
@@ -46,10 +47,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _REQUIRED = object()  # sentinel default: the key must be given
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the key, its source and a suggestion in the message."""
 
 
 @dataclass

@@ -23,16 +23,13 @@ from typing import Any
 import torch
 
 from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
+from tempme_composer.errors import RecipeError
 from tempme_composer.fsdp import same_shape_up_to_scalar
 
-__all__ = ['RecipeError', 'CheckpointRefusedError', 'check_dataset', 'check_checkpoint_matches', 'is_disk_full',
+__all__ = ['CheckpointRefusedError', 'check_dataset', 'check_checkpoint_matches', 'is_disk_full',
            'disk_full_message', 'latest_checkpoint']
 
 _SHOW = 3  # keys listed per kind of mismatch
-
-
-class RecipeError(RuntimeError):
-    """A bad input found while running (data, checkpoint, disk, diverged loss): one paragraph with the fix."""
 
 
 class CheckpointRefusedError(RecipeError, UnsafeCheckpointError):

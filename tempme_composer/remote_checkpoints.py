@@ -24,7 +24,7 @@ from composer.callbacks import CheckpointSaver
 from composer.loggers import RemoteUploaderDownloader
 from composer.utils import dist
 
-from tempme_composer.preflight import RecipeError
+from tempme_composer.errors import RecipeError
 from tempme_composer.remote import (
     RemoteStorageError,
     download_file,

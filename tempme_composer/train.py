@@ -41,7 +41,6 @@ from tempme_composer.callbacks import (
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
 from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
 from tempme_composer.config import (
-    ConfigError,
     DataSourceConfig,
     TrainConfig,
     config_to_yaml,
@@ -49,11 +48,11 @@ from tempme_composer.config import (
     paragraph_mode,
 )
 from tempme_composer.data.gallery import gallery_of_source
+from tempme_composer.errors import ConfigError, RecipeError
 from tempme_composer.fsdp import prepare_for_fsdp
 from tempme_composer.loggers import LogConfigToTrackers, LogExportedModel, build_loggers
 from tempme_composer.model import UnifiedModel
 from tempme_composer.preflight import (
-    RecipeError,
     check_checkpoint_matches,
     check_dataset,
     disk_full_message,

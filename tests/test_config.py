@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tempme_composer.config import ConfigError, TrainConfig, config_to_yaml, load_config
+from tempme_composer.config import TrainConfig, config_to_yaml, load_config
+from tempme_composer.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'yamls' / 'demo.yaml'

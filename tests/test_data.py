@@ -45,7 +45,7 @@ from tempme_composer.data.streaming import (
 )
 from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset, main
 from tempme_composer.data.uint8_frames import normalize_frames
-from tempme_composer.preflight import RecipeError
+from tempme_composer.errors import RecipeError
 
 R = 32  # small CLIP resolution keeps the streaming tests fast
 L = 16  # max_words

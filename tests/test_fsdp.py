@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tempme_composer.callbacks.training_scalars import logit_scale_value
-from tempme_composer.config import ConfigError, load_config
+from tempme_composer.config import load_config
+from tempme_composer.errors import ConfigError
 from tempme_composer.fsdp import prepare_for_fsdp, same_shape_up_to_scalar, vectorise_scalar_parameters
 from tempme_composer.preflight import check_checkpoint_matches
 

@@ -15,7 +15,8 @@ import torch
 from wandb_records import history_and_config
 
 from tempme_composer.callbacks import RetrievalLogger
-from tempme_composer.config import ConfigError, load_config
+from tempme_composer.config import load_config
+from tempme_composer.errors import ConfigError
 from tempme_composer.inference import load_exported
 from tempme_composer.inference.export import read_checkpoint_model_state
 from tempme_composer.loggers import flatten_config, mlflow_metric_name

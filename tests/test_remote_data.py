@@ -18,11 +18,12 @@ from process_helpers import kill_when_latest_is
 from video_fixtures import PALETTE, write_video
 
 from tempme_composer.callbacks import RetrievalLogger
-from tempme_composer.config import ConfigError, load_config
+from tempme_composer.config import load_config
 from tempme_composer.data import build_video_text_dataloader
 from tempme_composer.data.convert import main as convert_main
 from tempme_composer.data.remote_shards import RemoteShardError
 from tempme_composer.data.synthetic import generate_demo_dataset
+from tempme_composer.errors import ConfigError
 from tempme_composer.remote import list_objects, upload_folder
 from tempme_composer.train import train
 

@@ -21,7 +21,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from tempme_composer.preflight import RecipeError
+from tempme_composer.errors import RecipeError
 
 __all__ = ['FiniteLossGuard', 'FramePaddingNotice', 'NonFiniteLossError']
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from tempme_composer.preflight import RecipeError
+from tempme_composer.errors import RecipeError
 
 __all__ = ['HASH', 'RemoteShardError', 'ShardErrors']
 

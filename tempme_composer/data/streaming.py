@@ -43,7 +43,7 @@ from tempme_composer.data.frame_pool import FramePoolDataLoader, PooledFrames
 from tempme_composer.data.remote_shards import RemoteShardError, ShardErrors
 from tempme_composer.data.uint8_frames import Frame, frames_to_uint8
 from tempme_composer.data.video import SLICE_FRAMEPOS_CHOICES, select_frame_indices
-from tempme_composer.preflight import RecipeError
+from tempme_composer.errors import RecipeError
 
 __all__ = [
     'FRAME_ORDER_CHOICES',
