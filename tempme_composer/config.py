@@ -10,11 +10,8 @@ value is rejected as "not implemented yet" instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +20,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tempme_composer.errors import ConfigError
+from tempme_composer.model.config import ModelConfig, check_model_config
+from tempme_composer.schema import REQUIRED, build_dataclass
 
 __all__ = [
-    'ClipConfig',
     'DataConfig',
     'DataSourceConfig',
     'DemoDataConfig',
@@ -33,7 +31,6 @@ __all__ = [
     'paragraph_mode',
     'EvaluationConfig',
     'LogitScaleClampConfig',
-    'ModelConfig',
     'OptimizerConfig',
     'FSDPConfig',
     'LoggersConfig',
@@ -41,89 +38,15 @@ __all__ = [
     'load_config',
     'config_from_dict',
     'config_to_yaml',
-    'model_config_from_dict',
 ]
 
 log = logging.getLogger(__name__)
-
-_REQUIRED = object()  # sentinel default: the key must be given
-
-
-@dataclass
-class ClipConfig:
-    """CLIP backbone: OpenAI weights from a local file, or a random init of a named architecture."""
-
-    checkpoint: str | None = None  # local OpenAI CLIP file (TorchScript archive or state dict); never downloaded
-    preset: str = 'ViT-B/32'  # architecture used when checkpoint is null (tests and the demo use 'tiny')
-
-
-@dataclass
-class LoRAConfig:
-    """TempMe's LoRA on the fused QKV projection of every attention layer, both towers
-    (`tempme_composer.modules.lora`; no scaling, zero-initialised up-projection)."""
-
-    enabled: bool = False
-    rank: int = 8
-
-
-@dataclass
-class TempMeConfig:
-    """TempMe token merging in the vision tower (`tempme_composer.modules.tempme`; tempme.md §2.10 defaults).
-
-    The schedule is checked against the backbone and data.max_frames when the model is built, before training.
-    """
-
-    enabled: bool = False
-    tome_r: int = 2  # ImgMe tokens merged per frame in each block before the first merge layer
-    merge_layers: list[int] = field(default_factory=lambda: [8, 9, 10])  # 0-based ClipMe blocks
-    merge_frame_num: list[int] = field(default_factory=lambda: [2, 2, 3])  # sequences fused at each of them
-    merge_token_proportion: list[float] = field(default_factory=lambda: [30.0, 10.0])  # [cross, intra] percent
-
-
-@dataclass
-class StopConfig:
-    """STOP spatial-temporal dynamic prompting (`tempme_composer.modules.stop`; stop.md defaults).
-
-    Sizes (widths, layers, patch grid, frames) come from the backbone and data.max_frames.
-    """
-
-    enabled: bool = False
-    shared_latent_space: Literal['transformer', 'linear'] = 'transformer'  # prompt generator (DGL)
-    text_prompt_length: int = 8  # deep text prompts per layer, half prefix / half postfix (linear: 2 x local)
-    local_prompt_length: int = 4  # per-frame visual prompts, replaced at every block
-    global_prompt_length: int = 4  # video-level prompts, inserted once, attend to every token
-    adapters: bool = True  # STOP's bottleneck adapters ('LoRA') in every block of both towers
-    adapter_dim: int = 32
-    adapter_scale: float = 0.1
-    temporal_prompt: bool = True  # TemporalPrompt (intra-frame pixel prompt + inter-frame prompt); false = DGL
-    output_type: Literal[
-        'global_prompt0',
-        'average_global_prompt',
-        'average_frame_cls_token',
-        'average_global_prompt_and_frame_cls_token',
-        'frame_cls_mean',
-    ] = 'global_prompt0'
-    frame_weight_norm: Literal['video', 'batch'] = 'video'  # batch = reference (embedding depends on batch)
-    mask_pooling: Literal['lattice', 'patch'] = 'lattice'  # lattice = reference's mod-grid pooling
-    salient_cells: int = 6  # top-k patch cells of the saliency mask (reference eta = 6)
-    spatial_stride: int = 1  # >1: pixel prompt Conv stack on a pooled video (cheaper, approximate)
-    conv_impl: Literal['auto', 'direct', 'fft'] = 'auto'  # pixel-prompt Conv3d; auto: fft on CPU/CUDA (faster)
-
-
-@dataclass
-class ModelConfig:
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    sim_header: Literal['meanP'] = 'meanP'  # CLIP4Clip mean pooling of per-frame embeddings
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    tempme: TempMeConfig = field(default_factory=TempMeConfig)
-    stop: StopConfig = field(default_factory=StopConfig)
-
 
 @dataclass
 class StreamConfig:
     """One of several mixed MDS datasets (streaming `Stream`); use proportion OR repeat/choose."""
 
-    local: str = _REQUIRED  # type: ignore[assignment]
+    local: str = REQUIRED  # type: ignore[assignment]
     remote: str | None = None
     split: str | None = None
     proportion: float | None = None  # relative share of an epoch
@@ -146,7 +69,7 @@ class DataSourceConfig:
 class DemoDataConfig:
     """The generated demo dataset (real PyAV-encoded videos → MDS); built on first use."""
 
-    root: str = _REQUIRED  # type: ignore[assignment]
+    root: str = REQUIRED  # type: ignore[assignment]
     num_train: int = 288
     num_eval: int = 72
     seed: int = 0
@@ -260,7 +183,7 @@ class LoggersConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _REQUIRED  # type: ignore[assignment]
+    output_dir: str = REQUIRED  # type: ignore[assignment]
     run_name: str | None = None  # defaults to the name of output_dir
     seed: int = 42
     do_train: bool = True
@@ -318,7 +241,7 @@ def load_config(yaml_path: str | Path, overrides: list[str] | None = None) -> Tr
 
 def config_from_dict(raw: dict[str, Any], source: str = '<dict>', cli_keys: set[str] | None = None) -> TrainConfig:
     """Validate a plain nested dict into a `TrainConfig` (see `load_config` for the errors)."""
-    cfg = _build(TrainConfig, raw, prefix='', source=source, cli_keys=cli_keys or set())
+    cfg = build_dataclass(TrainConfig, raw, prefix='', source=source, cli_keys=cli_keys or set())
     _check_semantics(cfg, source)
     return cfg
 
@@ -326,78 +249,6 @@ def config_from_dict(raw: dict[str, Any], source: str = '<dict>', cli_keys: set[
 def config_to_yaml(cfg: TrainConfig) -> str:
     """The resolved config as YAML, as written next to the checkpoints."""
     return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str, cli_keys: set[str]) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f'{_where(prefix.rstrip("."), source, cli_keys)}: expected a mapping of keys, got {raw!r}')
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            full = prefix + str(key)
-            valid = [prefix + n for n in names]
-            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise ConfigError(
-                f"unknown key '{full}' in {_source(full, source, cli_keys)}{hint} "
-                f'(valid keys here: {", ".join(valid)})'
-            )
-    values = {}
-    for f in dataclasses.fields(cls):
-        full = prefix + f.name
-        if f.name in raw:
-            values[f.name] = _convert(hints[f.name], raw[f.name], full, source, cli_keys)
-        elif f.default is _REQUIRED:
-            raise ConfigError(f"missing required key '{full}' in {source} (set it in the YAML or as {full}=...)")
-    try:
-        return cls(**values)
-    except TypeError as e:  # pragma: no cover - guarded by the checks above
-        raise ConfigError(f'{source}: {e}') from e
-
-
-def _convert(tp: Any, value: Any, key: str, source: str, cli_keys: set[str]) -> Any:
-    origin = typing.get_origin(tp)
-    where = _where(key, source, cli_keys)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key, source, cli_keys)
-    if value is None:
-        raise ConfigError(f'{where}: a value is required, got null (expected {_type_name(tp)})')
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + '.', source, cli_keys)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise ConfigError(f'{where}: {value!r} is not one of {list(choices)}{hint}')
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f'{where}: expected a list ({_type_name(tp)}), got {value!r}')
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(item_tp, v, f'{key}[{i}]', source, cli_keys) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f'{where}: expected true or false, got {value!r}')
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f'{where}: expected an integer, got {value!r}')
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f'{where}: expected a number, got {value!r}')
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f'{where}: expected a string, got {value!r}')
-        return value
-    raise ConfigError(f'{where}: unsupported type {tp}')  # pragma: no cover - schema bug
 
 
 def _check_semantics(cfg: TrainConfig, source: str) -> None:
@@ -421,7 +272,7 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' in {source} must be positive, got {value}")
-    _check_tempme(cfg, source)
+    check_model_config(cfg.model, source, max_frames=cfg.data.max_frames)
     if cfg.data.max_words < 3:
         raise ConfigError(f"'data.max_words' in {source} must be at least 3 (start, a word, end), got {cfg.data.max_words}")
     if cfg.data.num_workers < 0:
@@ -510,56 +361,6 @@ def _check_storage_and_loggers(cfg: TrainConfig, source: str) -> None:
             caches.setdefault(folder, (where, is_remote(one.remote)))
 
 
-def _check_tempme(cfg: TrainConfig, source: str) -> None:
-    """Model-independent TempMe/LoRA schedule rules (the model-dependent ones run when the model is built)."""
-    if cfg.model.lora.enabled and cfg.model.lora.rank <= 0:
-        raise ConfigError(f"'model.lora.rank' in {source} must be positive, got {cfg.model.lora.rank}")
-    _check_stop(cfg, source)
-    t = cfg.model.tempme
-    if not t.enabled:
-        return
-    if len(t.merge_layers) != len(t.merge_frame_num):
-        raise ConfigError(f"'model.tempme.merge_layers' {t.merge_layers} and 'model.tempme.merge_frame_num' "
-                          f'{t.merge_frame_num} in {source} must have the same length')
-    product = 1
-    for g in t.merge_frame_num:
-        product *= g
-    if min(t.merge_frame_num, default=1) < 1 or cfg.data.max_frames % product:
-        raise ConfigError(f"'model.tempme.merge_frame_num' {t.merge_frame_num} in {source}: the groups must be "
-                          f'positive and their product must divide data.max_frames={cfg.data.max_frames}')
-    if len(t.merge_token_proportion) != 2 or not all(0 <= p < 100 for p in t.merge_token_proportion):
-        raise ConfigError(f"'model.tempme.merge_token_proportion' in {source} must be two percentages in [0, 100), "
-                          f'got {t.merge_token_proportion}')
-    if t.tome_r < 0:
-        raise ConfigError(f"'model.tempme.tome_r' in {source} must be >= 0, got {t.tome_r}")
-
-
-def _check_stop(cfg: TrainConfig, source: str) -> None:
-    """Model-independent STOP rules (grid-dependent ones run when the model is built)."""
-    s = cfg.model.stop
-    if not s.enabled:
-        return
-    counts = {
-        'text_prompt_length': s.text_prompt_length,
-        'local_prompt_length': s.local_prompt_length,
-        'global_prompt_length': s.global_prompt_length,
-        'adapter_dim': s.adapter_dim,
-        'spatial_stride': s.spatial_stride,
-    }
-    for key, value in counts.items():
-        if value <= 0:
-            raise ConfigError(f"'model.stop.{key}' in {source} must be positive, got {value}")
-    if s.text_prompt_length % 2:
-        raise ConfigError(f"'model.stop.text_prompt_length' in {source} must be even (half prefix, half postfix), "
-                          f'got {s.text_prompt_length}')
-    if s.salient_cells < 0:
-        raise ConfigError(f"'model.stop.salient_cells' in {source} must be >= 0, got {s.salient_cells}")
-    if s.shared_latent_space == 'linear' and s.text_prompt_length != 2 * s.local_prompt_length:
-        raise ConfigError(f"{source}: model.stop.shared_latent_space=linear derives the text prompts from the "
-                          f'local ones, so text_prompt_length must be 2 x local_prompt_length '
-                          f'({2 * s.local_prompt_length}), got {s.text_prompt_length}')
-
-
 def paragraph_mode(data: DataConfig) -> bool:
     """Whether a video's captions are joined into one paragraph: as set, else on for DiDeMo and ActivityNet
     (the video-paragraph retrieval benchmarks)."""
@@ -580,22 +381,3 @@ def _dotted_keys(tree: Any, prefix: str = '') -> list[str]:
         keys.append(prefix + str(k))
         keys.extend(_dotted_keys(v, prefix + str(k) + '.'))
     return keys
-
-
-def _source(key: str, source: str, cli_keys: set[str]) -> str:
-    base = key.split('[')[0]
-    return 'the command-line overrides' if base in cli_keys else source
-
-
-def _where(key: str, source: str, cli_keys: set[str]) -> str:
-    return f"key '{key}' in {_source(key, source, cli_keys)}"
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
-
-
-
-def model_config_from_dict(raw: dict[str, Any], source: str = '<dict>') -> ModelConfig:
-    """Validate the ``model`` section alone (an exported model's ``config.json``) into a `ModelConfig`."""
-    return _build(ModelConfig, raw, prefix='model.', source=source, cli_keys=set())

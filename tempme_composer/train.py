@@ -39,7 +39,7 @@ from tempme_composer.callbacks import (
     TrainLogLine,
 )
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
-from tempme_composer.composer_model import PRIMARY_METRIC, RetrievalModel
+from tempme_composer.composer_wrapper import PRIMARY_METRIC, RetrievalModel
 from tempme_composer.config import (
     DataSourceConfig,
     TrainConfig,

@@ -15,7 +15,7 @@ from composer.utils import checkpoint as composer_checkpoint
 from streaming import MDSWriter
 from video_fixtures import PALETTE, write_video
 
-import tempme_composer.composer_model as composer_model
+import tempme_composer.composer_wrapper as composer_wrapper
 from tempme_composer.callbacks import BestCheckpoint, NonFiniteLossError
 from tempme_composer.checkpoint_safety import safe_torch_load
 from tempme_composer.config import load_config
@@ -316,14 +316,14 @@ def test_nan_loss_stops_with_the_batch_and_keeps_the_checkpoints(trained, monkey
     root = trained
     run = resumed(root, 'nan')
     best = {name: on_disk(run / 'checkpoints')[name] for name in ('best.pt', 'best.json')}
-    real, calls = composer_model.symmetric_infonce, []
+    real, calls = composer_wrapper.symmetric_infonce, []
 
     def diverging(*a, **k):
         calls.append(1)
         loss = real(*a, **k)
         return loss * float('nan') if len(calls) == 2 else loss  # epoch 2, second batch: global batch 4
 
-    monkeypatch.setattr(composer_model, 'symmetric_infonce', diverging)
+    monkeypatch.setattr(composer_wrapper, 'symmetric_infonce', diverging)
     with pytest.raises(NonFiniteLossError) as info:
         train(load_config(DEMO, args(root, 'nan', 'autoresume=true', 'epochs=2')))
     msg = str(info.value)

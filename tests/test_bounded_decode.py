@@ -13,9 +13,8 @@ import pytest
 import torch
 from video_fixtures import _codec, write_numbered_video
 
+from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
 from tempme_composer.data.video import (
-    CLIP_MEAN,
-    CLIP_STD,
     MAX_FRAME_PIXELS,
     VideoDecodeError,
     decode_video,

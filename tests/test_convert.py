@@ -13,13 +13,13 @@ import torch
 from streaming import StreamingDataset
 from video_fixtures import PALETTE, write_audio_only, write_video
 
-from tempme_composer.data import CLIP_MEAN, CLIP_STD, build_video_text_dataloader
+from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD, normalize_frames
+from tempme_composer.data import build_video_text_dataloader
 from tempme_composer.data.annotations.common import read_id_list
 from tempme_composer.data.annotations.lsmdc import read_lsmdc_rows
 from tempme_composer.data.annotations.msrvtt import read_jsfusion_rows
 from tempme_composer.data.convert import META_FILE, main, pairs_split
 from tempme_composer.data.frame_layout import StoredFrames, write_format1_copy
-from tempme_composer.data.uint8_frames import normalize_frames
 
 SHARED = Path('/work/shared/data')
 if not SHARED.is_dir():

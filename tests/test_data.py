@@ -22,14 +22,12 @@ from PIL import Image
 from streaming import MDSWriter, StreamingDataset
 from streaming.base.shared import prefix as shm_prefix
 
+from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD, frames_to_tensor, normalize_frames
 from tempme_composer.clip.tokenizer import tokenize
 from tempme_composer.data import (
-    CLIP_MEAN,
-    CLIP_STD,
     VideoDecodeError,
     decode_video,
     encode_jpeg,
-    frames_to_tensor,
     select_frame_indices,
 )
 from tempme_composer.data.frame_layout import StoredFrames, pack_jpeg_frames
@@ -44,7 +42,6 @@ from tempme_composer.data.streaming import (
     split_eval_batch_by_size,
 )
 from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset, main
-from tempme_composer.data.uint8_frames import normalize_frames
 from tempme_composer.errors import RecipeError
 
 R = 32  # small CLIP resolution keeps the streaming tests fast

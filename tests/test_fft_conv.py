@@ -9,8 +9,8 @@ from torch import nn
 
 from tempme_composer.clip import CLIP
 from tempme_composer.clip.config import clip_config_from_dict
-from tempme_composer.config import ModelConfig, StopConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import ModelConfig, StopConfig
 from tempme_composer.modules import fft_conv
 from tempme_composer.modules.fft_conv import fft_conv3d
 from tempme_composer.modules.temporal_prompt import TemporalPrompt, resolve_conv_impl

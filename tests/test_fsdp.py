@@ -28,7 +28,7 @@ YAMLS = {'baseline': REPO / 'yamls' / 'demo_baseline.yaml', 'unified': REPO / 'y
 
 
 def _model(variant: str = 'unified'):
-    from tempme_composer.composer_model import RetrievalModel
+    from tempme_composer.composer_wrapper import RetrievalModel
     from tempme_composer.train import build_model
 
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tempme_composer.clip import CLIP
 from tempme_composer.clip.config import clip_config_from_dict
-from tempme_composer.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
 
 pytestmark = [
     pytest.mark.gpu,

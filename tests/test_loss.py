@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tempme_composer.loss import symmetric_infonce
+from tempme_composer.model.loss import symmetric_infonce
 
 SCRIPT = Path(__file__).parent / 'scripts' / 'loss_on_ranks.py'
 

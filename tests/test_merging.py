@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tempme_composer.clip.model import Attention
+from tempme_composer.clip.towers import Attention
 from tempme_composer.modules.merging import (
     bipartite_soft_matching,
     merge_wavg,

@@ -13,7 +13,6 @@ from tempme_composer.metrics import (
     TIE_MODES,
     NonFiniteScoreError,
     RankCounts,
-    RetrievalMetrics,
     dual_softmax,
     embedding_metrics,
     embedding_rank_counts,
@@ -24,6 +23,7 @@ from tempme_composer.metrics import (
     summarize_counts,
     summarize_ranks,
 )
+from tempme_composer.metrics.retrieval import RetrievalMetrics
 
 # ---------------------------------------------------------------------------------------------------------------
 # Naive references, written from the spec's description (§5.1–§5.3), deliberately loop-based / full-matrix.

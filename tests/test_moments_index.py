@@ -18,8 +18,9 @@ import torch
 from export_fixtures import exported_tiny
 from video_fixtures import _codec, write_numbered_video, write_video
 
+from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
 from tempme_composer.data.frame_layout import pack_jpeg_frames
-from tempme_composer.data.video import CLIP_MEAN, CLIP_STD, RuleFrames, decode_video, encode_jpeg
+from tempme_composer.data.video import RuleFrames, decode_video, encode_jpeg
 from tempme_composer.inference import load_exported
 from tempme_composer.inference import moments as moments_module
 from tempme_composer.inference.exported import FrameRule, Preprocessing

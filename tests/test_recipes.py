@@ -15,7 +15,7 @@ import torch
 
 from tempme_composer.algorithms import freeze_parameters
 from tempme_composer.clip import CLIP, CLIP_PRESETS
-from tempme_composer.composer_model import RetrievalModel
+from tempme_composer.composer_wrapper import RetrievalModel
 from tempme_composer.config import load_config
 from tempme_composer.model import UnifiedModel
 from tempme_composer.modules.video_tower import encode_video

@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tempme_composer.algorithms.freeze import freeze_parameters
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.clip.config import clip_config_from_dict
-from tempme_composer.config import ModelConfig, StopConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import ModelConfig, StopConfig
 from tempme_composer.modules.video_tower import encode_video
 from tempme_composer.reference.stop_reference import (
     reference_encode_text,

@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tempme_composer.clip import CLIP, CLIP_PRESETS
-from tempme_composer.config import LoRAConfig, ModelConfig, TempMeConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import LoRAConfig, ModelConfig, TempMeConfig
 from tempme_composer.modules.tempme import TempMeVideoEncoder, plan_merging
 from tempme_composer.modules.video_tower import encode_video
 

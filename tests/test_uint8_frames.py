@@ -19,19 +19,15 @@ from streaming import MDSWriter
 
 from tempme_composer.clip import CLIP
 from tempme_composer.clip.config import clip_config_from_dict
-from tempme_composer.composer_model import RetrievalModel
-from tempme_composer.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
-from tempme_composer.data import encode_jpeg, frames_to_tensor
+from tempme_composer.clip.preprocess import clip_lookup_table, frames_to_tensor, normalize_frames
+from tempme_composer.composer_wrapper import RetrievalModel
+from tempme_composer.data import encode_jpeg
 from tempme_composer.data.frame_layout import StoredFrames, pack_jpeg_frames, write_format1_copy
 from tempme_composer.data.streaming import build_video_text_dataloader, collate_eval
 from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset
-from tempme_composer.data.uint8_frames import (
-    clip_lookup_table,
-    decode_jpeg,
-    frames_to_uint8,
-    normalize_frames,
-)
+from tempme_composer.data.uint8_frames import decode_jpeg, frames_to_uint8
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
 
 R = 32
 

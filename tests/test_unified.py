@@ -10,8 +10,8 @@ import torch
 
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.clip.config import clip_config_from_dict
-from tempme_composer.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
 from tempme_composer.modules.video_tower import encode_video
 
 DOC = Path(__file__).resolve().parents[1] / 'docs' / 'unified.md'

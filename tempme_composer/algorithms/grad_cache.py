@@ -34,7 +34,7 @@ from composer.core.precision import get_precision_context
 from composer.loggers import Logger
 from composer.utils import dist
 
-from tempme_composer.loss import gather_no_grad, infonce_of_gathered
+from tempme_composer.model.loss import gather_no_grad, infonce_of_gathered
 
 __all__ = ['GRADCACHE_KEYS', 'GradCache', 'contrastive_embedding_grads', 'surrogate_loss']
 

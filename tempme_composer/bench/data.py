@@ -118,10 +118,10 @@ def _today_dataset_class():
     import numpy as np
     import torch
 
+    from tempme_composer.clip.preprocess import frames_to_tensor
     from tempme_composer.clip.tokenizer import tokenize
     from tempme_composer.data.remote_shards import ShardErrors
     from tempme_composer.data.streaming import VideoTextDataset
-    from tempme_composer.data.video import frames_to_tensor
 
     class TodayDataset(VideoTextDataset):
         def frames_tensor(self, frames):

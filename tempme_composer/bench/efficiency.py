@@ -72,8 +72,8 @@ from tempme_composer.bench.common import (
     write_json,
 )
 from tempme_composer.clip import CLIP, CLIP_PRESETS
-from tempme_composer.config import ModelConfig
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import ModelConfig
 from tempme_composer.modules.temporal_prompt import CONV_IMPLS
 from tempme_composer.modules.video_tower import encode_video, pool_video
 

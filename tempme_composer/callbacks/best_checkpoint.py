@@ -19,7 +19,7 @@ from composer.loggers import Logger
 from composer.utils import checkpoint, dist
 
 from tempme_composer.errors import RecipeError
-from tempme_composer.metrics import RetrievalMetrics
+from tempme_composer.metrics.retrieval import RetrievalMetrics
 from tempme_composer.preflight import disk_full_message, is_disk_full
 from tempme_composer.remote import split_uri
 

@@ -14,7 +14,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 from streaming import StreamingDataset
 
-from tempme_composer.metrics import RetrievalMetrics
+from tempme_composer.metrics.retrieval import RetrievalMetrics
 
 __all__ = ['RetrievalAnalysis']
 

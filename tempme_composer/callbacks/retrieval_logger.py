@@ -12,7 +12,8 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from tempme_composer.data.gallery import Gallery
-from tempme_composer.metrics import RetrievalMetrics, format_log_lines
+from tempme_composer.metrics import format_log_lines
+from tempme_composer.metrics.retrieval import RetrievalMetrics
 
 __all__ = ['RetrievalLogger']
 

@@ -1,7 +1,8 @@
 """CLIP for text-video retrieval: config and presets, ViT and text towers, OpenAI checkpoint loading, BPE."""
 
 from tempme_composer.clip.config import CLIP_PRESETS, CLIPConfig, clip_config_from_dict
-from tempme_composer.clip.model import (
+from tempme_composer.clip.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, tokenize
+from tempme_composer.clip.towers import (
     CLIP,
     Attention,
     LayerNorm,
@@ -11,7 +12,6 @@ from tempme_composer.clip.model import (
     Transformer,
     VisionTransformer,
 )
-from tempme_composer.clip.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, tokenize
 from tempme_composer.clip.weights import (
     CLIPCheckpointError,
     infer_clip_config,

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from tempme_composer.clip.config import CLIPConfig
-from tempme_composer.clip.model import CLIP
+from tempme_composer.clip.towers import CLIP
 
 __all__ = [
     'CLIPCheckpointError',

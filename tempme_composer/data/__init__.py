@@ -11,13 +11,10 @@ import importlib
 from typing import Any
 
 from tempme_composer.data.video import (
-    CLIP_MEAN,
-    CLIP_STD,
     DecodedVideo,
     VideoDecodeError,
     decode_video,
     encode_jpeg,
-    frames_to_tensor,
     select_frame_indices,
 )
 
@@ -36,13 +33,10 @@ _LAZY = {
 }
 
 __all__ = [
-    'CLIP_MEAN',
-    'CLIP_STD',
     'DecodedVideo',
     'VideoDecodeError',
     'decode_video',
     'encode_jpeg',
-    'frames_to_tensor',
     'select_frame_indices',
     *_LAZY,
 ]

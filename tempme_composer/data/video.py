@@ -1,13 +1,13 @@
-"""Video decoding (PyAV), frame selection and the CLIP per-frame transform.
+"""Video decoding (PyAV) and frame selection.
 
-These are the pieces shared by the offline path (decode a video file once, store JPEG frames in MDS) and the
-online path (turn stored frames into the ``[T, 3, R, R]`` tensor the model sees). Everything except the
-decoders is a pure function so that it can be unit-tested against the worked examples in
-``data_metrics.md`` §2.3–2.5. :func:`decode_video` returns every frame the rule keeps (the converter stores
-them all); :func:`decode_video_frames` holds only the few a model input needs, for any length or frame size;
-:class:`RuleFrames` streams every kept frame with its time, for consumers that hold a sliding window of them.
+These are the pieces of the offline path (decode a video file once, store JPEG frames in MDS) that the online
+path shares (which stored frames a model input takes); the CLIP transform of those frames is
+`tempme_composer.clip.preprocess`. Everything except the decoders is a pure function so that it can be
+unit-tested against worked examples. :func:`decode_video` returns every frame the rule keeps (the converter
+stores them all); :func:`decode_video_frames` holds only the few a model input needs, for any length or frame
+size; :class:`RuleFrames` streams every kept frame with its time, for consumers that hold a sliding window of
+them.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+from tempme_composer.clip.preprocess import scaled_size
 
 if TYPE_CHECKING:
     import av
 
 __all__ = [
-    'CLIP_MEAN',
-    'CLIP_STD',
     'MAX_DECODE_PASSES',
     'MAX_FRAME_PIXELS',
     'SLICE_FRAMEPOS_CHOICES',
@@ -44,14 +43,11 @@ __all__ = [
     'decode_video',
     'decode_video_frames',
     'encode_jpeg',
-    'frames_to_tensor',
+    'fit_pixels',
     'select_frame_indices',
 ]
 
 log = logging.getLogger(__name__)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: ``--slice_framepos`` values of the CLIP4Clip family: 0 = head, 1 = tail, 2 = uniform (linspace, truncated).
 SLICE_FRAMEPOS_CHOICES = {0: 'first max_frames', 1: 'last max_frames', 2: 'uniform linspace over [0, L-1]'}
@@ -81,18 +77,6 @@ def _truncation_gap(decoded_s: float, declared_s: float | None, frame_s: float) 
         return 0.0
     gap = declared_s - decoded_s
     return gap if gap > max(1.0, 2 * frame_s, 0.02 * declared_s) else 0.0
-
-
-def _scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """Output (width, height) with the short side exactly ``short_side`` and the aspect ratio kept.
-
-    The long side is truncated like torchvision's ``Resize(int)`` (long = int(short_side * long / short)).
-    """
-    if short_side is None:
-        return width, height
-    if width <= height:
-        return short_side, max(1, int(short_side * height / width))
-    return max(1, int(short_side * width / height)), short_side
 
 
 def _rotation_of(frame: object) -> int:
@@ -344,7 +328,7 @@ def decode_video(path: str | os.PathLike, *, fps: float | None, short_side: int 
     frames: list[np.ndarray] = []
 
     def keep(index: int, frame: av.VideoFrame, rotation: int) -> None:
-        frames.append(_to_rgb(frame, _scaled_size(frame.width, frame.height, short_side), rotation))
+        frames.append(_to_rgb(frame, scaled_size(frame.width, frame.height, short_side), rotation))
 
     run = _decode_pass(Path(path), fps, apply_rotation, keep)
     return DecodedVideo(frames=frames, source_fps=run.source_fps, duration_s=run.duration_s, warnings=run.warnings,
@@ -406,13 +390,13 @@ class SelectedFrames:
     frames_converted: int  # RGB conversions over all passes: the frames ever held, at most one pass's picks each
 
 
-def _fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The largest `_scaled_size` of ``width`` x ``height`` with at most ``max_pixels`` pixels."""
+def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest `scaled_size` of ``width`` x ``height`` with at most ``max_pixels`` pixels."""
     short, long = min(width, height), max(width, height)
     side = max(1, math.isqrt(max_pixels * short // long))
-    while side > 1 and math.prod(_scaled_size(width, height, side)) > max_pixels:
+    while side > 1 and math.prod(scaled_size(width, height, side)) > max_pixels:
         side -= 1
-    return _scaled_size(width, height, side)
+    return scaled_size(width, height, side)
 
 
 def _resize_warning(size: tuple[int, int], fitted: tuple[int, int], max_pixels: int, rotation: int) -> str:
@@ -432,9 +416,9 @@ class _BudgetRGB:
         self.resized: str | None = None
 
     def convert(self, frame: av.VideoFrame, rotation: int) -> np.ndarray:
-        size = _scaled_size(frame.width, frame.height, self.short_side)
+        size = scaled_size(frame.width, frame.height, self.short_side)
         if math.prod(size) > self.max_pixels:
-            fitted = _fit_pixels(size[0], size[1], self.max_pixels)
+            fitted = fit_pixels(size[0], size[1], self.max_pixels)
             if self.resized is None:
                 self.resized = _resize_warning(size, fitted, self.max_pixels, rotation)
             size = fitted
@@ -612,40 +596,3 @@ def select_frame_indices(num_frames: int, max_frames: int, slice_framepos: int =
         return np.arange(num_frames - max_frames, num_frames, dtype=np.int64)
     # Same as the references' np.linspace(..., dtype=int): float positions truncated toward zero.
     return np.linspace(0, num_frames - 1, num=max_frames).astype(np.int64)
-
-
-def _resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
-    """torchvision ``Resize(R)`` (bicubic, long side truncated, no-op at short side R) + ``CenterCrop(R)``."""
-    width, height = image.size
-    if min(width, height) != resolution:
-        image = image.resize(_scaled_size(width, height, resolution), resample=Image.Resampling.BICUBIC)
-        width, height = image.size
-    # Same offsets as torchvision's center_crop: int(round((size - R) / 2)).
-    left = int(round((width - resolution) / 2.0))
-    top = int(round((height - resolution) / 2.0))
-    return image.crop((left, top, left + resolution, top + resolution))
-
-
-def frames_to_tensor(frames: Sequence[Image.Image | np.ndarray], resolution: int) -> torch.Tensor:
-    """CLIP preprocessing of a frame list (data_metrics.md §2.4).
-
-    Args:
-        frames: PIL images (any mode) or ``[H, W, 3]`` uint8 RGB arrays.
-        resolution: output side R.
-
-    Returns:
-        float32 ``[T, 3, R, R]``: short side resized to R (bicubic), center-cropped, scaled to [0, 1] and
-        normalised with the CLIP mean/std.
-    """
-    if not frames:
-        raise ValueError('frames_to_tensor needs at least one frame')
-    out = np.empty((len(frames), resolution, resolution, 3), dtype=np.uint8)  # [T, R, R, 3]
-    for i, frame in enumerate(frames):
-        image = Image.fromarray(frame) if isinstance(frame, np.ndarray) else frame
-        if image.mode != 'RGB':
-            image = image.convert('RGB')
-        out[i] = np.asarray(_resize_center_crop(image, resolution))
-    video = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, R, R]
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return video.sub_(mean).div_(std).contiguous()

@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
+from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
 from tempme_composer.config import TrainConfig, config_from_dict, paragraph_mode
-from tempme_composer.data.video import CLIP_MEAN, CLIP_STD
 from tempme_composer.errors import ConfigError
 from tempme_composer.inference.exported import (
     CARD_FILE,

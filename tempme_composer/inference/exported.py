@@ -21,9 +21,9 @@ import torch
 
 from tempme_composer.clip import CLIP, clip_config_from_dict, load_clip
 from tempme_composer.clip.config import CLIPConfig
-from tempme_composer.config import ModelConfig, model_config_from_dict
 from tempme_composer.errors import ConfigError
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.config import ModelConfig, model_config_from_dict
 
 __all__ = [
     'EXPORT_FORMAT',

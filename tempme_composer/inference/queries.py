@@ -52,7 +52,8 @@ def image_input(path: str | os.PathLike, model: ExportedModel) -> VideoInput:
     """
     from PIL import Image, ImageOps
 
-    from tempme_composer.data.video import MAX_FRAME_PIXELS, _fit_pixels, _scaled_size
+    from tempme_composer.clip.preprocess import scaled_size
+    from tempme_composer.data.video import MAX_FRAME_PIXELS, fit_pixels
     from tempme_composer.inference.preprocess import video_from_frames
 
     path = Path(path)
@@ -69,10 +70,10 @@ def image_input(path: str | os.PathLike, model: ExportedModel) -> VideoInput:
     except Exception as e:  # PIL raises many types on a damaged or hostile file (OSError, SyntaxError, bombs)
         raise QueryError(f'--image {path}: not a readable image ({type(e).__name__}: {e}); expected a picture '
                          'file such as PNG, JPEG or WebP') from e
-    size = _scaled_size(rgb.width, rgb.height, rule.short_side)
+    size = scaled_size(rgb.width, rgb.height, rule.short_side)
     warnings = []
     if size[0] * size[1] > MAX_FRAME_PIXELS:
-        fitted = _fit_pixels(size[0], size[1], MAX_FRAME_PIXELS)
+        fitted = fit_pixels(size[0], size[1], MAX_FRAME_PIXELS)
         warnings.append(f'resized: {size[0]}x{size[1]} is over the {MAX_FRAME_PIXELS / 1e6:.1f} MP budget; '
                         f'read at {fitted[0]}x{fitted[1]}')
         size = fitted

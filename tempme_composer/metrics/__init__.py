@@ -1,5 +1,7 @@
-"""Retrieval metrics: pure ranking (`ranking`) and summaries (`summary`), and the torchmetrics Metric (`retrieval`);
-moment retrieval (temporal IoU, temporal NMS, VCMR recall) in `moments`.
+"""Retrieval metrics: pure ranking (`ranking`) and summaries (`summary`); moment retrieval (temporal IoU,
+temporal NMS, VCMR recall) in `moments`. All pure torch: the torchmetrics Metric training evaluates with is
+`tempme_composer.metrics.retrieval.RetrievalMetrics`, imported from there so that search and indexing never load
+torchmetrics.
 
 Conventions (ties, medians, group-level video→text, DSL) are documented in `tempme_composer.metrics.ranking`.
 """
@@ -27,7 +29,6 @@ from tempme_composer.metrics.ranking import (
     rank_counts,
     retrieval_ranks,
 )
-from tempme_composer.metrics.retrieval import RetrievalMetrics
 from tempme_composer.metrics.summary import (
     METRIC_NAMES,
     embedding_metrics,
@@ -47,7 +48,6 @@ __all__ = [
     'TIE_MODES',
     'NonFiniteScoreError',
     'RankCounts',
-    'RetrievalMetrics',
     'TieMode',
     'best_temporal_iou',
     'caption_topk',

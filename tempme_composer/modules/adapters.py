@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import nn
 
-from tempme_composer.clip.model import ResidualAttentionBlock
+from tempme_composer.clip.towers import ResidualAttentionBlock
 
 __all__ = ['AdapterBlock', 'apply_adapters']
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tempme_composer.clip.model import Attention
+from tempme_composer.clip.towers import Attention
 
 __all__ = ['LoRAAttention', 'apply_lora', 'fold_lora', 'lora_parameter_count']
 

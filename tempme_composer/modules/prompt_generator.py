@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from tempme_composer.clip.model import QuickGELU, ResidualAttentionBlock
+from tempme_composer.clip.towers import QuickGELU, ResidualAttentionBlock
 
 __all__ = ['PromptGenerator', 'StopPrompts', 'uniform_prompt_bound']
 

@@ -20,7 +20,7 @@ import logging
 import torch
 from torch import nn
 
-from tempme_composer.clip.model import TextTransformer
+from tempme_composer.clip.towers import TextTransformer
 from tempme_composer.modules.prompt_generator import PromptGenerator, uniform_prompt_bound
 
 __all__ = ['OUTPUT_TYPES', 'STOP', 'encode_text_with_prompts']

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tempme_composer.clip.model import VisionTransformer
+from tempme_composer.clip.towers import VisionTransformer
 
 __all__ = ['LayerPlan', 'TempMeVideoEncoder', 'plan_merging', 'plan_table']
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from tempme_composer.clip.model import ResidualAttentionBlock, VisionTransformer
+from tempme_composer.clip.towers import ResidualAttentionBlock, VisionTransformer
 from tempme_composer.modules.merging import bipartite_soft_matching, merge_wavg, regroup_sequences
 
 if TYPE_CHECKING:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tempme_composer.clip.model import Attention
+from tempme_composer.clip.towers import Attention
 
 if TYPE_CHECKING:
     from tempme_composer.model import UnifiedModel

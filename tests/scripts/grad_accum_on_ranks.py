@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tempme_composer.algorithms import GradCache
 from tempme_composer.clip import CLIP, CLIP_PRESETS
-from tempme_composer.composer_model import RetrievalModel
+from tempme_composer.composer_wrapper import RetrievalModel
 from tempme_composer.model import UnifiedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -11,7 +11,7 @@ from composer.utils import dist, get_device
 from torch.nn.parallel import DistributedDataParallel
 
 from tempme_composer.clip import CLIP, CLIP_PRESETS
-from tempme_composer.composer_model import RetrievalModel
+from tempme_composer.composer_wrapper import RetrievalModel
 from tempme_composer.model import UnifiedModel
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))

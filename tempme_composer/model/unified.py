@@ -11,14 +11,14 @@ place: TempMe's QKV LoRA (``model.lora``) and STOP's bottleneck adapters (``mode
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tempme_composer.clip import CLIP
-from tempme_composer.data.uint8_frames import normalize_frames
+from tempme_composer.clip.preprocess import normalize_frames
+from tempme_composer.model.config import ModelConfig, StopConfig
 from tempme_composer.modules.adapters import apply_adapters
 from tempme_composer.modules.lora import apply_lora
 from tempme_composer.modules.prompt_generator import PromptGenerator
@@ -32,7 +32,7 @@ __all__ = ['UnifiedModel', 'build_stop']
 log = logging.getLogger(__name__)
 
 
-def build_stop(clip: CLIP, stop_cfg: Any, num_frames: int) -> STOP:
+def build_stop(clip: CLIP, stop_cfg: StopConfig, num_frames: int) -> STOP:
     """STOP's prompts for this backbone and ``num_frames``; attaches ``clip.visual.TemporalPrompt`` (if
     ``stop_cfg.temporal_prompt``) and the adapters (if ``stop_cfg.adapters``) to ``clip`` in place.
 
@@ -110,7 +110,7 @@ class UnifiedModel(nn.Module):
         return self.tempme is None and self.stop is None
 
     def gradient_free_parameters(self) -> list[nn.Parameter]:
-        """Parameters no loss can reach: STOP's ``Cal_Net`` (its hard top-k mask has no gradient, stop.md §8.4).
+        """Parameters no loss can reach: STOP's ``Cal_Net`` (its hard top-k mask has no gradient).
 
         They count as trainable (the published parameter count includes them); DDP must then look for unused
         parameters.
@@ -119,8 +119,8 @@ class UnifiedModel(nn.Module):
         return list(temporal.Cal_Net.parameters()) if temporal is not None else []
 
     @classmethod
-    def from_config(cls, clip: CLIP, model_cfg: Any, num_frames: int) -> UnifiedModel:
-        """Apply ``model_cfg.lora``, ``.tempme`` and ``.stop`` (a `tempme_composer.config.ModelConfig`).
+    def from_config(cls, clip: CLIP, model_cfg: ModelConfig, num_frames: int) -> UnifiedModel:
+        """Apply ``model_cfg.lora``, ``.tempme`` and ``.stop`` (a `tempme_composer.model.config.ModelConfig`).
 
         Raises:
             ValueError: an impossible TempMe schedule or STOP setting for this backbone and ``num_frames``.
@@ -180,7 +180,7 @@ class UnifiedModel(nn.Module):
         Args:
             video: frames, padded with zeros: ``uint8 [B, T, H, W, 3]`` (channels last) as the loader hands
                 them (normalised and moved to channels first here, on the model's device:
-                `tempme_composer.data.uint8_frames.normalize_frames`), or float32 ``[B, T, 3, H, W]`` already
+                `tempme_composer.clip.preprocess.normalize_frames`), or float32 ``[B, T, 3, H, W]`` already
                 CLIP-normalised.
             video_mask: ``[B, T]`` 1 for real frames, 0 for padding.
 

@@ -10,10 +10,10 @@ from composer.models import ComposerModel
 from torchmetrics import Metric
 
 from tempme_composer.algorithms.grad_cache import surrogate_loss
-from tempme_composer.data.uint8_frames import normalize_frames
-from tempme_composer.loss import symmetric_infonce
-from tempme_composer.metrics import RetrievalMetrics
+from tempme_composer.clip.preprocess import normalize_frames
+from tempme_composer.metrics.retrieval import RetrievalMetrics
 from tempme_composer.model import UnifiedModel
+from tempme_composer.model.loss import symmetric_infonce
 
 __all__ = ['RetrievalModel', 'PRIMARY_METRIC']
 
@@ -38,7 +38,7 @@ class RetrievalModel(ComposerModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Through UnifiedModel.forward, so FSDP gathers its parameters; logit_scale is consumed here, inside
-        # DDP's forward, not in loss() (composer_streaming.md pitfall 6). The loader's uint8 frames are
+        # DDP's forward, not in loss(): DDP only sees parameters used inside its forward. The loader's uint8 frames are
         # normalised here, before FSDP's root unit: it casts float inputs to its param dtype, as it did when
         # the loader shipped float frames.
         video = normalize_frames(batch['video'], batch['video_mask'])
