@@ -38,7 +38,9 @@ def build_dataclass(cls: type[T], raw: Any, prefix: str, source: str, cli_keys: 
         ConfigError: an unknown key, a wrong type or a missing required key.
     """
     if not isinstance(raw, dict):
-        raise ConfigError(f'{_where(prefix.rstrip("."), source, cli_keys)}: expected a mapping of keys, got {raw!r}')
+        raise ConfigError(
+            f'{_where(prefix.rstrip("."), source, cli_keys)}: expected a mapping of keys, got {raw!r}'
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
@@ -57,7 +59,9 @@ def build_dataclass(cls: type[T], raw: Any, prefix: str, source: str, cli_keys: 
         if f.name in raw:
             values[f.name] = _convert(hints[f.name], raw[f.name], full, source, cli_keys)
         elif f.default is REQUIRED:
-            raise ConfigError(f"missing required key '{full}' in {source} (set it in the YAML or as {full}=...)")
+            raise ConfigError(
+                f"missing required key '{full}' in {source} (set it in the YAML or as {full}=...)"
+            )
     try:
         return cls(**values)
     except TypeError as e:  # pragma: no cover - guarded by the checks above

@@ -25,7 +25,7 @@ from tempme_composer.inference.index import index_videos
 from tempme_composer.inference.index import main as index_main
 from tempme_composer.inference.search import VideoIndex
 from tempme_composer.inference.search_cli import main as search_main
-from tempme_composer.inference.store import IndexError_, IndexLockedError, IndexStore
+from tempme_composer.inference.store import IndexFolderError, IndexLockedError, IndexStore
 from tempme_composer.inference.terminal import printable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_a_link_out_of_the_index_is_refused(built, tmp_path):
     shutil.copy(index / 'metadata-g1.sqlite', outside)
     (index / 'metadata-g1.sqlite').unlink()
     (index / 'metadata-g1.sqlite').symlink_to(outside)
-    with pytest.raises(IndexError_, match="'metadata' is 'metadata-g1.sqlite', which links outside"):
+    with pytest.raises(IndexFolderError, match="'metadata' is 'metadata-g1.sqlite', which links outside"):
         VideoIndex(index)
     # the index's own sub-folders are never written or emptied through a link
     index = _copy_index(built, tmp_path / 'b')
@@ -185,7 +185,7 @@ def test_a_link_out_of_the_index_is_refused(built, tmp_path):
     (elsewhere / 'holiday.jpg').write_bytes(b'x')
     shutil.rmtree(index / 'thumbs')
     (index / 'thumbs').symlink_to(elsewhere)
-    with pytest.raises(IndexError_, match='thumbs is a link or a file'):
+    with pytest.raises(IndexFolderError, match='thumbs is a link or a file'):
         index_videos(load_exported(built['export']), built['videos'], index, dtype='float32', rebuild=True,
                      progress=False)
     assert (elsewhere / 'holiday.jpg').read_bytes() == b'x'

@@ -21,7 +21,7 @@ from video_fixtures import write_video
 from tempme_composer.inference import load_exported
 from tempme_composer.inference.index import _shares, index_videos, launched_world
 from tempme_composer.inference.index import main as index_main
-from tempme_composer.inference.store import IndexError_, IndexStore
+from tempme_composer.inference.store import IndexFolderError, IndexStore
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = [(220, 40, 40), (40, 190, 60), (40, 80, 230), (235, 215, 40)]
@@ -165,9 +165,9 @@ def test_the_launchers_environment_is_read_and_checked():
     assert launched_world({}).size == 1
     world = launched_world({'WORLD_SIZE': '4', 'RANK': '3', 'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '2'})
     assert (world.rank, world.local_rank, world.size, world.local_size) == (3, 1, 4, 2)
-    with pytest.raises(IndexError_, match="WORLD_SIZE='two': expected an integer"):
+    with pytest.raises(IndexFolderError, match="WORLD_SIZE='two': expected an integer"):
         launched_world({'WORLD_SIZE': 'two'})
-    with pytest.raises(IndexError_, match='expected 0 <= RANK < WORLD_SIZE'):
+    with pytest.raises(IndexFolderError, match='expected 0 <= RANK < WORLD_SIZE'):
         launched_world({'WORLD_SIZE': '2', 'RANK': '2'})
 
 

@@ -21,7 +21,7 @@ from tempme_composer.inference.export import export_checkpoint
 from tempme_composer.inference.index import index_videos
 from tempme_composer.inference.preprocess import QueryError, video_from_file
 from tempme_composer.inference.search import VideoIndex, exact_topk, search
-from tempme_composer.inference.store import IndexError_, IndexStore
+from tempme_composer.inference.store import IndexFolderError, IndexStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def test_a_crash_mid_run_keeps_the_index_and_the_encoded_batches(tmp_path):
     fresh = tmp_path / 'fresh'
     (fresh / 'pending').mkdir(parents=True)
     IndexStore(fresh).write_pending(0, _one_batch(model, videos))
-    with pytest.raises(IndexError_, match='stopped before its first commit.*re-run the same tempme-index command'):
+    with pytest.raises(IndexFolderError, match='stopped before its first commit.*re-run the same tempme-index command'):
         VideoIndex(fresh)
     assert index_videos(model, videos, fresh, dtype='float32', progress=False).recovered == 1
 
@@ -231,12 +231,12 @@ def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
     empty = tmp_path / 'empty'
     empty.mkdir()
     (empty / 'a.txt').write_text('x')
-    with pytest.raises(IndexError_, match='no video files found'):
+    with pytest.raises(IndexFolderError, match='no video files found'):
         index_videos(model, empty, tmp_path / 'i0', progress=False)
     junk = tmp_path / 'junk'
     junk.mkdir()
     (junk / 'a.mp4').write_bytes(b'\x00' * 100)
-    with pytest.raises(IndexError_, match='none of the 1 video files could be decoded'):
+    with pytest.raises(IndexFolderError, match='none of the 1 video files could be decoded'):
         index_videos(model, junk, tmp_path / 'i1', progress=False)
     videos = tmp_path / 'videos'
     write_video(videos / 'a.mp4')
@@ -257,13 +257,13 @@ def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
     # another model's export is refused, on update and on search
     other_run, _ = run_folder(tmp_path / 'o', 'stop', None)
     other = load_exported(export_checkpoint(other_run / 'checkpoints' / 'best.pt', tmp_path / 'other'))
-    with pytest.raises(IndexError_, match='built by another model'):
+    with pytest.raises(IndexFolderError, match='built by another model'):
         index_videos(other, videos, out, progress=False)
-    with pytest.raises(IndexError_, match='not comparable'):
+    with pytest.raises(IndexFolderError, match='not comparable'):
         index.check_model(other)
     # a damaged manifest / a missing generation file
     (out / 'index.json').write_text('{"format": ')
-    with pytest.raises(IndexError_, match='not valid JSON'):
+    with pytest.raises(IndexFolderError, match='not valid JSON'):
         VideoIndex(out)
     assert IndexStore(out).folder.is_dir()
 

@@ -20,7 +20,7 @@ from tempme_composer.data.synthetic import COLOURS, generate_long_demo_dataset, 
 from tempme_composer.inference.exported import ExportedModel, FrameRule, Preprocessing
 from tempme_composer.inference.moment_eval import evaluate_moments, format_moment_lines
 from tempme_composer.inference.search import VideoIndex
-from tempme_composer.inference.store import IndexError_, IndexStore
+from tempme_composer.inference.store import IndexFolderError, IndexStore
 
 PARAMS = dict(num_train=2, num_eval=4, seed=3, min_clips=3, max_clips=5)
 IOUS = ('0.3', '0.5', '0.7')
@@ -227,13 +227,13 @@ def test_an_index_without_captions_or_timestamps_is_refused(long_demo, tmp_path)
     samples = _samples(long_demo.eval_dir)
     model, clips = _table_model(samples, tmp_path)
     bare = _moment_index(tmp_path / 'bare', model, long_demo.eval_dir, samples, clips, captions=False)
-    with pytest.raises(IndexError_, match='has no captions'):
+    with pytest.raises(IndexFolderError, match='has no captions'):
         evaluate_moments(bare, model)
     undated = _moment_index(tmp_path / 'undated', model, long_demo.eval_dir, samples, clips, timestamps='none')
-    with pytest.raises(IndexError_, match=r'none of the \d+ captions .* has \[start, end\] timestamps'):
+    with pytest.raises(IndexFolderError, match=r'none of the \d+ captions .* has \[start, end\] timestamps'):
         evaluate_moments(undated, model)
     other = ExportedModel(model.model, model.preprocessing, {}, 'another-model', tmp_path)
-    with pytest.raises(IndexError_, match='not comparable'):
+    with pytest.raises(IndexFolderError, match='not comparable'):
         evaluate_moments(VideoIndex(tmp_path / 'undated'), other)
 
 

@@ -38,7 +38,7 @@ from tempme_composer.inference.moments import (
     stored_moments,
 )
 from tempme_composer.inference.preprocess import VideoInput, video_from_file, video_from_frames
-from tempme_composer.inference.store import THUMB_NAME, IndexError_, IndexStore
+from tempme_composer.inference.store import THUMB_NAME, IndexFolderError, IndexStore
 
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTION = 16
@@ -158,9 +158,9 @@ def test_bad_window_flags_are_refused_naming_the_flag(model, tmp_path, capsys):
                             ({'window': 2.0, 'stride': 3.0}, r'--stride 3: expected at most the window \(2 s\)'),
                             ({'stride': 5.0}, r'--stride 5: expected at most the window \(4 s\)'),
                             ({'segments': 'scenes'}, "--segments 'scenes': expected one of windows, shots")]:
-        with pytest.raises(IndexError_, match=message):
+        with pytest.raises(IndexFolderError, match=message):
             moment_settings(prep, **kwargs)
-    with pytest.raises(IndexError_, match='--stride 1 needs --window SECONDS'):
+    with pytest.raises(IndexFolderError, match='--stride 1 needs --window SECONDS'):
         moment_settings(demo, stride=1.0)
     videos = tmp_path / 'videos'
     write_video(videos / 'a.mp4')
@@ -347,12 +347,12 @@ def test_a_folder_indexed_as_windows(model, tmp_path):
     # other settings: refused naming both, with the way out
     for kwargs, asks in [({'window': 6.0}, 'windows, window 6 s, stride 3 s'), ({}, 'whole videos'),
                          ({'segments': 'windows', 'stride': 1.0}, 'windows, window 4 s, stride 1 s')]:
-        with pytest.raises(IndexError_, match=f'indexed as windows, window 4 s, stride 2 s; this run asks for {asks}'
+        with pytest.raises(IndexFolderError, match=f'indexed as windows, window 4 s, stride 2 s; this run asks for {asks}'
                                               '.*--rebuild.*another --out'):
             index_videos(model, videos, out, dtype='float32', progress=False, **kwargs)
     rebuilt = index_videos(model, videos, out, dtype='float32', progress=False, window=6.0, rebuild=True)
     assert rebuilt.indexed == 1 and json.loads((out / 'index.json').read_text())['moments']['window'] == 6.0
-    with pytest.raises(IndexError_, match='indexed as whole videos'):
+    with pytest.raises(IndexFolderError, match='indexed as whole videos'):
         index_videos(model, alone, tmp_path / 'whole', dtype='float32', progress=False, window=4.0)
 
 
@@ -369,7 +369,7 @@ def test_an_index_written_before_moments_holds_whole_videos(model, tmp_path):
     del manifest['moments']
     (out / 'index.json').write_text(json.dumps(manifest))
     assert _rows(out) == old
-    with pytest.raises(IndexError_, match=r'indexed as whole videos \(one row each\); this run asks for windows'):
+    with pytest.raises(IndexFolderError, match=r'indexed as whole videos \(one row each\); this run asks for windows'):
         index_videos(model, videos, out, dtype='float32', progress=False, window=4.0)
     write_video(videos / 'b.mp4', seconds=2)
     report = index_videos(model, videos, out, dtype='float32', progress=False)
@@ -491,7 +491,7 @@ def test_an_mds_split_indexed_as_windows_keeps_its_captions_time_ranges(model, t
         with torch.no_grad():
             one = model.model.encode_video(m.input.video[None], m.input.mask[None])[0].numpy()
         np.testing.assert_allclose(emb[n], one, rtol=0, atol=1e-6)
-    with pytest.raises(IndexError_, match='indexed as windows.*this run asks for whole videos.*--rebuild'):
+    with pytest.raises(IndexFolderError, match='indexed as windows.*this run asks for whole videos.*--rebuild'):
         index_mds_split(model, split, out, dtype='float32', progress=False)
-    with pytest.raises(IndexError_, match='--segments shots needs video files'):
+    with pytest.raises(IndexFolderError, match='--segments shots needs video files'):
         index_mds_split(model, split, tmp_path / 'shots', progress=False, segments='shots')

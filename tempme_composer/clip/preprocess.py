@@ -72,7 +72,7 @@ def center_crop_array(array: np.ndarray, resolution: int) -> np.ndarray:
     height, width = array.shape[:2]
     left = int(round((width - resolution) / 2.0))
     top = int(round((height - resolution) / 2.0))
-    return array[top:top + resolution, left:left + resolution]
+    return array[top : top + resolution, left : left + resolution]
 
 
 def frames_to_tensor(frames: Sequence[Image.Image | np.ndarray], resolution: int) -> torch.Tensor:
@@ -127,12 +127,18 @@ def normalize_frames(video: torch.Tensor, video_mask: torch.Tensor) -> torch.Ten
     if video.dtype != torch.uint8:
         return video
     if video.dim() != 5 or video.shape[-1] != 3:
-        raise ValueError(f'expected uint8 frames [B, T, R, R, 3] (channels last), got shape {tuple(video.shape)}')
+        raise ValueError(
+            f'expected uint8 frames [B, T, R, R, 3] (channels last), got shape {tuple(video.shape)}'
+        )
     if tuple(video_mask.shape) != tuple(video.shape[:2]):
-        raise ValueError(f'video_mask {tuple(video_mask.shape)} does not match the frames '
-                         f'{tuple(video.shape[:2])} (expected [B, T])')
+        raise ValueError(
+            f'video_mask {tuple(video_mask.shape)} does not match the frames '
+            f'{tuple(video.shape[:2])} (expected [B, T])'
+        )
     # The channel move happens on the 1-byte levels: one pass that widens them to table indices.
-    index = video.permute(0, 1, 4, 2, 3).to(torch.int32, memory_format=torch.contiguous_format)  # [B, T, 3, R, R]
+    index = video.permute(0, 1, 4, 2, 3).to(
+        torch.int32, memory_format=torch.contiguous_format
+    )  # [B, T, 3, R, R]
     index += torch.arange(0, 3 * 256, 256, dtype=torch.int32, device=video.device).view(1, 1, 3, 1, 1)
     out = _lookup_table_on(video.device)[index]  # [B, T, 3, R, R] float32
     return out.masked_fill_(~video_mask.bool()[:, :, None, None, None], 0.0)

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+import yaml
 
 from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
 from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
-from tempme_composer.config import TrainConfig, config_from_dict, paragraph_mode
 from tempme_composer.errors import ConfigError
 from tempme_composer.inference.exported import (
     CARD_FILE,
@@ -45,6 +44,7 @@ from tempme_composer.inference.exported import (
 )
 from tempme_composer.inference.folders import describe_contents, is_inside
 from tempme_composer.inference.model_card import model_card
+from tempme_composer.inference.run_config import RunConfig, read_run_config
 from tempme_composer.inference.terminal import printable
 from tempme_composer.model import UnifiedModel
 
@@ -143,7 +143,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         cfg_file = Path(config_path) if config_path else _find_beside(checkpoint, 'config.yaml')
         if cfg_file is None and best is not None and best.get('config'):  # best.json carries the resolved config
             cfg_file = Path(scratch) / 'config.yaml'
-            cfg_file.write_text(OmegaConf.to_yaml(OmegaConf.create(best['config'])))
+            cfg_file.write_text(yaml.safe_dump(best['config'], sort_keys=False))
         if cfg_file is None:
             raise ExportError(f'no config.yaml next to {checkpoint} or in {checkpoint.parent.parent} (nor a best.json '
                               'holding the config): pass the run\'s config with --config PATH (every run writes it to '
@@ -227,7 +227,7 @@ def _export(checkpoint: Path, out_dir: Path, *, full: bool, cfg_file: Path, best
         'gmac_per_video': _gmac_per_video(fresh, prep),
         'training': {'checkpoint': checkpoint.name, 'best': {k: v for k, v in (best or {}).items() if k != 'config'},
                      'datatype': cfg.data.datatype, 'eval_data': _eval_source(cfg),
-                     'config': OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=True)},
+                     'config': cfg.raw},
         'exported': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + '\n')
@@ -256,10 +256,9 @@ def _find_beside(checkpoint: Path, name: str) -> Path | None:
     return None
 
 
-def _read_run_config(path: Path) -> TrainConfig:
+def _read_run_config(path: Path) -> RunConfig:
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        return config_from_dict(raw, source=str(path))
+        return read_run_config(path)
     except ConfigError as e:
         raise ExportError(f'the run config {path} cannot be read: {e}') from e
     except Exception as e:  # a YAML parser failure
@@ -287,7 +286,7 @@ def _trainable_count(checkpoint: Path, cfg_file: Path, expected: dict[str, torch
     return None
 
 
-def _preprocessing(cfg: TrainConfig, image_resolution: int) -> Preprocessing:
+def _preprocessing(cfg: RunConfig, image_resolution: int) -> Preprocessing:
     return Preprocessing(
         max_frames=cfg.data.max_frames,
         max_words=cfg.data.max_words,
@@ -296,11 +295,11 @@ def _preprocessing(cfg: TrainConfig, image_resolution: int) -> Preprocessing:
         mean=tuple(CLIP_MEAN),
         std=tuple(CLIP_STD),
         frames=_frame_rule(cfg),
-        paragraph=paragraph_mode(cfg.data),
+        paragraph=cfg.data.paragraph_mode,
     )
 
 
-def _frame_rule(cfg: TrainConfig) -> FrameRule:
+def _frame_rule(cfg: RunConfig) -> FrameRule:
     """The decode rule of the run's data: tempme-convert's settings, or the demo's every-frame rule."""
     if cfg.data.datatype == 'demo':
         return FrameRule(fps=None, short_side=None, apply_rotation=True)
@@ -321,7 +320,7 @@ def _frame_rule(cfg: TrainConfig) -> FrameRule:
     return FrameRule()
 
 
-def _eval_source(cfg: TrainConfig) -> dict[str, Any]:
+def _eval_source(cfg: RunConfig) -> dict[str, Any]:
     if cfg.data.datatype == 'demo':
         return {'dataset': 'demo (generated)', 'split': 'eval', 'root': cfg.data.demo.root if cfg.data.demo else None}
     src = cfg.data.eval

@@ -81,7 +81,7 @@ from tempme_composer.inference.store import (
     LOCK,
     MANIFEST,
     PENDING,
-    IndexError_,
+    IndexFolderError,
     IndexStore,
     PendingBatch,
 )
@@ -226,7 +226,7 @@ def _check_moments(store: IndexStore, manifest: dict[str, Any] | None, settings:
     if manifest is None or moments_of(manifest) == settings.record():
         return
     built = MomentSettings.from_record(moments_of(manifest))
-    raise IndexError_(f'{store.folder} was indexed as {built.describe()}; this run asks for {settings.describe()}: '
+    raise IndexFolderError(f'{store.folder} was indexed as {built.describe()}; this run asks for {settings.describe()}: '
                       'use --rebuild to re-encode it that way, or another --out folder (or the same '
                       '--segments/--window/--stride as before)')
 
@@ -239,7 +239,7 @@ def _check_model(store: IndexStore, model: ExportedModel, rebuild: bool) -> dict
         return None  # replaced whole, even when damaged: the commit trusts none of its names
     manifest = store.manifest()
     if manifest['model_hash'] != model.model_hash:
-        raise IndexError_(
+        raise IndexFolderError(
             f'{store.folder} was built by another model (hash {manifest["model_hash"][:12]}, from '
             f'{manifest.get("model_dir")}) than {model.directory} (hash {model.model_hash[:12]}): embeddings of two '
             'models are not comparable. Use a new --out folder, or --rebuild to replace this index')
@@ -250,19 +250,19 @@ def check_index_out(out: Path, source: Path, force: bool) -> None:
     """Refuse an ``--out`` that is a file, holds the input, or is a non-empty folder that is not an index.
 
     Raises:
-        IndexError_: naming what is there and the way through (a new folder, or ``--force``).
+        IndexFolderError: naming what is there and the way through (a new folder, or ``--force``).
     """
     if out.exists() and not out.is_dir():
-        raise IndexError_(f'--out {out} is a file, expected an index folder (a new one, or one tempme-index wrote)')
+        raise IndexFolderError(f'--out {out} is a file, expected an index folder (a new one, or one tempme-index wrote)')
     if is_inside(source, out):
-        raise IndexError_(f'--out {out} contains the input {source}: an index is written into its own folder; '
+        raise IndexFolderError(f'--out {out} contains the input {source}: an index is written into its own folder; '
                           'choose an --out folder outside it')
     # an index, or the folder of a first run still encoding (its lock file is there before anything else)
     if force or not out.is_dir() or any((out / name).exists() for name in (MANIFEST, PENDING, LOCK)):
         return
     if os.listdir(out):
         contents = describe_contents(out)
-        raise IndexError_(f'--out {out} exists and is not a video index (it holds {contents}): choose a new folder, '
+        raise IndexFolderError(f'--out {out} exists and is not a video index (it holds {contents}): choose a new folder, '
                           'or add --force to write the index into it')
 
 
@@ -305,7 +305,7 @@ def index_videos(model: ExportedModel, videos: str | os.PathLike, out: str | os.
     none of them: one row per video). ``batch_size`` counts moments per forward then.
 
     Raises:
-        IndexError_: a bad ``segments``/``window``/``stride``; ``out`` belongs to another model, was cut into
+        IndexFolderError: a bad ``segments``/``window``/``stride``; ``out`` belongs to another model, was cut into
             moments another way, is damaged, is not an index (without ``force``), is being updated by another
             run, or ``videos`` holds no readable video.
     """
@@ -322,11 +322,11 @@ def _checked_args(model: ExportedModel, videos: str | os.PathLike, dtype: str, s
                   window: float | None, stride: float | None) -> tuple[MomentSettings, Path]:
     """The run's moment settings and its resolved ``--videos`` folder; an error names the flag."""
     if dtype not in DTYPES:
-        raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
+        raise IndexFolderError(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
     settings = _settings(model, segments, window, stride)
     root = Path(videos).resolve()
     if not root.is_dir():
-        raise IndexError_(f'--videos {videos}: no such folder')
+        raise IndexFolderError(f'--videos {videos}: no such folder')
     return settings, root
 
 
@@ -406,10 +406,10 @@ def _plan_videos(model: ExportedModel, root: Path, store: IndexStore, settings: 
     """Check the index against this run, then split the folder's videos into kept, recovered and to encode."""
     manifest = _check_model(store, model, rebuild)
     if manifest is not None and manifest['source'].get('kind') != 'videos':
-        raise IndexError_(f'{store.folder} indexes an MDS split ({manifest["source"].get("root")}), not a folder of '
+        raise IndexFolderError(f'{store.folder} indexes an MDS split ({manifest["source"].get("root")}), not a folder of '
                           'videos: use another --out folder')
     if manifest is not None and manifest['dtype'] != dtype:
-        raise IndexError_(f'{store.folder} stores {manifest["dtype"]} embeddings; --dtype {dtype} needs --rebuild '
+        raise IndexFolderError(f'{store.folder} stores {manifest["dtype"]} embeddings; --dtype {dtype} needs --rebuild '
                           'or another --out folder')
     _check_moments(store, manifest, settings)
     current, broken = _video_files(root, all_files, store.folder)
@@ -422,7 +422,7 @@ def _plan_videos(model: ExportedModel, root: Path, store: IndexStore, settings: 
     report.recovered, report.reused = len(recovered), len(done)
     todo = [(rel, *current[rel]) for rel in sorted(current) if rel not in done and rel not in recovered]
     if not current and not broken:
-        raise IndexError_(f'--videos {root}: no video files found (looked for {", ".join(sorted(VIDEO_EXTENSIONS))} '
+        raise IndexFolderError(f'--videos {root}: no video files found (looked for {", ".join(sorted(VIDEO_EXTENSIONS))} '
                           'recursively; --all-files tries every file)')
     return _Plan(root, manifest, current, kept_rows, kept_idx, pending_rows, pending_emb, todo, report,
                  len(broken))
@@ -453,7 +453,7 @@ def _commit_videos(model: ExportedModel, plan: _Plan, store: IndexStore, setting
     report, root, manifest = plan.report, plan.root, plan.manifest
     pending_rows, pending_emb = plan.recovered_rows + rows, plan.recovered_emb + embeddings
     if not plan.kept_rows and not pending_rows:
-        raise IndexError_(f'--videos {root}: none of the {len(plan.current) + plan.broken} video files could be '
+        raise IndexFolderError(f'--videos {root}: none of the {len(plan.current) + plan.broken} video files could be '
                           f'decoded (first: {report.skipped[0]["path"]}: {report.skipped[0]["reason"]}); nothing was '
                           'indexed')
     old = store.embeddings(manifest)[plan.kept_idx] if manifest is not None and plan.kept_idx \
@@ -603,7 +603,7 @@ def launched_world(env: Mapping[str, str] = os.environ) -> World:
     """The launcher's ranks from ``env``; one process when no launcher set ``WORLD_SIZE``.
 
     Raises:
-        IndexError_: a ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that is not a rank of the world.
+        IndexFolderError: a ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that is not a rank of the world.
     """
     values = {}
     for key, default in (('WORLD_SIZE', '1'), ('RANK', '0'), ('LOCAL_RANK', '0'), ('LOCAL_WORLD_SIZE', '1')):
@@ -611,11 +611,11 @@ def launched_world(env: Mapping[str, str] = os.environ) -> World:
         try:
             values[key] = int(text)
         except ValueError:
-            raise IndexError_(f'environment variable {key}={text!r}: expected an integer (set by torchrun or '
+            raise IndexFolderError(f'environment variable {key}={text!r}: expected an integer (set by torchrun or '
                               'composer -n)') from None
     world = World(values['RANK'], values['LOCAL_RANK'], values['WORLD_SIZE'], max(1, values['LOCAL_WORLD_SIZE']))
     if world.size < 1 or not 0 <= world.rank < world.size or world.local_rank < 0:
-        raise IndexError_(f'RANK={world.rank}, LOCAL_RANK={world.local_rank}, WORLD_SIZE={world.size}: expected '
+        raise IndexFolderError(f'RANK={world.rank}, LOCAL_RANK={world.local_rank}, WORLD_SIZE={world.size}: expected '
                           '0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0')
     return world
 
@@ -650,7 +650,7 @@ def _attempt(step: Callable[[], _T]) -> tuple[_T | None, str | None]:
     """Run one rank's step; an error the run reports (not a bug) comes back as its line, for the other ranks."""
     try:
         return step(), None
-    except (ExportError, IndexError_, OSError) as e:
+    except (ExportError, IndexFolderError, OSError) as e:
         return None, _error_text(e)
 
 
@@ -660,7 +660,7 @@ def _exchange(what: str, call: Callable[[], _T]) -> _T:
         return call()
     except RuntimeError as e:  # torch.distributed's errors (timeouts, closed connections) are RuntimeErrors
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IndexError_(f'lost contact with the other tempme-index ranks while {what} ({reason}); the batches '
+        raise IndexFolderError(f'lost contact with the other tempme-index ranks while {what} ({reason}); the batches '
                           f'encoded so far stay in {PENDING}/ and the next run recovers them') from e
 
 
@@ -670,7 +670,7 @@ def _agree(error: str | None) -> None:
     _exchange('comparing their outcomes', lambda: dist.all_gather_object(errors, error))
     first = next((e for e in errors if e is not None), None)
     if first is not None:
-        raise IndexError_(first)
+        raise IndexFolderError(first)
 
 
 def _shares(todo: Sequence[tuple[str, int, int]], ranks: int) -> list[list[tuple[str, int, int]]]:
@@ -726,7 +726,7 @@ def _commit_ranks(model: ExportedModel, plan: _Plan, store: IndexStore, settings
     expected = sum(r.rows for r in results)
     rows, embeddings = _all_run_rows(store, model, job.run, expected)
     if len(rows) != expected:
-        raise IndexError_(f'{store.folder / PENDING} holds {len(rows)} of the {expected} rows the ranks encoded: '
+        raise IndexFolderError(f'{store.folder / PENDING} holds {len(rows)} of the {expected} rows the ranks encoded: '
                           'every rank must write to the same --out folder (on a filesystem all machines share)')
     order = _new_row_order(plan.todo, rows)
     place = {rel: n for n, (rel, _, _) in enumerate(plan.todo)}
@@ -753,7 +753,7 @@ def index_videos_distributed(load_model: Callable[[], ExportedModel], videos: st
         The report on rank 0, None on the other ranks.
 
     Raises:
-        IndexError_: on every rank the same: the first failure of any rank (the lock, the index, the model, a
+        IndexFolderError: on every rank the same: the first failure of any rank (the lock, the index, the model, a
             folder one machine cannot read), or lost contact with a rank.
     """
     rank, size = dist.get_rank(), dist.get_world_size()
@@ -820,18 +820,18 @@ def index_mds_split(model: ExportedModel, split: str | os.PathLike, out: str | o
     over its stored frames (frame i at i / the sample's fps), ``batch_size`` moments per forward.
 
     Raises:
-        IndexError_: as `index_videos`; ``segments='shots'`` (shots are detected in video files, and a split
+        IndexFolderError: as `index_videos`; ``segments='shots'`` (shots are detected in video files, and a split
             holds frames).
     """
     if dtype not in DTYPES:
-        raise IndexError_(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
+        raise IndexFolderError(f'--dtype {dtype!r}: expected one of {", ".join(DTYPES)}')
     settings = moment_settings(model.preprocessing, segments=segments, window=window, stride=stride)
     if settings.mode == 'shots':
-        raise IndexError_('--segments shots needs video files (--videos): an MDS split stores frames, not the videos '
+        raise IndexFolderError('--segments shots needs video files (--videos): an MDS split stores frames, not the videos '
                           'PySceneDetect reads; use --segments windows')
     split = Path(split).resolve()
     if not (split / 'index.json').is_file():
-        raise IndexError_(f'--mds {split}: not an MDS split folder (no index.json)')
+        raise IndexFolderError(f'--mds {split}: not an MDS split folder (no index.json)')
     store = IndexStore(out)
     check_index_out(store.folder, split, force)
     with store.writer_lock():
@@ -942,7 +942,7 @@ def _encode_mds_moments(model: ExportedModel, split: Path, store: IndexStore, se
             frames = StoredFrames(sample['frames'], where)
             fps = float(sample.get('fps') or 0.0)
             if not fps > 0:
-                raise IndexError_(f'--window: {where} stores no frame rate ("fps" is {sample.get("fps")!r}), so its '
+                raise IndexFolderError(f'--window: {where} stores no frame rate ("fps" is {sample.get("fps")!r}), so its '
                                   'frames cannot be placed in time; index it without --window')
             duration = _sample_duration(sample, frames)
             key = _row_key(f'{split}:{sample["video_id"]}')
@@ -1023,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     moments = {'segments': segments, 'window': window, 'stride': args.stride}
     try:
         world = launched_world()
-    except IndexError_ as e:
+    except IndexFolderError as e:
         return _fail(str(e))
     if args.workers is None:
         args.workers = min(4, max(1, (os.cpu_count() or 1) // world.local_size))
@@ -1039,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
             report = index_mds_split(model, args.mds, args.out, dtype=args.dtype, batch_size=args.batch_size,
                                      bf16=args.bf16, rebuild=args.rebuild, force=args.force,
                                      progress=not args.no_progress, **moments)
-    except (ExportError, IndexError_, OSError) as e:  # OSError: a folder we cannot read or write
+    except (ExportError, IndexFolderError, OSError) as e:  # OSError: a folder we cannot read or write
         return _fail(_error_text(e))
     print_report(report, args.out)
     return 0
@@ -1090,7 +1090,7 @@ def _main_ranks(args: argparse.Namespace, moments: dict[str, Any], world: World)
             dtype=args.dtype, batch_size=args.batch_size or 16, num_workers=args.workers, bf16=args.bf16,
             all_files=args.all_files, rebuild=args.rebuild, force=args.force, progress=not args.no_progress,
             **moments)
-    except IndexError_ as e:
+    except IndexFolderError as e:
         return _fail(str(e))
     finally:
         if created:

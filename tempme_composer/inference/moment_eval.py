@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tempme_composer.inference.exported import ExportedModel
-from tempme_composer.inference.store import IndexError_
+from tempme_composer.inference.store import IndexFolderError
 from tempme_composer.metrics.moments import (
     DEFAULT_CHUNK_ELEMENTS,
     MOMENT_IOUS,
@@ -41,7 +41,7 @@ def moment_gallery(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray, n
     """``(video ids, [N] video number per row, [N, 2] seconds per row)`` of an index's rows.
 
     Raises:
-        IndexError_: a row whose ``end`` is before its ``start``.
+        IndexFolderError: a row whose ``end`` is before its ``start``.
     """
     numbers: dict[str, int] = {}
     video = np.empty(len(rows), dtype=np.int64)
@@ -53,7 +53,7 @@ def moment_gallery(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray, n
         if start is None or end is None:  # a whole-video row
             start, end = 0.0, float(row.get('duration') or 0.0)
         if not (math.isfinite(start) and math.isfinite(end)) or end < start:
-            raise IndexError_(f'index row {i} ({_row_video(row)!r}): moment [{start}, {end}] is not a span of '
+            raise IndexFolderError(f'index row {i} ({_row_video(row)!r}): moment [{start}, {end}] is not a span of '
                               'seconds (end before start): the index is damaged; rebuild it with tempme-index --rebuild')
         segments[i] = (float(start), float(end))
     return list(numbers), video, segments
@@ -90,14 +90,14 @@ def moment_queries(captions: list[dict[str, Any]], rows: list[dict[str, Any]],
     """The captions with at least one usable ``[start, end]``, each tied to its video.
 
     Raises:
-        IndexError_: a caption whose ``video_id`` is not the video of its ``row``.
+        IndexFolderError: a caption whose ``video_id`` is not the video of its ``row``.
     """
     texts, video, segments, left_out = [], [], [], 0
     for n, c in enumerate(captions, 1):
         owner = _row_video(rows[c['row']])
         named = c.get('video_id')
         if named is not None and str(named) != owner:
-            raise IndexError_(f'caption {n} names video {named!r} but its row {c["row"]} is {owner!r}: the index '
+            raise IndexFolderError(f'caption {n} names video {named!r} but its row {c["row"]} is {owner!r}: the index '
                               'is damaged; rebuild it with tempme-index --rebuild')
         seg = _caption_segments(c.get('timestamps'))
         if not len(seg):
@@ -115,15 +115,15 @@ def annotation_captions(path: str | os.PathLike, rows: Sequence[dict[str, Any]])
     relative path without its extension (or whose file name without it) is that id.
 
     Raises:
-        IndexError_: the file is missing or not of that form, or none of its videos is in the index.
+        IndexFolderError: the file is missing or not of that form, or none of its videos is in the index.
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError) as e:
-        raise IndexError_(f'--annotations {path}: cannot read it as JSON ({e})') from e
+        raise IndexFolderError(f'--annotations {path}: cannot read it as JSON ({e})') from e
     if not isinstance(data, dict):
-        raise IndexError_(f'--annotations {path}: expected an object {{video_id: {{"timestamps", "sentences"}}}}')
+        raise IndexFolderError(f'--annotations {path}: expected an object {{video_id: {{"timestamps", "sentences"}}}}')
     first: dict[str, int] = {}
     for i, row in enumerate(rows):
         rel = PurePosixPath(row['path'])
@@ -135,14 +135,14 @@ def annotation_captions(path: str | os.PathLike, rows: Sequence[dict[str, Any]])
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get('sentences'), list) \
                 or not isinstance(entry.get('timestamps'), list) or len(entry['sentences']) != len(entry['timestamps']):
-            raise IndexError_(f'--annotations {path}: video {video_id!r}: expected "sentences" and "timestamps" '
+            raise IndexFolderError(f'--annotations {path}: video {video_id!r}: expected "sentences" and "timestamps" '
                               'lists of the same length')
         row = first[str(video_id)]
         for k, (text, stamp) in enumerate(zip(entry['sentences'], entry['timestamps'], strict=True)):
             captions.append({'row': row, 'video_id': rows[row]['path'], 'caption_index': k, 'text': str(text),
                              'timestamps': stamp})
     if not captions:
-        raise IndexError_(f'--annotations {path}: none of its {len(data)} videos is in the index (video ids are '
+        raise IndexFolderError(f'--annotations {path}: none of its {len(data)} videos is in the index (video ids are '
                           'matched to the indexed files\' paths without their extension)')
     return captions
 
@@ -154,7 +154,7 @@ def evaluate_moments(index: Any, model: ExportedModel, *, batch_size: int = 256,
     (a `tempme_composer.inference.search.VideoIndex`), with the counts they cover.
 
     Raises:
-        IndexError_: the index has no captions (built from a folder of videos), none of its captions has
+        IndexFolderError: the index has no captions (built from a folder of videos), none of its captions has
             timestamps, or it was built by another model.
     """
     from tempme_composer.clip.tokenizer import tokenize
@@ -164,13 +164,13 @@ def evaluate_moments(index: Any, model: ExportedModel, *, batch_size: int = 256,
     rows = list(index.rows)
     captions = annotation_captions(annotations, rows) if annotations else index.store.captions(index.manifest)
     if not captions:
-        raise IndexError_(f'{index.folder} has no captions (it was built from a folder of videos): --eval-moments '
+        raise IndexFolderError(f'{index.folder} has no captions (it was built from a folder of videos): --eval-moments '
                           'needs an index built with tempme-index --mds from a split whose captions have '
                           'timestamps (ActivityNet Captions, DiDeMo, the long demo), or --annotations FILE')
     video_ids, row_video, row_segments = moment_gallery(rows)
     queries = moment_queries(captions, rows, {v: i for i, v in enumerate(video_ids)})
     if not queries.texts:
-        raise IndexError_(f'none of the {len(captions)} captions of {index.folder} has [start, end] timestamps: '
+        raise IndexFolderError(f'none of the {len(captions)} captions of {index.folder} has [start, end] timestamps: '
                           '--eval-moments needs a split with moment annotations (ActivityNet Captions, DiDeMo, the '
                           'long demo), not a whole-video one; --eval ranks whole videos')
     ids, _ = tokenize(queries.texts, model.preprocessing.max_words)

@@ -26,7 +26,7 @@ from typing import Any
 from tempme_composer.data.video import MAX_FRAME_PIXELS, RuleFrames
 from tempme_composer.inference.exported import Preprocessing
 from tempme_composer.inference.preprocess import VideoInput, video_from_frames
-from tempme_composer.inference.store import IndexError_
+from tempme_composer.inference.store import IndexFolderError
 
 __all__ = ['MODES', 'TIME_TOLERANCE_S', 'CutMoment', 'FrameSpan', 'Moment', 'MomentCutter', 'MomentSettings', 'VideoEnd',
            'detect_cuts', 'file_moments', 'moment_settings', 'moments_of', 'plan_windows', 'require_shot_detection',
@@ -80,7 +80,7 @@ def _seconds(flag: str, value: float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise IndexError_(f'{flag} {value!r}: expected a positive number of seconds')
+        raise IndexFolderError(f'{flag} {value!r}: expected a positive number of seconds')
     return float(value)
 
 
@@ -90,7 +90,7 @@ def moment_settings(prep: Preprocessing, *, segments: str | None = None, window:
     conversion rate (``prep.frames.fps``), the stride half a window. Nothing given: whole videos.
 
     Raises:
-        IndexError_: naming the flag: an unknown ``--segments``, a ``--window`` or ``--stride`` that is not a
+        IndexFolderError: naming the flag: an unknown ``--segments``, a ``--window`` or ``--stride`` that is not a
             positive number, a stride longer than the window, or ``--stride`` alone where the default window
             differs per video.
     """
@@ -98,18 +98,18 @@ def moment_settings(prep: Preprocessing, *, segments: str | None = None, window:
         return MomentSettings()
     mode = segments or 'windows'
     if mode not in MODES[1:]:
-        raise IndexError_(f'--segments {mode!r}: expected one of {", ".join(MODES[1:])}')
+        raise IndexFolderError(f'--segments {mode!r}: expected one of {", ".join(MODES[1:])}')
     window, stride = _seconds('--window', window), _seconds('--stride', stride)
     if window is None and prep.frames.fps:
         window = prep.max_frames / prep.frames.fps
     if window is None and stride is not None:
-        raise IndexError_(f'--stride {stride:g} needs --window SECONDS with this model: its frame rule keeps every '
+        raise IndexFolderError(f'--stride {stride:g} needs --window SECONDS with this model: its frame rule keeps every '
                           f'frame, so the default window (max_frames={prep.max_frames} frames at each video\'s own '
                           'rate) differs per video')
     if window is not None and stride is None:
         stride = window / 2
     if window is not None and stride > window + TIME_TOLERANCE_S:
-        raise IndexError_(f'--stride {stride:g}: expected at most the window ({window:g} s); a longer stride leaves '
+        raise IndexFolderError(f'--stride {stride:g}: expected at most the window ({window:g} s); a longer stride leaves '
                           'parts of the video in no window')
     return MomentSettings(mode, window, stride)
 
@@ -350,13 +350,13 @@ def require_shot_detection() -> None:
     """Refuse ``--segments shots`` before any video is read when PySceneDetect (with OpenCV) is missing.
 
     Raises:
-        IndexError_: naming the package to install.
+        IndexFolderError: naming the package to install.
     """
     try:
         import cv2  # noqa: F401
         import scenedetect  # noqa: F401
     except ImportError as e:
-        raise IndexError_('--segments shots needs PySceneDetect with OpenCV (pip install '
+        raise IndexFolderError('--segments shots needs PySceneDetect with OpenCV (pip install '
                           f'"scenedetect[opencv-headless]"): {e}') from e
 
 

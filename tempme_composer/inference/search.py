@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tempme_composer.inference.exported import ExportedModel, load_exported
-from tempme_composer.inference.store import IndexError_, IndexStore
+from tempme_composer.inference.store import IndexFolderError, IndexStore
 
 __all__ = ['Hit', 'QueryResult', 'VideoIndex', 'exact_topk', 'search', 'search_vectors', 'evaluate_index',
            'load_index_model', 'full_path', 'display_path', 'clock', 'media_fragment', 'result_dicts',
@@ -113,7 +113,7 @@ class VideoIndex:
 
     def check_model(self, model: ExportedModel) -> None:
         if model.model_hash != self.model_hash:
-            raise IndexError_(
+            raise IndexFolderError(
                 f'{self.folder} was built by model {self.model_hash[:12]} ({self.manifest.get("model_dir")}) but '
                 f'{model.directory} is {model.model_hash[:12]}: embeddings of two models are not comparable; '
                 'search with the model that built the index, or rebuild it with tempme-index --rebuild')
@@ -332,7 +332,7 @@ def evaluate_index(index: VideoIndex, model: ExportedModel, tie_mode: str | None
     does), with `tempme_composer.metrics.embedding_metrics`.
 
     Raises:
-        IndexError_: the index was built from a folder of videos (no captions), or holds moments.
+        IndexFolderError: the index was built from a folder of videos (no captions), or holds moments.
     """
     from tempme_composer.clip.tokenizer import tokenize
     from tempme_composer.inference.index import encode_texts
@@ -340,11 +340,11 @@ def evaluate_index(index: VideoIndex, model: ExportedModel, tie_mode: str | None
 
     if not index.one_row_per_video:
         mode = (index.manifest.get('moments') or {}).get('mode', 'windows')
-        raise IndexError_(f'{index.folder} holds moments ({mode}: {len(index.rows)} rows of {index.num_videos} videos), '
+        raise IndexFolderError(f'{index.folder} holds moments ({mode}: {len(index.rows)} rows of {index.num_videos} videos), '
                           'and --eval ranks whole videos: use --eval-moments, or index the split without --window')
     captions = index.store.captions(index.manifest)
     if not captions:
-        raise IndexError_(f'{index.folder} was built from a folder of videos, which has no captions: --eval needs an '
+        raise IndexFolderError(f'{index.folder} was built from a folder of videos, which has no captions: --eval needs an '
                           'index built with tempme-index --mds SPLIT_FOLDER')
     batch = int(index.manifest['source'].get('batch_size') or len(index.rows))
     by_row: dict[int, list[str]] = {}

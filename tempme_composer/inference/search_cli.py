@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from tempme_composer.inference.exported import ExportError
 from tempme_composer.inference.preprocess import QueryError
-from tempme_composer.inference.store import IndexError_
+from tempme_composer.inference.store import IndexFolderError
 from tempme_composer.inference.terminal import printable
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     try:
         return _run(args, parser)
-    except (QueryError, IndexError_, ExportError, ValueError) as e:
+    except (QueryError, IndexFolderError, ExportError, ValueError) as e:
         print(f'error: {printable(e)}', file=sys.stderr)
         return 1
     except OSError as e:  # a file we cannot read or write

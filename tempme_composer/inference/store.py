@@ -48,7 +48,7 @@ __all__ = [
     'INDEX_FORMAT',
     'FORMAT_VERSION',
     'MANIFEST',
-    'IndexError_',
+    'IndexFolderError',
     'IndexLockedError',
     'IndexStore',
     'PendingBatch',
@@ -86,11 +86,11 @@ _NPY_HEADER_LOCK = threading.Lock()
 _OPEN_ATTEMPTS = 5
 
 
-class IndexError_(ValueError):  # noqa: N801 - IndexError is a builtin with another meaning
+class IndexFolderError(ValueError):
     """An index folder that cannot be used as asked (another model, half-written, corrupt)."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(IndexFolderError):
     """Another process is updating the index."""
 
 
@@ -127,7 +127,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding='utf-8')
     except UnicodeDecodeError as e:
-        raise IndexError_(f'{path} is not UTF-8 text ({e}): the index is damaged; rebuild it with '
+        raise IndexFolderError(f'{path} is not UTF-8 text ({e}): the index is damaged; rebuild it with '
                           'tempme-index --rebuild') from e
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -136,10 +136,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise IndexError_(f'{path}, line {n}: not JSON ({e.msg}): the index is damaged; rebuild it with '
+            raise IndexFolderError(f'{path}, line {n}: not JSON ({e.msg}): the index is damaged; rebuild it with '
                               'tempme-index --rebuild') from e
         if not isinstance(row, dict):
-            raise IndexError_(f'{path}, line {n}: expected a JSON object, got {type(row).__name__}')
+            raise IndexFolderError(f'{path}, line {n}: expected a JSON object, got {type(row).__name__}')
         rows.append(row)
     return rows
 
@@ -157,24 +157,24 @@ def check_row(row: dict[str, Any], where: str) -> None:
     thumbnail that is a plain file name of the form ``<key>.jpg``.
 
     Raises:
-        IndexError_: naming ``where`` (file and line) and the entry.
+        IndexFolderError: naming ``where`` (file and line) and the entry.
     """
     path = row.get('path')
     if not isinstance(path, str) or not path:
-        raise IndexError_(f'{where}: row has no "path" (got {path!r}), expected the video\'s path relative to the '
+        raise IndexFolderError(f'{where}: row has no "path" (got {path!r}), expected the video\'s path relative to the '
                           'indexed folder: the index is damaged; rebuild it with tempme-index --rebuild')
     parts = PurePosixPath(path).parts
     if PurePosixPath(path).is_absolute() or '..' in parts or '\x00' in path:
-        raise IndexError_(f'{where}: "path" is {path!r}, expected a path inside the indexed folder (relative, no "..")')
+        raise IndexFolderError(f'{where}: "path" is {path!r}, expected a path inside the indexed folder (relative, no "..")')
     for key in ('duration', 'start', 'end'):
         if row.get(key) is not None and not _is_number(row[key]):
-            raise IndexError_(f'{where}: "{key}" is {row[key]!r}, expected a number')
+            raise IndexFolderError(f'{where}: "{key}" is {row[key]!r}, expected a number')
     for key in ('size', 'mtime_ns', 'frames', 'used_frames', 'sample', 'row', 'moment'):
         if key in row and not _is_int(row[key]):
-            raise IndexError_(f'{where}: "{key}" is {row[key]!r}, expected an integer')
+            raise IndexFolderError(f'{where}: "{key}" is {row[key]!r}, expected an integer')
     thumb = row.get('thumb')
     if thumb is not None and (not isinstance(thumb, str) or not THUMB_NAME.fullmatch(thumb)):
-        raise IndexError_(f'{where}: "thumb" is {thumb!r}, expected a file name <key>.jpg inside the index\'s '
+        raise IndexFolderError(f'{where}: "thumb" is {thumb!r}, expected a file name <key>.jpg inside the index\'s '
                           f'{THUMBS}/ folder')
 
 
@@ -205,21 +205,21 @@ class IndexStore:
         """The committed manifest, checked entry by entry and against the files it names.
 
         Raises:
-            IndexError_: no committed index (possibly an interrupted first run), or a manifest that is not
+            IndexFolderError: no committed index (possibly an interrupted first run), or a manifest that is not
                 this format, names files outside the index, or names files that are missing.
         """
         if not self.folder.is_dir():
-            raise IndexError_(f'index folder {self.folder} does not exist (build it with tempme-index --out {self.folder})')
+            raise IndexFolderError(f'index folder {self.folder} does not exist (build it with tempme-index --out {self.folder})')
         if not self.manifest_path.is_file():
             if self.pending_batches():
-                raise IndexError_(
+                raise IndexFolderError(
                     f'{self.folder} holds batches of a tempme-index run that stopped before its first commit '
                     f'(no {MANIFEST}): re-run the same tempme-index command to finish it (the encoded batches are kept)')
-            raise IndexError_(f'{self.folder} is not a video index (no {MANIFEST}); build one with tempme-index')
+            raise IndexFolderError(f'{self.folder} is not a video index (no {MANIFEST}); build one with tempme-index')
         m = self._read_manifest()
         for key in ('embeddings', 'metadata') + (('captions',) if m.get('captions') else ()):
             if not (self.folder / m[key]).is_file():
-                raise IndexError_(f'{self.manifest_path} names {m[key]}, which is missing: the index is damaged; '
+                raise IndexFolderError(f'{self.manifest_path} names {m[key]}, which is missing: the index is damaged; '
                                   'rebuild it with tempme-index --rebuild')
         return m
 
@@ -227,12 +227,12 @@ class IndexStore:
         try:
             m = json.loads(self.manifest_path.read_text(encoding='utf-8'))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IndexError_(f'{self.manifest_path} is not valid JSON ({e}): the index is damaged; rebuild it '
+            raise IndexFolderError(f'{self.manifest_path} is not valid JSON ({e}): the index is damaged; rebuild it '
                               'with tempme-index --rebuild') from e
         if not isinstance(m, dict):
-            raise IndexError_(f'{self.manifest_path}: expected a JSON object, got {type(m).__name__}')
+            raise IndexFolderError(f'{self.manifest_path}: expected a JSON object, got {type(m).__name__}')
         if m.get('format') != INDEX_FORMAT or m.get('format_version') not in READABLE_VERSIONS:
-            raise IndexError_(f'{self.manifest_path}: format {m.get("format")!r} version {m.get("format_version")!r}; '
+            raise IndexFolderError(f'{self.manifest_path}: format {m.get("format")!r} version {m.get("format_version")!r}; '
                               f'this tempme_composer reads {INDEX_FORMAT} versions '
                               f'{", ".join(map(str, READABLE_VERSIONS))}')
         self._check_manifest(m)
@@ -245,24 +245,24 @@ class IndexStore:
             value = m.get(key)
             if not isinstance(value, types) or isinstance(value, bool):
                 want = ' or '.join('an integer' if t is int else 'text' if t is str else 'an object' for t in types)
-                raise IndexError_(f'{where}: {key!r} is {value!r}, expected {want}: the index is damaged; '
+                raise IndexFolderError(f'{where}: {key!r} is {value!r}, expected {want}: the index is damaged; '
                                   'rebuild it with tempme-index --rebuild')
         if m['generation'] < 1 or m['count'] < 0 or m['embed_dim'] < 1:
-            raise IndexError_(f'{where}: generation {m["generation"]}, count {m["count"]}, embed_dim '
+            raise IndexFolderError(f'{where}: generation {m["generation"]}, count {m["count"]}, embed_dim '
                               f'{m["embed_dim"]}: expected generation >= 1, count >= 0, embed_dim >= 1')
         source = m['source']
         if source.get('kind') not in ('videos', 'mds') or not isinstance(source.get('root'), str):
-            raise IndexError_(f'{where}: \'source\' is {source!r:.120}, expected {{"kind": "videos" or "mds", "root": '
+            raise IndexFolderError(f'{where}: \'source\' is {source!r:.120}, expected {{"kind": "videos" or "mds", "root": '
                               'the indexed folder}')
         if m['dtype'] not in DTYPES:
-            raise IndexError_(f'{where}: \'dtype\' is {m["dtype"]!r}, expected one of {", ".join(DTYPES)}')
+            raise IndexFolderError(f'{where}: \'dtype\' is {m["dtype"]!r}, expected one of {", ".join(DTYPES)}')
         for key, pattern in GENERATION_FILES.items():
             if key == 'captions' and m.get(key) is None:
                 continue
             try:
                 confined(self.folder, m.get(key), pattern, source=where, entry=repr(key), expected=_INSIDE)
             except UnsafeNameError as e:
-                raise IndexError_(str(e)) from e
+                raise IndexFolderError(str(e)) from e
 
     def embeddings(self, manifest: dict[str, Any] | None = None) -> np.ndarray:
         """``[rows, D]`` memory map (read-only) of the committed embeddings."""
@@ -274,11 +274,11 @@ class IndexStore:
         except (ValueError, OSError, EOFError) as e:
             if isinstance(e, FileNotFoundError):
                 raise
-            raise IndexError_(f'{path} is not a readable .npy array ({e}): the index is damaged; rebuild it with '
+            raise IndexFolderError(f'{path} is not a readable .npy array ({e}): the index is damaged; rebuild it with '
                               'tempme-index --rebuild') from e
         want = (m['count'], m['embed_dim'])
         if emb.ndim != 2 or emb.shape != want or str(emb.dtype) != m['dtype']:
-            raise IndexError_(f'{path} holds an array of shape {tuple(emb.shape)} and dtype {emb.dtype}, but '
+            raise IndexFolderError(f'{path} holds an array of shape {tuple(emb.shape)} and dtype {emb.dtype}, but '
                               f'{MANIFEST} says shape {want} and dtype {m["dtype"]}: the index is damaged; rebuild it')
         return emb
 
@@ -292,10 +292,10 @@ class IndexStore:
         m = manifest or self.manifest()
         path = self.folder / m['metadata']
         if path.suffix == '.sqlite':
-            return MetadataRows(path, m['count'], check_row, IndexError_)
+            return MetadataRows(path, m['count'], check_row, IndexFolderError)
         rows = _read_jsonl(path)
         if len(rows) != m['count']:
-            raise IndexError_(f'{path} has {len(rows)} rows but {MANIFEST} says {m["count"]}: '
+            raise IndexFolderError(f'{path} has {len(rows)} rows but {MANIFEST} says {m["count"]}: '
                               'the index is damaged; rebuild it')
         for n, row in enumerate(rows, 1):
             check_row(row, f'{path}, line {n}')
@@ -309,7 +309,7 @@ class IndexStore:
         rows = _read_jsonl(path)
         for n, c in enumerate(rows, 1):
             if not _is_int(c.get('row')) or not 0 <= c['row'] < m['count'] or not isinstance(c.get('text'), str):
-                raise IndexError_(f'{path}, line {n}: expected "row" (an integer below {m["count"]}) and "text" '
+                raise IndexFolderError(f'{path}, line {n}: expected "row" (an integer below {m["count"]}) and "text" '
                                   f'(a caption), got row={c.get("row")!r}, text={c.get("text")!r:.60}')
         return rows
 
@@ -325,11 +325,11 @@ class IndexStore:
             try:
                 manifest = self.manifest()
                 return manifest, self.embeddings(manifest), self.rows_view(manifest)
-            except (FileNotFoundError, IndexError_) as e:
+            except (FileNotFoundError, IndexFolderError) as e:
                 if attempt < _OPEN_ATTEMPTS - 1 and self._raw_generation() != before:
                     continue  # a commit happened meanwhile: read the new generation
                 if isinstance(e, FileNotFoundError):
-                    raise IndexError_(f'{e.filename} is missing: the index is damaged; rebuild it with '
+                    raise IndexFolderError(f'{e.filename} is missing: the index is damaged; rebuild it with '
                                       'tempme-index --rebuild') from e
                 raise
         raise AssertionError('unreachable')
@@ -357,7 +357,7 @@ class IndexStore:
         """A sub-folder the index writes and deletes in: a real folder, never a link to somewhere else."""
         path = self.folder / name
         if path.is_symlink() or (path.exists() and not path.is_dir()):
-            raise IndexError_(f'{path} is a link or a file, expected the index\'s own {name}/ folder: the index '
+            raise IndexFolderError(f'{path} is a link or a file, expected the index\'s own {name}/ folder: the index '
                               f'will not write or delete through it; remove it (or use a new --out folder)')
         return path
 
@@ -371,7 +371,7 @@ class IndexStore:
         """The complete pending batches, each checked like committed rows.
 
         Raises:
-            IndexError_: a batch that is not what ``write_pending`` writes, naming the file and the way out.
+            IndexFolderError: a batch that is not what ``write_pending`` writes, naming the file and the way out.
         """
         for marker in self.pending_batches():
             emb_path = marker.with_suffix('.npy')
@@ -382,14 +382,14 @@ class IndexStore:
                 payload = json.loads(marker.read_text(encoding='utf-8'))
                 embeddings = np.load(emb_path, allow_pickle=False)
             except (ValueError, OSError, EOFError) as e:
-                raise IndexError_(f'{marker.with_suffix("")}.*: not a pending batch of tempme-index ({e}); {fix}') from e
+                raise IndexFolderError(f'{marker.with_suffix("")}.*: not a pending batch of tempme-index ({e}); {fix}') from e
             rows = payload.get('rows') if isinstance(payload, dict) else None
             if not isinstance(rows, list) or embeddings.shape != (len(rows), embed_dim):
-                raise IndexError_(f'{marker}: expected {{"rows": [...]}} with one row per embedding of size {embed_dim} '
+                raise IndexFolderError(f'{marker}: expected {{"rows": [...]}} with one row per embedding of size {embed_dim} '
                                   f'in {emb_path.name} (found {embeddings.shape}); {fix}')
             for n, row in enumerate(rows, 1):
                 if not isinstance(row, dict):
-                    raise IndexError_(f'{marker}, row {n}: expected an object; {fix}')
+                    raise IndexFolderError(f'{marker}, row {n}: expected an object; {fix}')
                 check_row(row, f'{marker}, row {n}')
             captions = payload.get('captions', [])
             yield PendingBatch(rows, embeddings, captions if isinstance(captions, list) else [])
@@ -438,7 +438,7 @@ class IndexStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
-            raise IndexError_(f'cannot open the lock file {path} ({e.strerror}); expected a plain file') from e
+            raise IndexFolderError(f'cannot open the lock file {path} ({e.strerror}); expected a plain file') from e
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -459,7 +459,7 @@ class IndexStore:
         """One past every generation the folder holds a file of (a damaged manifest cannot make it reuse one)."""
         seen = [int(m.group(1)) for p in self.folder.iterdir() for pat in GENERATION_FILES.values()
                 if (m := pat.fullmatch(p.name))]
-        with contextlib.suppress(IndexError_):
+        with contextlib.suppress(IndexFolderError):
             if self.manifest_path.is_file():
                 seen.append(self._read_manifest()['generation'])
         return max(seen, default=0) + 1
@@ -472,7 +472,7 @@ class IndexStore:
         """
         try:
             old = self._read_manifest() if self.manifest_path.is_file() else None
-        except IndexError_:
+        except IndexFolderError:
             old = None  # a damaged manifest being rebuilt: its names are not trusted, its files are found below
         generation = self._next_generation()
         names = {'embeddings': f'embeddings-g{generation}.npy', 'metadata': f'metadata-g{generation}.sqlite',

@@ -29,7 +29,8 @@ __all__ = [
 class ClipConfig:
     """CLIP backbone: OpenAI weights from a local file, or a random init of a named architecture."""
 
-    checkpoint: str | None = None  # local OpenAI CLIP file (TorchScript archive or state dict); never downloaded
+    #: A local OpenAI CLIP file (TorchScript archive or state dict); never downloaded.
+    checkpoint: str | None = None
     preset: str = 'ViT-B/32'  # architecture used when checkpoint is null (tests and the demo use 'tiny')
 
 
@@ -54,7 +55,8 @@ class TempMeConfig:
     tome_r: int = 2  # ImgMe tokens merged per frame in each block before the first merge layer
     merge_layers: list[int] = field(default_factory=lambda: [8, 9, 10])  # 0-based ClipMe blocks
     merge_frame_num: list[int] = field(default_factory=lambda: [2, 2, 3])  # sequences fused at each of them
-    merge_token_proportion: list[float] = field(default_factory=lambda: [30.0, 10.0])  # [cross, intra] percent
+    #: Percent of tokens merged [across frames, within a frame].
+    merge_token_proportion: list[float] = field(default_factory=lambda: [30.0, 10.0])
 
 
 @dataclass
@@ -73,7 +75,8 @@ class StopConfig:
     adapters: bool = True  # STOP's bottleneck adapters ('LoRA') in every block of both towers
     adapter_dim: int = 32
     adapter_scale: float = 0.1
-    temporal_prompt: bool = True  # TemporalPrompt (intra-frame pixel prompt + inter-frame prompt); false = DGL
+    #: TemporalPrompt (intra-frame pixel prompt + inter-frame prompt); false = DGL.
+    temporal_prompt: bool = True
     output_type: Literal[
         'global_prompt0',
         'average_global_prompt',
@@ -85,7 +88,8 @@ class StopConfig:
     mask_pooling: Literal['lattice', 'patch'] = 'lattice'  # lattice = reference's mod-grid pooling
     salient_cells: int = 6  # top-k patch cells of the saliency mask (reference eta = 6)
     spatial_stride: int = 1  # >1: pixel prompt Conv stack on a pooled video (cheaper, approximate)
-    conv_impl: Literal['auto', 'direct', 'fft'] = 'auto'  # pixel-prompt Conv3d; auto: fft on CPU/CUDA (faster)
+    #: The pixel prompt's Conv3d; auto: fft on CPU/CUDA (faster).
+    conv_impl: Literal['auto', 'direct', 'fft'] = 'auto'
 
 
 @dataclass
@@ -127,17 +131,23 @@ def _check_tempme(t: TempMeConfig, source: str, max_frames: int) -> None:
     if not t.enabled:
         return
     if len(t.merge_layers) != len(t.merge_frame_num):
-        raise ConfigError(f"'model.tempme.merge_layers' {t.merge_layers} and 'model.tempme.merge_frame_num' "
-                          f'{t.merge_frame_num} in {source} must have the same length')
+        raise ConfigError(
+            f"'model.tempme.merge_layers' {t.merge_layers} and 'model.tempme.merge_frame_num' "
+            f'{t.merge_frame_num} in {source} must have the same length'
+        )
     product = 1
     for g in t.merge_frame_num:
         product *= g
     if min(t.merge_frame_num, default=1) < 1 or max_frames % product:
-        raise ConfigError(f"'model.tempme.merge_frame_num' {t.merge_frame_num} in {source}: the groups must be "
-                          f'positive and their product must divide data.max_frames={max_frames}')
+        raise ConfigError(
+            f"'model.tempme.merge_frame_num' {t.merge_frame_num} in {source}: the groups must be "
+            f'positive and their product must divide data.max_frames={max_frames}'
+        )
     if len(t.merge_token_proportion) != 2 or not all(0 <= p < 100 for p in t.merge_token_proportion):
-        raise ConfigError(f"'model.tempme.merge_token_proportion' in {source} must be two percentages in [0, 100), "
-                          f'got {t.merge_token_proportion}')
+        raise ConfigError(
+            f"'model.tempme.merge_token_proportion' in {source} must be two percentages in [0, 100), "
+            f'got {t.merge_token_proportion}'
+        )
     if t.tome_r < 0:
         raise ConfigError(f"'model.tempme.tome_r' in {source} must be >= 0, got {t.tome_r}")
 
@@ -156,11 +166,15 @@ def _check_stop(s: StopConfig, source: str) -> None:
         if value <= 0:
             raise ConfigError(f"'model.stop.{key}' in {source} must be positive, got {value}")
     if s.text_prompt_length % 2:
-        raise ConfigError(f"'model.stop.text_prompt_length' in {source} must be even (half prefix, half postfix), "
-                          f'got {s.text_prompt_length}')
+        raise ConfigError(
+            f"'model.stop.text_prompt_length' in {source} must be even (half prefix, half postfix), "
+            f'got {s.text_prompt_length}'
+        )
     if s.salient_cells < 0:
         raise ConfigError(f"'model.stop.salient_cells' in {source} must be >= 0, got {s.salient_cells}")
     if s.shared_latent_space == 'linear' and s.text_prompt_length != 2 * s.local_prompt_length:
-        raise ConfigError(f"{source}: model.stop.shared_latent_space=linear derives the text prompts from the "
-                          f'local ones, so text_prompt_length must be 2 x local_prompt_length '
-                          f'({2 * s.local_prompt_length}), got {s.text_prompt_length}')
+        raise ConfigError(
+            f'{source}: model.stop.shared_latent_space=linear derives the text prompts from the '
+            f'local ones, so text_prompt_length must be 2 x local_prompt_length '
+            f'({2 * s.local_prompt_length}), got {s.text_prompt_length}'
+        )
