@@ -332,7 +332,7 @@ def test_bad_inputs_are_reported_never_zero_filled(tmp_path, capsys):
 
 
 def test_bench_smoke(tmp_path, capsys):
-    from tempme_composer.data.bench import main as bench_main
+    from tempme_composer.bench.data import main as bench_main
 
     result = bench_main(['--msrvtt-videos', '2', '--msrvtt-seconds', '2,3', '--anet-videos', '1', '--anet-seconds',
                          '4', '--width', '64', '--height', '48', '--fps', '10', '--workers', '1', '--loader-workers',

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempme_composer.bench.common import markdown_table, sync, write_json
-from tempme_composer.modules.fft_conv import _tile_plan, fft_conv3d
+from tempme_composer.modules.fft_conv import fft_conv3d, tile_plan
 from tempme_composer.modules.temporal_prompt import TemporalPrompt
 
 __all__ = ['main']
@@ -66,7 +66,7 @@ def _fft_macs(stack: nn.Sequential, B: int, T: int, H: int, W: int) -> int:
         if not isinstance(layer, nn.Conv3d):
             continue
         cout, cin, kt, kh, kw = layer.weight.shape
-        (nh, _, hp), (nw, _, wp) = _tile_plan(H, kh), _tile_plan(W, kw)
+        (nh, _, hp), (nw, _, wp) = tile_plan(H, kh), tile_plan(W, kw)
         freqs, rows, n = hp * (wp // 2 + 1), T * B * nh * nw, hp * wp
         total += 4 * freqs * rows * cin * kt * cout  # channel and temporal mixing
         total += 4 * kt * cin * cout * (kh * kw * (wp // 2 + 1) + kh * freqs)  # kernel spectra

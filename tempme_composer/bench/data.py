@@ -61,7 +61,7 @@ def make_clip(path: Path, rng: np.random.Generator, *, seconds: float, fps: int,
     """
     import av
 
-    from tempme_composer.data.synthetic import _video_codec
+    from tempme_composer.data.synthetic import video_codec
 
     coarse = rng.uniform(0, 255, size=(height // 8 + 2, 2 * width // 8 + 2, 3))
     yy = np.linspace(0, coarse.shape[0] - 2, height)
@@ -73,7 +73,7 @@ def make_clip(path: Path, rng: np.random.Generator, *, seconds: float, fps: int,
     noise = rng.normal(0, 6, size=(8, height, width, 3))
     n = max(1, int(seconds * fps))
     with av.open(str(path), mode='w', format='mp4') as container:
-        codec = _video_codec()
+        codec = video_codec()
         stream = container.add_stream(codec, rate=Fraction(fps), options={'crf': '23', 'preset': 'veryfast'}
                                       if codec == 'libx264' else {})
         stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ['tokenize', 'SOT_ID', 'EOT_ID', 'VOCAB_SIZE']
+__all__ = ['tokenize', 'bpe_tokenizer', 'SOT_ID', 'EOT_ID', 'VOCAB_SIZE']
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def tokenize(texts: Sequence[str] | str, max_words: int) -> tuple[torch.Tensor, 
     bad = [t for t in texts if not isinstance(t, str)]
     if bad:
         raise ValueError(f'captions must be strings, got {type(bad[0]).__name__}: {bad[0]!r}')
-    tokenizer = _tokenizer()
+    tokenizer = bpe_tokenizer()
     ids = torch.zeros(len(texts), max_words, dtype=torch.long)
     mask = torch.zeros(len(texts), max_words, dtype=torch.long)
     for row, text in enumerate(texts):
@@ -56,7 +56,7 @@ def tokenize(texts: Sequence[str] | str, max_words: int) -> tuple[torch.Tensor, 
 
 
 @functools.cache
-def _tokenizer():
+def bpe_tokenizer():
     """open_clip's BPE tokenizer with its bundled vocabulary (lower-casing cleaner, like OpenAI CLIP)."""
     return _open_clip_tokenizer_module().SimpleTokenizer()
 

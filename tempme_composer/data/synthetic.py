@@ -58,6 +58,8 @@ __all__ = [
     'render_long_video',
     'make_captions',
     'render_clip',
+    'video_codec',
+    'video_combos',
     'main',
 ]
 
@@ -230,7 +232,7 @@ def render_clip(colour: str, shape: str, direction: str, rng: np.random.Generato
 
 
 @functools.cache
-def _video_codec() -> str:
+def video_codec() -> str:
     """H.264 when this PyAV build has libx264, else MPEG-4 part 2 (always bundled)."""
     import av
 
@@ -252,7 +254,7 @@ def _write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
     """
     import av
 
-    codec = _video_codec()
+    codec = video_codec()
     height, width = frames[0].shape[:2]
     with av.open(str(path), mode='w', format='mp4') as container:
         if codec == 'libx264':
@@ -305,7 +307,7 @@ def _is_complete(root: Path) -> bool:
             and (p['eval_dir'] / 'index.json').is_file())
 
 
-def _combos(split: str, count: int, seed: int) -> list[tuple[str, str, str]]:
+def video_combos(split: str, count: int, seed: int) -> list[tuple[str, str, str]]:
     """(colour, shape, direction) per video: balanced repeats of all 72 classes, shuffled per split.
 
     With ``count <= 72`` every class appears at most once, so each caption has exactly one correct video.
@@ -328,7 +330,7 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: i
     split_code = 1 if split == 'train' else 2
     with MDSWriter(out=str(root / 'mds' / split), columns=MDS_COLUMNS, compression=None, hashes=SHARD_HASHES,
                    size_limit='64mb', progress_bar=False) as writer:
-        for i, (colour, shape, direction) in enumerate(_combos(split, count, seed)):
+        for i, (colour, shape, direction) in enumerate(video_combos(split, count, seed)):
             rng = np.random.default_rng([seed, split_code, i + 1])
             video_id = f'demo_{split}_{i:05d}'
             path = videos_dir / f'{video_id}.mp4'
@@ -416,7 +418,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
                       jpeg_quality=jpeg_quality)
         _write_split(tmp, 'train', num_train, **common)
         _write_split(tmp, 'eval', num_eval, **common)
-        meta = {**params, 'codec': _video_codec(), 'num_classes': NUM_CLASSES, 'columns': MDS_COLUMNS,
+        meta = {**params, 'codec': video_codec(), 'num_classes': NUM_CLASSES, 'columns': MDS_COLUMNS,
                 'chance_t2v_r1': 1.0 / num_eval}
         (tmp / _META_NAME).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
 
@@ -427,7 +429,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info('wrote demo dataset (%d train, %d eval videos, codec %s) to %s in %.1fs', num_train, num_eval,
-             _video_codec(), root, time.perf_counter() - start)
+             video_codec(), root, time.perf_counter() - start)
     return result(reused=False)
 
 
@@ -636,7 +638,7 @@ def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 1
                              'captions': sum(len(a['sentences']) for a in annotations.values())}
         converted = _convert_long(tmp, store_fps=store_fps, frame_size=frame_size, jpeg_quality=jpeg_quality,
                                   workers=workers)
-        meta = {**params, 'codec': _video_codec(), 'splits': {k: {**v, 'stored_frames': converted[k]['frames']}
+        meta = {**params, 'codec': video_codec(), 'splits': {k: {**v, 'stored_frames': converted[k]['frames']}
                                                               for k, v in counts.items()}}
         (tmp / _LONG_META_NAME).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
         if _long_is_complete(root) and not overwrite and existing_params() == params:
@@ -646,7 +648,7 @@ def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info('wrote long demo dataset (%d train, %d eval videos, codec %s) to %s in %.1fs', num_train, num_eval,
-             _video_codec(), root, time.perf_counter() - start)
+             video_codec(), root, time.perf_counter() - start)
     return result(reused=False)
 
 

@@ -112,7 +112,7 @@ def tokenize_queries(queries: Sequence[str], prep: Preprocessing) -> tuple[torch
     Raises:
         QueryError: an empty or whitespace-only query, or a non-string.
     """
-    from tempme_composer.clip.tokenizer import _tokenizer
+    from tempme_composer.clip.tokenizer import bpe_tokenizer
 
     notes: list[str | None] = []
     for i, q in enumerate(queries):
@@ -120,7 +120,7 @@ def tokenize_queries(queries: Sequence[str], prep: Preprocessing) -> tuple[torch
             raise QueryError(f'query {i + 1} is a {type(q).__name__}, expected text')
         if not q.strip():
             raise QueryError(f'query {i + 1} is empty: give the words to search for')
-        n = len(_tokenizer().encode(q))
+        n = len(bpe_tokenizer().encode(q))
         room = prep.max_words - 2
         notes.append(f'query {i + 1} has {n} tokens; the model reads at most {room} (max_words={prep.max_words}), '
                      f'so it was truncated to its first {room}' if n > room else None)

@@ -60,6 +60,9 @@ __all__ = [
     'caption_topk',
     'dual_softmax',
     'retrieval_ranks',
+    'check_tie_mode',
+    'is_multi_sentence',
+    'rank_intervals',
 ]
 
 TieMode = Literal['pessimistic', 'optimistic', 'reference']
@@ -93,7 +96,7 @@ class RankCounts:
 
     def ranks(self, tie_mode: TieMode = 'pessimistic') -> torch.Tensor:
         """1-based ranks: one per query, or for ``'reference'`` every tied position (``sum(ties)`` ranks)."""
-        lo, hi = _intervals(self, tie_mode)
+        lo, hi = rank_intervals(self, tie_mode)
         if tie_mode != 'reference':
             return lo
         size = hi - lo + 1
@@ -204,9 +207,9 @@ def retrieval_ranks(
     code collects (a query tied with m candidates gives m + 1), and one per caption for multi-sentence
     text→video (``multi_sentence``: default = more captions than videos).
     """
-    _check_tie_mode(tie_mode)
+    check_tie_mode(tie_mode)
     t2v, v2t = embedding_rank_counts(text, video, text_to_video, chunk_size=chunk_size)
-    t2v_mode = 'pessimistic' if tie_mode == 'reference' and _is_multi(t2v, v2t, multi_sentence) else tie_mode
+    t2v_mode = 'pessimistic' if tie_mode == 'reference' and is_multi_sentence(t2v, v2t, multi_sentence) else tie_mode
     return t2v.ranks(t2v_mode), v2t.ranks(tie_mode)
 
 
@@ -215,12 +218,14 @@ def retrieval_ranks(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_tie_mode(tie_mode: str) -> None:
+def check_tie_mode(tie_mode: str) -> None:
+    """Refuse a ``tie_mode`` outside `TIE_MODES` with one line naming the choices."""
     if tie_mode not in TIE_MODES:
         raise ValueError(f'tie_mode must be one of {TIE_MODES}, got {tie_mode!r}')
 
 
-def _is_multi(t2v: RankCounts, v2t: RankCounts, multi_sentence: bool | None) -> bool:
+def is_multi_sentence(t2v: RankCounts, v2t: RankCounts, multi_sentence: bool | None) -> bool:
+    """Whether videos have several captions: as given, else when the two directions rank different counts."""
     return len(t2v) != len(v2t) if multi_sentence is None else multi_sentence
 
 
@@ -385,9 +390,9 @@ def _column_logsumexp(rows: Blocks, Q: int, V: int, chunk_size: int | None) -> t
     return lse
 
 
-def _intervals(counts: RankCounts, tie_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_intervals(counts: RankCounts, tie_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's collected ranks as the integer interval ``[lo, hi]``."""
-    _check_tie_mode(tie_mode)
+    check_tie_mode(tie_mode)
     first, last = counts.greater + 1, counts.greater + counts.ties
     if tie_mode == 'pessimistic':
         return last, last

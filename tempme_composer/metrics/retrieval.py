@@ -8,7 +8,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from tempme_composer.metrics.ranking import NonFiniteScoreError, TieMode, _check_tie_mode, caption_topk
+from tempme_composer.metrics.ranking import NonFiniteScoreError, TieMode, caption_topk, check_tie_mode
 from tempme_composer.metrics.summary import embedding_metrics
 
 __all__ = ['RetrievalMetrics']
@@ -52,7 +52,7 @@ class RetrievalMetrics(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        _check_tie_mode(tie_mode)
+        check_tie_mode(tie_mode)
         self.tie_mode = tie_mode
         self.dsl = dsl
         self.chunk_size = chunk_size

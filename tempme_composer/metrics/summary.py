@@ -15,11 +15,11 @@ import torch
 from tempme_composer.metrics.ranking import (
     RankCounts,
     TieMode,
-    _check_tie_mode,
-    _intervals,
-    _is_multi,
+    check_tie_mode,
     embedding_rank_counts,
+    is_multi_sentence,
     rank_counts,
+    rank_intervals,
 )
 
 __all__ = [
@@ -55,8 +55,8 @@ def summarize_counts(
     Exact and memory-bounded even when ``'reference'`` collects billions of tied ranks (nothing is expanded).
     ``float32_recall`` rounds R@K as the research code's torch path does (``count * 100 / n`` in float32).
     """
-    _check_tie_mode(tie_mode)
-    lo, hi = _intervals(counts, tie_mode)
+    check_tie_mode(tie_mode)
+    lo, hi = rank_intervals(counts, tie_mode)
     size = hi - lo + 1
     n = int(size.sum())
     if n == 0:
@@ -83,8 +83,8 @@ def retrieval_metrics(
     ``multi_sentence`` only matters for ``'reference'`` (which research path to reproduce for text→video);
     default: more captions than videos.
     """
-    _check_tie_mode(tie_mode)
-    if tie_mode == 'reference' and _is_multi(t2v, v2t, multi_sentence):
+    check_tie_mode(tie_mode)
+    if tie_mode == 'reference' and is_multi_sentence(t2v, v2t, multi_sentence):
         t2v_summary = summarize_counts(t2v, 'pessimistic', median='lower', float32_recall=True)
     else:
         t2v_summary = summarize_counts(t2v, tie_mode)
@@ -102,7 +102,7 @@ def similarity_metrics(
     chunk_size: int | None = None,
 ) -> dict[str, float]:
     """`retrieval_metrics` of a ``[Q, V]`` similarity matrix with explicit caption→video labels."""
-    _check_tie_mode(tie_mode)
+    check_tie_mode(tie_mode)
     t2v, v2t = rank_counts(sim, text_to_video, chunk_size=chunk_size)
     return retrieval_metrics(t2v, v2t, tie_mode, multi_sentence)
 
@@ -119,7 +119,7 @@ def embedding_metrics(
     dsl_scale: float = 100.0,
 ) -> dict[str, float]:
     """`retrieval_metrics` from embeddings (chunked); with ``dsl`` also the ``dsl_t2v_…``/``dsl_v2t_…`` keys."""
-    _check_tie_mode(tie_mode)
+    check_tie_mode(tie_mode)
     counts = embedding_rank_counts(text, video, text_to_video, chunk_size=chunk_size)
     out = retrieval_metrics(*counts, tie_mode, multi_sentence)
     if dsl:

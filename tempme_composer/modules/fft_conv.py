@@ -41,9 +41,9 @@ from contextlib import nullcontext
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ['fft_conv3d']
+__all__ = ['fft_conv3d', 'tile_plan']
 
-_MAX_TILE = 128  # output pixels per tile and axis (see _tile_plan)
+_MAX_TILE = 128  # output pixels per tile and axis (see tile_plan)
 
 
 def _fast_length(n: int) -> int:
@@ -99,7 +99,7 @@ def _kernel_lags(spectrum: torch.Tensor, rows: list[int], cols: list[int], hp: i
     return torch.matmul(inv_cols, along_h).real.view(kt, len(rows), len(cols), a_dim, c_dim)
 
 
-def _tile_plan(size: int, k: int) -> tuple[int, int, int]:
+def tile_plan(size: int, k: int) -> tuple[int, int, int]:
     """``(tiles, tile, fft_length)`` along one frame axis of ``size`` pixels for a ``k``-tap kernel.
 
     The frame is cut into ``tiles`` blocks of at most `_MAX_TILE` output pixels, each transformed with
@@ -199,7 +199,7 @@ class _FFTConv3d(torch.autograd.Function):
         B, cin, T, H, W = x.shape
         cout, _, _, kh, kw = weight.shape
         ph, pw = kh // 2, kw // 2
-        plan = (nh, th, hp), (nw, tw, wp) = _tile_plan(H, kh), _tile_plan(W, kw)
+        plan = (nh, th, hp), (nw, tw, wp) = tile_plan(H, kh), tile_plan(W, kw)
         wq = wp // 2 + 1
         step = B * nh * nw
         # overlap-save: tile (i, j) holds input rows i·th - ph ... + hp (columns alike)

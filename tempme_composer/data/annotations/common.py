@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ['Annotations', 'Problem', 'VideoRecord', 'read_id_list', 'read_json_file', 'read_text_lines',
-           'clean_captions']
+           'clean_captions', 'decode_text']
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Annotations(dict):
         self.problems.append(Problem(split, video_id, reason, detail))
 
 
-def _decode(data: bytes, path: Path, problems: list[str] | None) -> str:
+def decode_text(data: bytes, path: Path, problems: list[str] | None) -> str:
     """UTF-8 (BOM stripped); undecodable lines fall back to cp1252/latin-1 and are reported, never dropped."""
     if data.startswith(b'\xef\xbb\xbf'):
         data = data[3:]
@@ -82,7 +82,7 @@ def _decode(data: bytes, path: Path, problems: list[str] | None) -> str:
 def read_text_lines(path: str | os.PathLike, problems: list[str] | None = None) -> list[str]:
     """Lines of a text file with line endings (LF, CRLF, CR) removed; non-UTF-8 lines noted in ``problems``."""
     path = Path(path)
-    return _decode(path.read_bytes(), path, problems).splitlines()
+    return decode_text(path.read_bytes(), path, problems).splitlines()
 
 
 def read_id_list(path: str | os.PathLike, *, header: str | None = None) -> list[str]:
@@ -96,7 +96,7 @@ def read_id_list(path: str | os.PathLike, *, header: str | None = None) -> list[
 
 def read_json_file(path: str | os.PathLike, problems: list[str] | None = None) -> Any:
     path = Path(path)
-    return json.loads(_decode(path.read_bytes(), path, problems))
+    return json.loads(decode_text(path.read_bytes(), path, problems))
 
 
 def clean_captions(captions: list[Any], ann: Annotations, split: str, video_id: str,

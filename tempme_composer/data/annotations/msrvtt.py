@@ -10,9 +10,9 @@ from pathlib import Path
 from tempme_composer.data.annotations.common import (
     Annotations,
     VideoRecord,
-    _decode,
     add_record,
     clean_captions,
+    decode_text,
     note_text_problems,
     read_id_list,
     read_json_file,
@@ -24,7 +24,7 @@ __all__ = ['read_msrvtt', 'read_jsfusion_rows']
 def read_jsfusion_rows(path: str | os.PathLike, problems: list[str] | None = None) -> list[dict[str, str]]:
     """Rows of ``MSRVTT_JSFUSION_test.csv`` (columns key, vid_key, video_id, sentence), CR-free."""
     path = Path(path)
-    text = _decode(path.read_bytes(), path, problems)
+    text = decode_text(path.read_bytes(), path, problems)
     reader = csv.DictReader(io.StringIO(text, newline=''))
     rows = []
     for row in reader:
