@@ -109,7 +109,8 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def _known_keys(cls: type, raw: Any) -> Any:
-    """``raw`` without the keys ``cls`` does not read (the training recipe checks those), at every level."""
+    """``raw`` without the keys ``cls`` does not read (the training recipe checks those), at every level but the
+    ``model`` section, which is read whole."""
     if not isinstance(raw, dict):
         return raw
     hints = typing.get_type_hints(cls)
@@ -118,7 +119,9 @@ def _known_keys(cls: type, raw: Any) -> Any:
         if key not in hints:
             continue
         inner = _dataclass_in(hints[key])
-        if inner is not None and isinstance(value, list):
+        if inner is ModelConfig:
+            kept[key] = value
+        elif inner is not None and isinstance(value, list):
             kept[key] = [_known_keys(inner, v) for v in value]
         elif inner is not None:
             kept[key] = _known_keys(inner, value)
