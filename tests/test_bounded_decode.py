@@ -152,12 +152,12 @@ def test_frames_over_the_pixel_budget_are_decoded_smaller(tmp_path):
 
 
 def test_the_budget_is_4k_uhd_and_fits_a_huge_square_frame():
-    from tempme_composer.data.video import _fit_pixels, _resize_warning, _thread_type
+    from tempme_composer.data.video import _resize_warning, _thread_type, fit_pixels
 
     assert MAX_FRAME_PIXELS == 3840 * 2160
-    assert _fit_pixels(8000, 8000, MAX_FRAME_PIXELS) == (2880, 2880)
-    assert _fit_pixels(7680, 4320, MAX_FRAME_PIXELS) == (3840, 2160)
-    w, h = _fit_pixels(10000, 3000, MAX_FRAME_PIXELS)
+    assert fit_pixels(8000, 8000, MAX_FRAME_PIXELS) == (2880, 2880)
+    assert fit_pixels(7680, 4320, MAX_FRAME_PIXELS) == (3840, 2160)
+    w, h = fit_pixels(10000, 3000, MAX_FRAME_PIXELS)
     assert w * h <= MAX_FRAME_PIXELS and abs(w / h - 10 / 3) < 0.01
     assert (_resize_warning((8000, 8000), (2880, 2880), MAX_FRAME_PIXELS, 0)
             == 'resized: frames are 8000x8000 (64.0 MP), over the 8.3 MP budget; decoded at 2880x2880')
