@@ -22,40 +22,57 @@ ROOT = Path(tempme_composer.__file__).parent
 
 #: (layer, what it holds, modules and packages in it), lowest first.
 LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (1, 'foundation: errors, typed-config checks, object-store URLs, checkpoint safe-loading', (
-        'tempme_composer.errors',
-        'tempme_composer.schema',
-        'tempme_composer.remote',
-        'tempme_composer.checkpoint_safety',
-    )),
+    (
+        1,
+        'foundation: errors, typed-config checks, object-store URLs, checkpoint safe-loading',
+        (
+            'tempme_composer.errors',
+            'tempme_composer.schema',
+            'tempme_composer.remote',
+            'tempme_composer.checkpoint_safety',
+        ),
+    ),
     (2, 'CLIP: towers, tokenizer, weights, preprocessing', ('tempme_composer.clip',)),
     (3, 'TempMe/STOP building blocks', ('tempme_composer.modules',)),
     (4, 'the network: UnifiedModel, its config and loss', ('tempme_composer.model',)),
     (5, 'data: decoding, on-disk format, conversion, loading', ('tempme_composer.data',)),
     (6, 'metrics: ranking math and summaries', ('tempme_composer.metrics',)),
     (7, 'inference: export loading, index, search', ('tempme_composer.inference',)),
-    (8, 'training: recipe config, Composer wrapper, algorithms, callbacks, checkpoints, optimizers, loggers', (
-        'tempme_composer.config',
-        'tempme_composer.composer_wrapper',
-        'tempme_composer.algorithms',
-        'tempme_composer.callbacks',
-        'tempme_composer.checkpointing',
-        'tempme_composer.optim',
-        'tempme_composer.loggers',
-        'tempme_composer.fsdp',
-        'tempme_composer.preflight',
-        'tempme_composer.remote_checkpoints',
-        'tempme_composer.train',
-    )),
-    (9, 'benchmarks, reference implementations and the package entry point', (
-        'tempme_composer.bench',
-        'tempme_composer.reference',
-        'tempme_composer',
-    )),
+    (
+        8,
+        'training: recipe config, Composer wrapper, algorithms, callbacks, checkpoints, optimizers, loggers',
+        (
+            'tempme_composer.config',
+            'tempme_composer.composer_wrapper',
+            'tempme_composer.algorithms',
+            'tempme_composer.callbacks',
+            'tempme_composer.checkpointing',
+            'tempme_composer.optim',
+            'tempme_composer.loggers',
+            'tempme_composer.fsdp',
+            'tempme_composer.preflight',
+            'tempme_composer.remote_checkpoints',
+            'tempme_composer.train',
+        ),
+    ),
+    (
+        9,
+        'benchmarks, reference implementations and the package entry point',
+        (
+            'tempme_composer.bench',
+            'tempme_composer.reference',
+            'tempme_composer',
+        ),
+    ),
 )
 
 #: Modules that must load without the training stack, and what that stack is.
-LIGHT_PACKAGES = ('tempme_composer.inference', 'tempme_composer.model', 'tempme_composer.clip', 'tempme_composer.modules')
+LIGHT_PACKAGES = (
+    'tempme_composer.inference',
+    'tempme_composer.model',
+    'tempme_composer.clip',
+    'tempme_composer.modules',
+)
 TRAINING_STACK = ('composer', 'omegaconf', 'torchmetrics', 'tempme_composer.config')
 
 #: Private names still imported across modules while the modules that hold them are being split:
@@ -91,7 +108,9 @@ def _project_imports(path: Path) -> list[tuple[int, str, list[str]]]:
         package = package.rpartition('.')[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name, []) for a in node.names if a.name.split('.')[0] == 'tempme_composer']
+            found += [
+                (node.lineno, a.name, []) for a in node.names if a.name.split('.')[0] == 'tempme_composer'
+            ]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split('.')
@@ -129,8 +148,10 @@ def test_no_module_imports_a_higher_layer():
         for line, target, _ in _project_imports(path):
             # every submodule import runs the root package's __init__ anyway: importing it is no dependency
             if target in MODULES and target != 'tempme_composer' and layer_of(target) > own:
-                upward.append(f'{path.relative_to(ROOT.parent)}:{line}: {module} (layer {own}) imports {target} '
-                              f'(layer {layer_of(target)})')
+                upward.append(
+                    f'{path.relative_to(ROOT.parent)}:{line}: {module} (layer {own}) imports {target} '
+                    f'(layer {layer_of(target)})'
+                )
     assert not upward, 'imports of a higher layer:\n' + '\n'.join(upward)
 
 
@@ -142,9 +163,15 @@ def test_no_private_name_is_imported_from_another_module():
                 if name.startswith('_') and not name.startswith('__') and target != module:
                     seen.add((module, target, name))
                     if (module, target, name) not in PENDING_PRIVATE_IMPORTS:
-                        private.append(f'{path.relative_to(ROOT.parent)}:{line}: {module} imports {target}.{name}')
-    assert not private, 'private names imported across modules (make them public or move them):\n' + '\n'.join(private)
-    assert PENDING_PRIVATE_IMPORTS <= seen, f'no longer imported, drop from the list: {PENDING_PRIVATE_IMPORTS - seen}'
+                        private.append(
+                            f'{path.relative_to(ROOT.parent)}:{line}: {module} imports {target}.{name}'
+                        )
+    assert not private, (
+        'private names imported across modules (make them public or move them):\n' + '\n'.join(private)
+    )
+    assert PENDING_PRIVATE_IMPORTS <= seen, (
+        f'no longer imported, drop from the list: {PENDING_PRIVATE_IMPORTS - seen}'
+    )
 
 
 @pytest.mark.parametrize('package', LIGHT_PACKAGES)
@@ -157,7 +184,9 @@ def test_light_packages_load_without_the_training_stack(package):
         f'stack = {TRAINING_STACK!r}\n'
         'print(json.dumps(sorted(n for n in sys.modules if any(n == s or n.startswith(s + ".") for s in stack))))\n'
     )
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert not loaded, f'importing every {package} module loads the training stack: {loaded}'
