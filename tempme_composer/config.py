@@ -1,6 +1,6 @@
 """Typed recipe configuration: YAML + ``key=value`` overrides → validated dataclasses.
 
-One path only (style.md §2.2): ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
+One path only (llm-foundry's): ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
 interpolations, then check every key against the dataclass schema below. A typo must fail before any data is
 read, with one message naming the key, where it came from (the YAML file or the command line) and the
 closest valid key. Keys whose feature arrives later are declared so YAMLs stay stable, but any non-default
@@ -68,7 +68,9 @@ class LoRAConfig:
 
 @dataclass
 class TempMeConfig:
-    """TempMe token merging in the vision tower (`tempme_composer.modules.tempme`; tempme.md §2.10 defaults).
+    """TempMe token merging in the vision tower (`tempme_composer.modules.tempme`).
+
+    Defaults: docs/reference/tempme.md#defaults.
 
     The schedule is checked against the backbone and data.max_frames when the model is built, before training.
     """
@@ -82,7 +84,9 @@ class TempMeConfig:
 
 @dataclass
 class StopConfig:
-    """STOP spatial-temporal dynamic prompting (`tempme_composer.modules.stop`; stop.md defaults).
+    """STOP spatial-temporal dynamic prompting (`tempme_composer.modules.stop`).
+
+    Defaults: docs/reference/stop.md#defaults.
 
     Sizes (widths, layers, patch grid, frames) come from the backbone and data.max_frames.
     """

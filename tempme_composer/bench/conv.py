@@ -1,5 +1,5 @@
 """Benchmark of exact-output ways to run STOP's pixel-prompt Conv3d stack, the component that dominates STOP's
-cost (≈48 % of the reference's FLOPs; stop.md §7) and, above all, its training time.
+cost (≈48 % of the reference's FLOPs; docs/reference/stop.md#efficiency) and, above all, its training time.
 
     python -m tempme_composer.bench conv [--batch 1] [--frames 12] [--size 224] [--iters 2] [--device cpu|cuda]
         [--bf16] [--impls direct channels_last fft] [--threads N] [--json PATH]

@@ -3,8 +3,9 @@
 These are the pieces shared by the offline path (decode a video file once, store JPEG frames in MDS) and the
 online path (turn stored frames into the ``[T, 3, R, R]`` tensor the model sees). Everything except the
 decoders is a pure function so that it can be unit-tested against the worked examples in
-``data_metrics.md`` §2.3–2.5. :func:`decode_video` returns every frame the rule keeps (the converter stores
-them all); :func:`decode_video_frames` holds only the few a model input needs, for any length or frame size;
+``docs/reference/evaluation-protocol.md`` (frame sampling, CLIP preprocessing, video tensor and mask).
+:func:`decode_video` returns every frame the rule keeps (the converter stores them all);
+:func:`decode_video_frames` holds only the few a model input needs, for any length or frame size;
 :class:`RuleFrames` streams every kept frame with its time, for consumers that hold a sliding window of them.
 """
 
@@ -586,7 +587,9 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 
 
 def select_frame_indices(num_frames: int, max_frames: int, slice_framepos: int = 2) -> np.ndarray:
-    """Indices of the frames kept when a video has more than ``max_frames`` frames (data_metrics.md §2.3).
+    """Indices of the frames kept when a video has more than ``max_frames`` frames.
+
+    Rules: docs/reference/evaluation-protocol.md#frame-sampling.
 
     Args:
         num_frames: number of available frames L (>= 0).
@@ -627,7 +630,7 @@ def _resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
 
 
 def frames_to_tensor(frames: Sequence[Image.Image | np.ndarray], resolution: int) -> torch.Tensor:
-    """CLIP preprocessing of a frame list (data_metrics.md §2.4).
+    """CLIP preprocessing of a frame list (docs/reference/evaluation-protocol.md#clip-preprocessing).
 
     Args:
         frames: PIL images (any mode) or ``[H, W, 3]`` uint8 RGB arrays.
