@@ -17,8 +17,8 @@ as in training), the largest deviation from the direct result, and the multiply-
 
 The implementations are timed interleaved — each round runs every one once, forward then train step — and
 each figure is the median over ``--iters`` rounds after a warm-up round, so a change of load on a shared
-machine hits all alike; the ratios to ``channels_last`` are printed under the table (the speed targets of
-issue 15 are ratios measured in one run).
+machine hits all alike; the ratios to ``channels_last`` are printed under the table (speed targets are
+ratios measured in one run).
 """
 
 from __future__ import annotations
