@@ -38,7 +38,7 @@ class RetrievalModel(ComposerModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Through UnifiedModel.forward, so FSDP gathers its parameters; logit_scale is consumed here, inside
-        # DDP's forward, not in loss(): DDP only sees parameters used inside its forward. The loader's uint8 frames are
+        # DDP's forward, not in loss() (docs/reference/composer.md#ddp item 2). The loader's uint8 frames are
         # normalised here, before FSDP's root unit: it casts float inputs to its param dtype, as it did when
         # the loader shipped float frames.
         video = normalize_frames(batch['video'], batch['video_mask'])

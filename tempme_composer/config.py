@@ -1,6 +1,6 @@
 """Typed recipe configuration: YAML + ``key=value`` overrides → validated dataclasses.
 
-One path only (style.md §2.2): ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
+One path only (llm-foundry's): ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
 interpolations, then check every key against the dataclass schema below. A typo must fail before any data is
 read, with one message naming the key, where it came from (the YAML file or the command line) and the
 closest valid key. Keys whose feature arrives later are declared so YAMLs stay stable, but any non-default

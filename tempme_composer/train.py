@@ -1,7 +1,7 @@
 """train(cfg) -> Trainer: build the model, data, optimizer, callbacks and Composer Trainer from a config.
 
 `recipes/train.py` only parses the command line and calls `main`; everything lives here so tests can drive
-the same code path (style.md §2.1).
+the same code path.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def train(cfg: TrainConfig) -> Trainer:
     configure_logging()
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     dist.initialize_dist(get_device(device))  # before data prep, so rank 0 can build shared data first
-    clean_stale_shared_memory()  # once, before any StreamingDataset (composer_streaming.md §6.8)
-    if device == 'cpu' and cfg.precision != 'fp32':  # Composer rejects AMP on CPU (composer_streaming.md §4)
+    clean_stale_shared_memory()  # once, before any StreamingDataset (docs/reference/composer.md#streaming)
+    if device == 'cpu' and cfg.precision != 'fp32':  # no AMP on CPU: docs/reference/composer.md#precision
         raise ConfigError(f'precision={cfg.precision} needs a GPU; this machine has none, use precision=fp32')
     if cfg.resume and not is_remote(cfg.resume) and not Path(cfg.resume).is_file():
         raise ConfigError(f'resume={cfg.resume}: no such checkpoint file')
@@ -120,7 +120,7 @@ def train(cfg: TrainConfig) -> Trainer:
     if cfg.save_folder and cfg.autoresume and cfg.do_train:  # fresh machine: the newest remote checkpoint
         prefetch_latest(cfg.save_folder, output_dir / 'checkpoints')
     latest = latest_checkpoint(output_dir / 'checkpoints') if cfg.autoresume and cfg.do_train else None
-    if latest is not None:  # autoresume overrides resume= (composer_streaming.md §3.2)
+    if latest is not None:  # autoresume overrides resume= (docs/reference/composer.md#autoresume)
         check_checkpoint_matches(latest, model, f'autoresume (the latest checkpoint of {output_dir})',
                                  allow_unsafe=cfg.allow_unsafe_checkpoint)  # also refuses a pickle that runs code
     elif resume:

@@ -1,4 +1,5 @@
-"""Annotation readers against the REAL split files in shared/data (data_metrics.md §6 T17) and odd inputs."""
+"""Annotation readers against the REAL split files (docs/reference/evaluation-protocol.md, worked case T17;
+docs/reference/dataset-formats.md) and odd inputs."""
 
 from __future__ import annotations
 

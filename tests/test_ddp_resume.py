@@ -45,7 +45,8 @@ def final_state(run: Path) -> dict:
 @pytest.mark.multiprocess
 def test_sigkill_under_ddp_then_autoresume_matches_the_uninterrupted_run(tmp_path):
     # The runs go one after another: concurrent streaming jobs on one machine race for the same /dev/shm
-    # names, and each run's clean_stale_shared_memory() would delete the other's (composer_streaming.md §6.8).
+    # names, and each run's clean_stale_shared_memory() would delete the other's
+    # (docs/reference/composer.md#streaming item 2).
     generate_demo_dataset(tmp_path / 'data-full', num_train=24, num_eval=12, seed=0)
     shutil.copytree(tmp_path / 'data-full', tmp_path / 'data-killed')
     finish(launch(tmp_path, 'full'), tmp_path, 'full')

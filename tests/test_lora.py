@@ -68,7 +68,10 @@ def test_apply_lora_twice_is_an_error():
 
 
 def test_vit_b32_trainable_count_under_freeze_clip_is_507648():
-    """tempme.md §1.1: 491,520 LoRA + 16,128 temporal position embeddings (shapes only, meta device)."""
+    """491,520 LoRA + 16,128 temporal position embeddings (shapes only, meta device).
+
+    docs/reference/tempme.md#trainable-parameters.
+    """
     from torch import nn
 
     clip = CLIP(CLIP_PRESETS['ViT-B/32'], device='meta')

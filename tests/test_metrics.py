@@ -1,5 +1,6 @@
-"""Retrieval metrics: the worked cases of data_metrics.md §6 (T1–T14, T19) in every tie mode, property checks
-against naive re-implementations of the research code's two metric paths, chunking, DSL and the Metric."""
+"""Retrieval metrics: the worked cases of docs/reference/evaluation-protocol.md (T1–T14, T19) in every tie
+mode, property checks against naive re-implementations of the research code's two metric paths, chunking, DSL
+and the Metric."""
 
 import math
 
@@ -26,7 +27,8 @@ from tempme_composer.metrics import (
 from tempme_composer.metrics.retrieval import RetrievalMetrics
 
 # ---------------------------------------------------------------------------------------------------------------
-# Naive references, written from the spec's description (§5.1–§5.3), deliberately loop-based / full-matrix.
+# Naive references, written from docs/reference/evaluation-protocol.md (metric definitions, tie modes,
+# group-max rule), deliberately loop-based / full-matrix.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -102,7 +104,7 @@ def unit(n: int, d: int, g: torch.Generator) -> torch.Tensor:
 PERFECT = {'R@1': 100, 'R@5': 100, 'R@10': 100, 'MdR': 1, 'MnR': 1}
 
 # ---------------------------------------------------------------------------------------------------------------
-# §6 worked cases
+# Worked cases (docs/reference/evaluation-protocol.md#worked-cases)
 # ---------------------------------------------------------------------------------------------------------------
 
 

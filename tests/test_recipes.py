@@ -91,9 +91,9 @@ def _trainable(name: str) -> int:
 
 def test_trainable_parameters_match_the_references():
     stop, tempme = _trainable('msrvtt_stop'), _trainable('msrvtt_tempme')
-    assert stop == 13_081_528  # STOP's released code, transformer mode (stop.md §2.10)
+    assert stop == 13_081_528  # STOP's released code (docs/reference/stop.md#trainable-parameters)
     assert tempme == 507_648  # TempMe ViT-B/32: LoRA rank 8 + clip position embeddings (README)
-    assert _trainable('msrvtt') == stop + tempme + 1  # both, plus logit_scale (the seed guide's keep list)
+    assert _trainable('msrvtt') == stop + tempme + 1  # both, plus logit_scale (the example keep list)
 
 
 @pytest.fixture(scope='module')

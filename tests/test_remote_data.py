@@ -102,7 +102,8 @@ def _finish(proc: subprocess.Popen, tmp_path: Path, run: str) -> None:
 @pytest.mark.multiprocess
 def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(tmp_path, s3_bucket):
     root, remote = demo_data(tmp_path, s3_bucket)
-    # One run after another: concurrent streaming jobs race for /dev/shm names (composer_streaming.md §6.8).
+    # One run after another: concurrent streaming jobs race for /dev/shm names
+    # (docs/reference/composer.md#streaming item 2).
     _finish(_launch(tmp_path, 'local', root, None), tmp_path, 'local')
     killed = _launch(tmp_path, 'remote', root, remote, start_new_session=True)
     latest = tmp_path / 'remote' / 'checkpoints' / 'latest-rank0.pt'

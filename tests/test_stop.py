@@ -135,8 +135,9 @@ def test_vit_b32_has_652_visual_tokens_per_video(vit_b32):
 
 
 def test_vit_b32_reference_flops_match_the_spec(vit_b32):
-    """stop.md §7 (torch flop counter, 2·MAC): visual encoder 305.3 GFLOPs per 12-frame video without the
-    prompt generator (9.9 per sample) and without most attention-score matmuls (≈1–2), text 3.07 per caption."""
+    """docs/reference/stop.md#efficiency (torch flop counter, 2·MAC): visual encoder 305.3 GFLOPs per
+    12-frame video without the prompt generator (9.9 per sample) and without most attention-score matmuls
+    (≈1–2), text 3.07 per caption."""
     video = torch.empty(1, 12, 3, 224, 224, device='meta')
     prompts = reference_prompts(vit_b32, 1)
     with FlopCounterMode(display=False) as counter:
@@ -220,7 +221,8 @@ def test_efficient_path_equals_the_reference(mode, output_type, norm):
     for name, weight in ZERO_GRADIENT.items():
         bound = 0.05 * g_ref[weight].abs().max().item()
         assert g_eff[name].abs().max() <= bound and g_ref[name].abs().max() <= bound, name
-    # Linear mode: the postfix projection only feeds the dead postfix text prompts (stop.md §8.3).
+    # Linear mode: the postfix projection only feeds the dead postfix text prompts (docs/reference/stop.md,
+    # "Reference bugs" item 3).
     dead = [n for n in g_eff if 'postfix_text_prompt_proj' in n]
     assert len(dead) == (2 if mode == 'linear' else 0)
     for name in dead:

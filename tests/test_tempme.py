@@ -1,4 +1,5 @@
-"""TempMe schedule (token counts vs tempme.md §2.11), MACs on the meta device, and the merging forward."""
+"""TempMe schedule (token counts vs docs/reference/tempme.md#token-counts), MACs on the meta device, and the
+merging forward."""
 
 import dataclasses
 
@@ -28,7 +29,7 @@ def test_vit_b32_default_plan_matches_the_reference_token_counts():
         (0, 107, 10),
     ]
     assert plans[-1].protected == 12
-    # analytic block MACs (tempme.md §2.11): 33.32 G + 1.387 G patch embedding = 34.70 G
+    # analytic block MACs (docs/reference/tempme.md#token-counts): 33.32 G + 1.387 G patch embedding = 34.70 G
     assert sum(p.macs(768) for p in plans) == pytest.approx(33.315e9, rel=1e-4)
 
 

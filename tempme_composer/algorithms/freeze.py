@@ -1,7 +1,7 @@
 """Freeze parameters by case-sensitive name substring: `freeze_parameters` (pure) + `FreezeParameters` (INIT).
 
 Names are those of ``model.named_parameters()`` on the ComposerModel, e.g. ``model.clip.visual.ln_pre.weight``,
-``model.clip.logit_scale`` (ARCHITECTURE.md "Names users rely on"); users write fragments such as
+``model.clip.logit_scale`` (docs/reference/stop.md#freezing-by-name); users write fragments such as
 ``visual.ln_`` or ``logit_scale``.
 
 Rules, in order:
@@ -14,7 +14,7 @@ Rules, in order:
 
 Parameters matched by none of them keep their current ``requires_grad``. A ``freeze_substrings`` entry that
 matches no parameter is an error listing the closest names; so is a ``keep_substrings`` entry, except the
-new-module names ``LoRA``, ``prompt`` and ``TemporalPrompt``: the seed guide always lists them, and a model
+new-module names ``LoRA``, ``prompt`` and ``TemporalPrompt``: every example YAML lists them, and a model
 variant without those modules (e.g. the meanP baseline) only gets a warning. Leaving no trainable parameter
 at all is an error.
 
@@ -47,8 +47,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Substrings naming modules added on top of CLIP (ARCHITECTURE.md): TempMe/STOP LoRA, every learned prompt,
-# STOP's temporal prompt generator. They train at the full lr and survive freeze_clip.
+# Substrings naming modules added on top of CLIP (docs/reference/stop.md#freezing-by-name): TempMe/STOP LoRA,
+# every learned prompt, STOP's temporal prompt generator. They train at the full lr and survive freeze_clip.
 NEW_MODULE_SUBSTRINGS: tuple[str, ...] = ('LoRA', 'prompt', 'TemporalPrompt')
 
 

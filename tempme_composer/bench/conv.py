@@ -1,5 +1,5 @@
 """Benchmark of exact-output ways to run STOP's pixel-prompt Conv3d stack, the component that dominates STOP's
-cost (≈48 % of the reference's FLOPs; stop.md §7) and, above all, its training time.
+cost (≈48 % of the reference's FLOPs; docs/reference/stop.md#efficiency) and, above all, its training time.
 
     python -m tempme_composer.bench conv [--batch 1] [--frames 12] [--size 224] [--iters 2] [--device cpu|cuda]
         [--bf16] [--impls direct channels_last fft] [--threads N] [--json PATH]
@@ -17,8 +17,8 @@ as in training), the largest deviation from the direct result, and the multiply-
 
 The implementations are timed interleaved — each round runs every one once, forward then train step — and
 each figure is the median over ``--iters`` rounds after a warm-up round, so a change of load on a shared
-machine hits all alike; the ratios to ``channels_last`` are printed under the table (the speed targets of
-issue 15 are ratios measured in one run).
+machine hits all alike; the ratios to ``channels_last`` are printed under the table (speed targets are
+ratios measured in one run).
 """
 
 from __future__ import annotations

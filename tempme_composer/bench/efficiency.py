@@ -22,7 +22,8 @@ row (the same rows go to ``--json``):
   **train GMAC** of forward + backward with the frozen backbone (the baseline has nothing trainable in the
   video path under this rule: n/a);
 - the ratio of GMAC to STOP's reference visual encoder, 152.7 GMAC (305.3 GFLOP) per video at ViT-B/32,
-  12 frames (stop.md §7; printed for every preset, but the reference number is ViT-B/32's);
+  12 frames (docs/reference/stop.md#efficiency; printed for every preset, but the reference number is
+  ViT-B/32's);
 - unless ``--no-timing`` (or the preset is not in ``--timing-presets``): forward videos/s (eval mode, no
   grad) and train-step videos/s (train mode, forward + backward of the video path against a fixed random
   target, frozen as above; no optimizer step), the median of ``--iters`` after ``--warmup`` iterations, bf16
@@ -100,7 +101,8 @@ log = logging.getLogger(__name__)
 CONFIGS = ('baseline', 'tempme', 'stop', 'unified')
 LABELS = {'baseline': 'baseline (meanP)', 'tempme': 'TempMe', 'stop': 'STOP', 'unified': 'unified'}
 KEEP_SUBSTRINGS = ('logit_scale', 'LoRA', 'prompt', 'TemporalPrompt')  # with freeze_clip=True
-STOP_REFERENCE_GFLOP = 305.3  # stop.md §7: STOP visual encoder, ViT-B/32, 12 frames, flop_counter (2 x MAC)
+# docs/reference/stop.md#efficiency: STOP visual encoder, ViT-B/32, 12 frames, flop_counter (2 x MAC)
+STOP_REFERENCE_GFLOP = 305.3
 STOP_REFERENCE_GMAC = STOP_REFERENCE_GFLOP / 2
 PRESETS = ('ViT-B/32', 'ViT-B/16')
 
@@ -706,7 +708,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"\nGMAC counted on the meta device for a batch of {batch} (STOP's prompt generator runs once per batch); "
         '1 MAC = 2 FLOPs. STOP reference: 305.3 GFLOP = 152.7 GMAC per video, ViT-B/32, 12 frames '
-        '(stop.md §7, generator once per sample); the ratio is printed for ViT-B/16 too against that '
+        '(docs/reference/stop.md#efficiency, generator once per sample); the ratio is printed for ViT-B/16 '
+        'too against that '
         'ViT-B/32 number. fwd+bwd: measured with the backbone frozen; train step = forward + backward, no '
         'optimizer step; baseline: nothing trainable in the video path (n/a).'
     )

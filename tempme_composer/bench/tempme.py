@@ -6,7 +6,8 @@
 Random weights (no checkpoint needed). For every preset it prints
 
 1. the per-block plan (sequences x tokens per video, merges, analytic GMACs) — ViT-B/16 uses the paper's
-   inferred setting tome_r=10, proportions 40-20 (tempme.md §2.10), ViT-B/32 the reference defaults;
+   inferred setting tome_r=10, proportions 40-20 (docs/reference/tempme.md#defaults), ViT-B/32 the reference
+   defaults;
 2. measured vision-encoder GMACs per video with ``torch.utils.flop_counter`` on the meta device
    (1 MAC = 2 FLOPs; LoRA not applied, i.e. folded), TempMe vs plain per-frame CLIP;
 3. unless ``--no-timing``: forward videos/s of the vision encoder (no grad, median over ``--iters`` after one

@@ -1,7 +1,7 @@
 """BestCheckpoint: keep the weights of the best evaluation so far (text→video R@1), written atomically.
 
-Composer has no best-metric checkpointing (composer#2303), and a second CheckpointSaver would silently
-replace the Trainer's own (composer_streaming.md §3.4), so this callback saves with
+Composer has no best-metric checkpointing, and a second CheckpointSaver would silently replace the
+Trainer's own (docs/reference/composer.md#checkpoint-saving item 4), so this callback saves with
 `composer.utils.checkpoint.save_checkpoint` — a collective that every rank calls.
 """
 

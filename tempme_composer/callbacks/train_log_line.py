@@ -1,4 +1,4 @@
-"""TrainLogLine: the seed guide's periodic training line (epoch, step, lr, loss, time per step)."""
+"""TrainLogLine: the research codebases' periodic training line (epoch, step, lr, loss, time per step)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def center_crop_array(array: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def frames_to_tensor(frames: Sequence[Image.Image | np.ndarray], resolution: int) -> torch.Tensor:
-    """CLIP preprocessing of a frame list, all on the CPU.
+    """CLIP preprocessing of a frame list, all on the CPU (docs/reference/evaluation-protocol.md#clip-preprocessing).
 
     Args:
         frames: PIL images (any mode) or ``[H, W, 3]`` uint8 RGB arrays.

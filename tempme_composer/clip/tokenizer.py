@@ -2,7 +2,8 @@
 
 Uses open_clip's `SimpleTokenizer` only for its vocabulary and cleaning (nothing is downloaded): the
 sequence is ``[SOT] + BPE(text)``, cut to ``max_words - 1`` tokens, then ``EOT`` is appended and the rest is
-padded with id 0, as in CLIP4Clip. Id 0 is a real token, so padding is only visible through the mask.
+padded with id 0 (docs/reference/evaluation-protocol.md#text-tokenisation). Id 0 is a real token, so padding
+is only visible through the mask.
 """
 
 from __future__ import annotations

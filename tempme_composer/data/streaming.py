@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 #: A loader's frame stacker (:meth:`~tempme_composer.data.frame_pool.SharedFramePool.stack`).
 StackFrames = Callable[[list[torch.Tensor]], 'torch.Tensor | PooledFrames']
 
-#: ``frame_order`` values of the references (data_metrics.md §2.3): applied after the max_frames selection.
+#: ``frame_order`` values of the references (docs/reference/evaluation-protocol.md#frame-sampling): applied
+#: after the max_frames selection.
 FRAME_ORDER_CHOICES = {0: 'as stored', 1: 'reversed', 2: 'random permutation'}
 #: ``tempme_dataset.json`` format versions this loader reads (written by ``tempme-convert``).
 SUPPORTED_FORMAT_VERSIONS = (1, 2)  # frame layouts: data/frame_layout.py
@@ -160,7 +161,8 @@ class VideoTextDataset(ShardErrors, StreamingDataset):
         image_resolution: side R of the square CLIP input.
         max_words: token length L per caption (SOT/EOT included).
         train: one caption per sample (drawn per epoch) if True, all captions if False.
-        slice_framepos: 0 first / 1 last / 2 uniform frames (data_metrics.md §2.3).
+        slice_framepos: 0 first / 1 last / 2 uniform frames
+            (docs/reference/evaluation-protocol.md#frame-sampling).
         caption_seed: seed of the per-epoch caption draw (also seeds ``frame_order=2``).
         frame_order: 0 as stored, 1 reversed, 2 a random permutation per (epoch, sample), applied to the
             kept frames (the padding stays at the end, so the mask is unchanged).

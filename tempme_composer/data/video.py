@@ -1,12 +1,13 @@
 """Video decoding (PyAV) and frame selection.
 
-These are the pieces of the offline path (decode a video file once, store JPEG frames in MDS) that the online
-path shares (which stored frames a model input takes); the CLIP transform of those frames is
-`tempme_composer.clip.preprocess`. Everything except the decoders is a pure function so that it can be
-unit-tested against worked examples. :func:`decode_video` returns every frame the rule keeps (the converter
-stores them all); :func:`decode_video_frames` holds only the few a model input needs, for any length or frame
-size; :class:`RuleFrames` streams every kept frame with its time, for consumers that hold a sliding window of
-them.
+These are the pieces shared by the offline path (decode a video file once, store JPEG frames in MDS) and the
+online path (which stored frames a model input takes); the CLIP transform of those frames is
+`tempme_composer.clip.preprocess`. Everything except the
+decoders is a pure function so that it can be unit-tested against the worked examples in
+``docs/reference/evaluation-protocol.md`` (frame sampling, CLIP preprocessing, video tensor and mask).
+:func:`decode_video` returns every frame the rule keeps (the converter stores them all);
+:func:`decode_video_frames` holds only the few a model input needs, for any length or frame size;
+:class:`RuleFrames` streams every kept frame with its time, for consumers that hold a sliding window of them.
 """
 from __future__ import annotations
 
@@ -570,7 +571,9 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 
 
 def select_frame_indices(num_frames: int, max_frames: int, slice_framepos: int = 2) -> np.ndarray:
-    """Indices of the frames kept when a video has more than ``max_frames`` frames (data_metrics.md §2.3).
+    """Indices of the frames kept when a video has more than ``max_frames`` frames.
+
+    Rules: docs/reference/evaluation-protocol.md#frame-sampling.
 
     Args:
         num_frames: number of available frames L (>= 0).

@@ -2,14 +2,15 @@
 
 No torch.distributed, no Composer. Inputs are a caption × video similarity matrix ``sim [Q, V]`` (or the
 L2-normalised embeddings it comes from) and explicit labels ``text_to_video [Q]``: the video column each
-caption describes. Order and contiguity of captions do not matter (data_metrics.md §6 T13); every video needs
-at least one caption.
+caption describes. Order and contiguity of captions do not matter (docs/reference/evaluation-protocol.md,
+worked case T13); every video needs at least one caption.
 
-Conventions (data_metrics.md §4–§5):
+Conventions (docs/reference/evaluation-protocol.md):
 
 * **Queries.** Text→video ranks every caption against all videos. Video→text ranks each video against the
   caption *groups*: a group scores its best caption, so a video query is at rank k when k − 1 other videos
-  own a caption that beats the query's best own caption (the research codebases' group-max rule, §4.3, T9).
+  own a caption that beats the query's best own caption (the research codebases' group-max rule,
+  #group-max-rule, T9).
 * **Counts.** For each query we count the candidates scoring strictly above the ground truth (``greater``)
   and those scoring exactly the same, the ground truth included (``ties`` ≥ 1): `RankCounts`. Every tie
   mode derives from these two numbers, so all of them are computed in the same chunked pass.
@@ -35,7 +36,7 @@ Conventions (data_metrics.md §4–§5):
   the full Q × V matrix; the default chunk keeps a block at about 2**25 elements (128 MiB), and at most
   three blocks live at once (scores, comparison scratch, and DSL weights or the captions gathered per
   video for the group maxima).
-* **DSL** (dual softmax, TS2-Net style, §4.5): ``s · softmax_text(s)`` with ``s = scale · sim``, the softmax
+* **DSL** (dual softmax, TS2-Net style, #dsl): ``s · softmax_text(s)`` with ``s = scale · sim``, the softmax
   running over all captions of each video column. Computed in two chunked passes (column log-sum-exp, then
   ranking). Video→text DSL ranks use the same re-ranked matrix with the group-max rule, as TS2-Net does
   (so they are close to the raw ones).

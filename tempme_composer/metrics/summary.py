@@ -2,8 +2,9 @@
 
 Median: numpy's convention (mean of the two middle ranks, so it can be x.5) by default and in every tie mode,
 except the reference multi-sentence text→video path, which uses the lower median and float32 R@K as the
-research code's ``tensor_text_to_video_metrics`` does (data_metrics.md §5.2, T5/T8/T9). Summaries never expand
-the ranks, so ``'reference'`` stays exact and cheap when a collapsed model ties billions of candidates.
+research code's ``tensor_text_to_video_metrics`` does (docs/reference/evaluation-protocol.md,
+"Metric definitions" item 6; worked cases T5/T8/T9). Summaries never expand the ranks, so ``'reference'``
+stays exact and cheap when a collapsed model ties billions of candidates.
 """
 
 from __future__ import annotations

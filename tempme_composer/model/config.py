@@ -46,7 +46,7 @@ class LoRAConfig:
 @dataclass
 class TempMeConfig:
     """TempMe token merging in the vision tower (`tempme_composer.modules.tempme`; the defaults of "TempMe: Video
-    Temporal Token Merging for Efficient Text-Video Retrieval", ICLR 2025, for ViT-B/32 at 12 frames).
+    Temporal Token Merging for Efficient Text-Video Retrieval", ICLR 2025, for ViT-B/32 at 12 frames; docs/reference/tempme.md#defaults).
 
     The schedule is checked against the backbone and data.max_frames when the model is built, before training.
     """
@@ -62,7 +62,7 @@ class TempMeConfig:
 @dataclass
 class StopConfig:
     """STOP spatial-temporal dynamic prompting (`tempme_composer.modules.stop`; the defaults of "STOP: Integrated
-    Spatial-Temporal Dynamic Prompting for Video Understanding", CVPR 2025; docs/unified.md).
+    Spatial-Temporal Dynamic Prompting for Video Understanding", CVPR 2025; docs/reference/stop.md#defaults).
 
     Sizes (widths, layers, patch grid, frames) come from the backbone and data.max_frames.
     """

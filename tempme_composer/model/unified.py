@@ -110,7 +110,8 @@ class UnifiedModel(nn.Module):
         return self.tempme is None and self.stop is None
 
     def gradient_free_parameters(self) -> list[nn.Parameter]:
-        """Parameters no loss can reach: STOP's ``Cal_Net`` (its hard top-k mask has no gradient).
+        """Parameters no loss can reach: STOP's ``Cal_Net`` (its hard top-k mask has no gradient;
+        docs/reference/stop.md, "Reference bugs" item 4).
 
         They count as trainable (the published parameter count includes them); DDP must then look for unused
         parameters.

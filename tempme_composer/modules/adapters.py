@@ -1,6 +1,6 @@
 """STOP's bottleneck adapters (called ``LoRA`` in STOP/DGL code, but not low-rank weight updates).
 
-Per CLIP block (stop.md §2.6): ``x_attn = x + attn(ln_1(x))``, then
+Per CLIP block (docs/reference/stop.md#adapters): ``x_attn = x + attn(ln_1(x))``, then
 ``x_out = x_attn + mlp(ln_2(x_attn)) + scale * LoRA(x_attn)`` with
 ``LoRA = Sequential(Linear(d, bottleneck), PReLU(), Linear(bottleneck, d))`` reading the **un-normalised**
 residual stream, PyTorch default init (active from step 0), scale 0.1, bottleneck 32, in both towers.

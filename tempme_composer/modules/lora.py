@@ -1,6 +1,7 @@
 """TempMe's LoRA on the fused QKV input projection of every CLIP attention layer (both towers).
 
-Per attention layer (tempme.md §1.1): ``[q | k | v] = x W_inᵀ + b_in + (x LoRA_aᵀ) LoRA_bᵀ`` with
+Per attention layer (docs/reference/tempme.md#trainable-parameters):
+``[q | k | v] = x W_inᵀ + b_in + (x LoRA_aᵀ) LoRA_bᵀ`` with
 ``LoRA_a`` ``[rank, C]`` (Kaiming-uniform, a=√5, i.e. U(−1/√C, 1/√C)) and ``LoRA_b`` ``[3C, rank]``
 (zeros), no α/r scaling and no dropout, so the patched model starts equal to CLIP. Parameter names are
 ``...attn.LoRA_a`` / ``...attn.LoRA_b``: they contain ``LoRA``, so ``freeze_clip`` keeps them trainable

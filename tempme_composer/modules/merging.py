@@ -2,7 +2,8 @@
 merging, cross-clip regrouping and the proportional-attention bias. Pure, vectorised functions.
 
 References: ToMe (Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023) and timm — the
-``(merge closure, merge_wavg)`` shape; the exact TempMe rules (tempme.md §2.2–2.4) differ from ToMe's code:
+``(merge closure, merge_wavg)`` shape; the exact TempMe rules (docs/reference/tempme.md#bipartite-merging)
+differ from ToMe's code:
 
 - positions ``0..p-1`` (the CLS tokens) are protected: never matched, copied to the output front;
 - the rest split by **absolute** index parity: A = even positions, B = odd positions;
@@ -105,7 +106,9 @@ def merge_wavg(
 
 
 def regroup_sequences(x: torch.Tensor, group: int, protected: int) -> torch.Tensor:
-    """Fuse every ``group`` consecutive sequences into one (TempMe's cross-clip step, tempme.md §2.6 b).
+    """Fuse every ``group`` consecutive sequences into one (TempMe's cross-clip step).
+
+    docs/reference/tempme.md#clipme-block, item 1.2.
 
     The fused sequence is the protected prefixes of the members in member order, then the non-protected
     tokens of member 0, 1, ..., ``group - 1``.

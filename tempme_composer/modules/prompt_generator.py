@@ -1,8 +1,9 @@
-"""STOP's shared prompt generator (DGL's "shared latent space", stop.md §2.2): deep text and per-frame visual
-prompts for every layer, from parameters only.
+"""STOP's shared prompt generator (DGL's "shared latent space"): deep text and per-frame visual prompts for
+every layer, from parameters only (docs/reference/stop.md#shared-prompt-generator).
 
 The output does not depend on the input, so it is computed **once per forward** and broadcast over the batch
-(the reference recomputes it for every sample, ≈9.9 GFLOP per video at ViT-B/32; stop.md §8.22).
+(the reference recomputes it for every sample, ≈9.9 GFLOP per video at ViT-B/32;
+docs/reference/stop.md, "Reference bugs" item 22).
 
 - ``transformer`` mode (default): ``unified_prompt_embedding`` (``N_txt + N_loc·T`` tokens, each a
   ``layers × D_v`` vector, N(0, 1) init) → one pre-LN ``prompt_transformer`` block (``D_v // 64`` heads) run on

@@ -1,13 +1,16 @@
 """STOP (Spatial–Temporal dynamic prOmPting, CVPR 2025) on top of DGL's prompts: the prompt parameters, the
-deep text prompts and DGL's global–local attention (stop.md §2). Written from the spec, no reference code.
+deep text prompts and DGL's global–local attention (docs/reference/stop.md). Written from that description,
+no reference code.
 
 - `STOP` owns the shared `PromptGenerator` and the ``global_prompt`` tokens (names contain ``prompt``);
   the `TemporalPrompt` lives at ``clip.visual.TemporalPrompt`` and the bottleneck adapters at
-  ``...resblocks.N.LoRA`` (`tempme_composer.modules.adapters`), as ARCHITECTURE.md names them.
+  ``...resblocks.N.LoRA`` (`tempme_composer.modules.adapters`), as docs/reference/stop.md#freezing-by-name
+  names them.
 - `encode_text_with_prompts`: ``[SOT, prefix prompts, tokens 1..L-1]`` with the prefix prompts replaced
   before every block (VPT-deep). The reference also appends ``N_txt/2`` postfix prompts after the text
-  slots; under the causal mask no real token attends to them (stop.md §2.3: perturbing them changes
-  nothing), so they are not run through the tower — identical output, 20 % fewer text tokens.
+  slots; under the causal mask no real token attends to them (docs/reference/stop.md#text-prompts item 4:
+  perturbing them changes nothing), so they are not run through the tower — identical output, 20 % fewer
+  text tokens.
 
 The video path through the tower (prompts, DGL's global–local attention, merging, pooling) is
 `tempme_composer.modules.video_tower`.

@@ -1,7 +1,7 @@
 """TempMe's video path through the CLIP vision tower: the per-block merge plan and the merging forward.
 
 References: TempMe (Shen et al., ICLR 2025, arXiv 2409.01156); ToMe (Bolya et al., ICLR 2023). Written from
-the method description in shared/spec/tempme.md (§2), no reference code.
+the method description in docs/reference/tempme.md, no reference code.
 
 - `plan_merging` computes, once, a frozen `LayerPlan` per vision block from the config and the model shape
   (depth, tokens per frame, frames): ImgMe blocks (``tome_r`` tokens per frame) before the first merge layer,
@@ -16,8 +16,9 @@ the method description in shared/spec/tempme.md (§2), no reference code.
   passed in, never copied or re-registered.
 
 Padded frames: like the reference, the frame mask is not used inside the encoder (all ``T`` slots are
-encoded and may be merged with real frames); it is applied only in the final masked mean (tempme.md §2.9,
-§8.10). The plan therefore depends on ``T`` = ``data.max_frames``.
+encoded and may be merged with real frames); it is applied only in the final masked mean
+(docs/reference/tempme.md#final-pooling and "Behaviours" item 10). The plan therefore depends on
+``T`` = ``data.max_frames``.
 
 Deviation (documented): the reference adds the temporal position embedding only when ``r_cross > 0``; here it
 is added at every fusion (identical whenever ``r_cross > 0``, which all published schedules satisfy).
@@ -77,7 +78,7 @@ def plan_merging(
     merge_frame_num: Sequence[int] = (2, 2, 3),
     merge_token_proportion: Sequence[float] = (30, 10),
 ) -> tuple[LayerPlan, ...]:
-    """The per-block TempMe schedule (tempme.md §2.5–2.7, integer rules reproduced exactly).
+    """The per-block TempMe schedule (integer rules of docs/reference/tempme.md#merging-schedule, exactly).
 
     Args:
         num_layers: vision blocks.

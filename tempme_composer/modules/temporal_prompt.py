@@ -1,4 +1,6 @@
-"""STOP's ``TemporalPrompt`` (``TemporalPrompt_3`` in the reference, stop.md §2.7–2.8), stateless.
+"""STOP's ``TemporalPrompt`` (``TemporalPrompt_3`` in the reference), stateless.
+
+STOP paper (CVPR 2025); docs/reference/stop.md#intra-frame-prompt and #inter-frame-prompt.
 
 Part 1, `TemporalPrompt.spatial` — the intra-frame prompt in pixel space: a Conv3d stack over the
 ``[B, 3, T, H, W]`` video, a per-pixel MLP → prompt ``R``; a saliency mask ``M`` from the untrained
@@ -14,7 +16,8 @@ Deviations from the reference, all options (defaults first):
   embedding does not depend on its batch (exact evaluation). ``'batch'`` is the reference (over all B·T).
   A constant set of scores (e.g. one frame) gives ``m = 0`` instead of the reference's NaN.
 - ``mask_pooling='lattice'`` reproduces the reference's pooling (cell ``(a, b)`` = mean of pixels with
-  ``row ≡ a``, ``col ≡ b`` mod grid, stop.md §8.5); ``'patch'`` pools the pixels under each ViT patch.
+  ``row ≡ a``, ``col ≡ b`` mod grid, docs/reference/stop.md, "Reference bugs" item 5); ``'patch'`` pools the
+  pixels under each ViT patch.
 - ``conv_impl='auto'`` runs the pixel Conv stack and the token-space convolutions (``InterConv``,
   ``Cal_Net_Inter``) as `fft_conv3d` (the same sums via FFT, identical up to fp32 rounding) on the devices
   where it measured faster (`FFT_CONV_DEVICES`: CPU and CUDA), else as Conv3d; ``'fft'`` and ``'direct'``
@@ -157,7 +160,7 @@ def normalise_frame_weights(m: torch.Tensor, over: Literal['video', 'batch']) ->
 
 
 class TemporalPrompt(nn.Module):
-    """Pixel-space intra-frame prompt and token-space inter-frame prompt (stop.md §2.7–2.8).
+    """Pixel-space intra-frame prompt and token-space inter-frame prompt (docs/reference/stop.md).
 
     Args:
         width: vision width ``C``.

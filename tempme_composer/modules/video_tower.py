@@ -16,11 +16,11 @@ prompts**. Attention per block:
 - sequence tokens attend to ``[global prompts; local prompts of the member frames; the sequence]``;
 - global prompts attend to ``[global prompts; all local prompts; all sequence tokens]`` of their video.
 
-This is exactly DGL's attention (stop.md §2.5), with exact-output savings over the reference: Q/K/V are
-projected once per token and reused by both attentions; local prompts, whose block outputs the reference
-computes and then overwrites with the next layer's prompts, only provide keys/values; the last block computes
-queries and MLP only for the tokens the readout uses (the global prompts, and the frame CLS tokens if the
-``output_type`` reads them).
+This is exactly DGL's attention (docs/reference/stop.md#global-local-attention), with exact-output savings
+over the reference: Q/K/V are projected once per token and reused by both attentions; local prompts, whose
+block outputs the reference computes and then overwrites with the next layer's prompts, only provide
+keys/values; the last block computes queries and MLP only for the tokens the readout uses (the global
+prompts, and the frame CLS tokens if the ``output_type`` reads them).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _fuse_clips(
     size: torch.Tensor | None,
     batch: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ClipMe's fusion (tempme.md §2.6): temporal position embedding, regroup, cross-clip merge."""
+    """ClipMe's fusion: temporal position embedding, regroup, cross-clip merge (docs/reference/tempme.md)."""
     S, N, C = x.shape  # S = batch * seqs_in
     if size is None:
         size = x.new_ones(S, N, 1)

@@ -1,7 +1,8 @@
 """BertAdam: Adam without bias correction, with an internal warmup schedule (the research codebases' default).
 
-Behaviour as described in stop.md §4.3 (own implementation): per parameter tensor, optionally clip the
-gradient to ``max_grad_norm``; ``m = β1·m + (1-β1)·g``, ``v = β2·v + (1-β2)·g²`` (no bias correction);
+Behaviour as described in docs/reference/stop.md#optimisation item 3 (own implementation): per parameter
+tensor, optionally clip the gradient to ``max_grad_norm``; ``m = β1·m + (1-β1)·g``,
+``v = β2·v + (1-β2)·g²`` (no bias correction);
 ``update = m / (√v + eps) + weight_decay·p``; ``p -= lr · schedule(step / t_total, warmup) · update`` where
 ``step`` counts the optimizer steps already taken by that tensor (so the first step uses factor 0 under
 warmup). ``warmup_cosine``: ``x / warmup`` for ``x < warmup``, else ``½(1 + cos(π x))`` (no re-scaling after

@@ -1,7 +1,8 @@
 """The references' parameter groups and the optimizer built over them (trainable parameters only).
 
-Groups (stop.md §4.2, CLIP4Clip): pretrained CLIP parameters train at ``lr × coef_lr``, new modules (LoRA,
-prompts, TemporalPrompt; see `is_new_module`) at ``lr``; no weight decay on biases, LayerNorm weights (every
+Groups (docs/reference/stop.md#optimisation item 1, CLIP4Clip): pretrained CLIP parameters train at
+``lr × coef_lr``, new modules (LoRA, prompts, TemporalPrompt; see `is_new_module`) at ``lr``; no weight
+decay on biases, LayerNorm weights (every
 tensor with fewer than 2 dimensions, which also covers ``class_embedding`` and the 0-d ``logit_scale``),
 embeddings (a name containing ``embedding``) and ``logit_scale``. Frozen parameters (``requires_grad=False``)
 are left out, so freeze before building the optimizer.

@@ -1,17 +1,19 @@
-"""A straightforward, reference-shaped implementation of STOP's forward math (stop.md §2, Appendix A).
+"""A straightforward, reference-shaped implementation of STOP's forward math.
+
+The math is docs/reference/stop.md#forward-pass-in-brief.
 
 This is the **baseline** that the efficient STOP path (`tempme_composer.modules.stop`,
 `tempme_composer.modules.video_tower`, `tempme_composer.modules.temporal_prompt`) is tested and benchmarked
 against. It is never used for training. It reads the *same* parameters from a `UnifiedModel` built with
 STOP (``model.stop``, ``model.clip.visual.TemporalPrompt``, the ``LoRA`` adapters), so the outputs of both
-paths are directly comparable, but it re-derives every step from the spec and follows the structure of the
-official code (commit ``7253928``) rather than the efficient code:
+paths are directly comparable, but it re-derives every step from that description and follows the structure
+of the official code (commit ``7253928``) rather than the efficient code:
 
 - the prompt generator is recomputed for every sample (`reference_prompts` expands the batch, as the
   reference's ``encode_prompt(B)`` does);
 - the text sequence is ``L + N_txt`` long **with** the ``N_txt/2`` postfix prompts (they cannot change the
-  output under the causal mask, stop.md §2.3); prefix and postfix prompts are replaced before every block
-  ``ℓ ≥ 1``; EOT position = ``argmax(ids) + N_txt/2``;
+  output under the causal mask, docs/reference/stop.md#text-prompts); prefix and postfix prompts are replaced
+  before every block ``ℓ ≥ 1``; EOT position = ``argmax(ids) + N_txt/2``;
 - the pixel prompt runs in the default ``[B, 3, T, H, W]`` (NCDHW) layout with ``Cal_Net`` evaluated under
   autograd (its hard top-k mask still gives it no gradient); the mask pooling follows
   ``TemporalPrompt.mask_pooling`` and the top-k ``TemporalPrompt.salient_cells``; ``dropout1`` once and
@@ -131,7 +133,10 @@ def _cross_attention(attn: nn.Module, queries: torch.Tensor, keys: torch.Tensor)
 
 
 def _mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + mlp(ln_2(x)) (+ scale · LoRA(x))``: the adapter reads the un-normalised stream (stop.md §2.6)."""
+    """``x + mlp(ln_2(x)) (+ scale · LoRA(x))``: the adapter reads the un-normalised stream.
+
+    docs/reference/stop.md#adapters.
+    """
     out = x + block.mlp(block.ln_2(x))
     adapter = getattr(block, 'LoRA', None)
     if adapter is not None:
@@ -163,7 +168,9 @@ def _check_model(model: UnifiedModel) -> None:
 
 
 def reference_prompts(model: UnifiedModel, batch_size: int) -> ReferencePrompts:
-    """The shared generator's prompts, recomputed for each of ``batch_size`` samples (stop.md §2.2).
+    """The shared generator's prompts, recomputed for each of ``batch_size`` samples.
+
+    docs/reference/stop.md#shared-prompt-generator.
 
     Transformer mode: embedding rows ``0..N_u-1`` looked up per sample, viewed ``[N_u, layers, D_v]``; every
     (sample, layer) pair is an independent ``N_u``-token sequence through the pre-LN prompt block; text
@@ -202,7 +209,7 @@ def reference_prompts(model: UnifiedModel, batch_size: int) -> ReferencePrompts:
 def reference_encode_text(
     model: UnifiedModel, ids: torch.Tensor, prompts: ReferencePrompts | None = None
 ) -> torch.Tensor:
-    """``[B, L]`` token ids → **unnormalised** ``[B, D]`` text features (stop.md §2.3).
+    """``[B, L]`` token ids → **unnormalised** ``[B, D]`` text features (docs/reference/stop.md#text-prompts).
 
     Args:
         model: a `UnifiedModel` with STOP.
@@ -244,7 +251,10 @@ def _grid_index(size: int, grid: int, pooling: str, device: torch.device) -> tor
 
 
 def _pixel_prompt(tp: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intra-frame prompt (stop.md §2.7): ``[B, T, 3, H, W]`` → (prompted frames, bool mask ``[B, T, g, g]``)."""
+    """Intra-frame prompt: ``[B, T, 3, H, W]`` → (prompted frames, bool mask ``[B, T, g, g]``).
+
+    docs/reference/stop.md#intra-frame-prompt.
+    """
     B, T, _, H, W = video.shape
     g, k = tp.grid, tp.salient_cells
     x = video.permute(0, 2, 1, 3, 4)  # [B, 3, T, H, W], the reference's NCDHW layout
@@ -271,7 +281,10 @@ def _pixel_prompt(tp: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _inter_frame_prompt(tp: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
-    """Inter-frame prompt (stop.md §2.8): ``[B·T, 1 + P, C]`` embedded tokens → ``[B, T, N_loc, C]``."""
+    """Inter-frame prompt: ``[B·T, 1 + P, C]`` embedded tokens → ``[B, T, N_loc, C]``.
+
+    docs/reference/stop.md#inter-frame-prompt.
+    """
     _, N, C = tokens.shape
     P = N - 1
     patches = tokens[:, 1:].reshape(B, T * P, C)  # one sequence of all patch tokens per video
@@ -289,7 +302,9 @@ def _inter_frame_prompt(tp: nn.Module, tokens: torch.Tensor, mask: torch.Tensor,
 def reference_encode_video(
     model: UnifiedModel, video: torch.Tensor, prompts: ReferencePrompts | None = None
 ) -> torch.Tensor:
-    """``[B, T, 3, H, W]`` normalised frames → **unnormalised** ``[B, D]`` video features (stop.md §2.4–2.9).
+    """``[B, T, 3, H, W]`` normalised frames → **unnormalised** ``[B, D]`` video features.
+
+    docs/reference/stop.md, from "Visual prompts" to "Output pooling".
 
     Args:
         model: a `UnifiedModel` with STOP (``TemporalPrompt`` optional) and without TempMe.
