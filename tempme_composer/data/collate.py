@@ -42,7 +42,7 @@ VIDEO_KEYS = ('video', 'video_mask', 'video_index')
 TEXT_KEYS = ('text_ids', 'text_mask', 'text_video_index', 'text_caption_index')
 
 
-def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     """``torch.stack``, written straight into shared memory in a loader worker (torch's default_collate does
     that; a plain stack there costs a second copy of the batch on its way to the main process)."""
     return default_collate(tensors)
@@ -53,7 +53,7 @@ def _stack_video(
 ) -> torch.Tensor | PooledFrames:
     """The samples' frames stacked (through the loader's frame pool when it has one)."""
     frames = [s['video'] for s in samples]
-    return stack_rows(frames) if stack_frames is None else stack_frames(frames)
+    return _stack_rows(frames) if stack_frames is None else stack_frames(frames)
 
 
 def collate_train(
@@ -67,7 +67,7 @@ def collate_train(
         raise ValueError('collate_train got an empty list of samples')
     batch: dict[str, Any] = {'video': _stack_video(samples, stack_frames)}
     for k in ('video_mask', 'video_index', 'text_ids', 'text_mask'):
-        batch[k] = stack_rows([s[k] for s in samples])
+        batch[k] = _stack_rows([s[k] for s in samples])
     return batch
 
 
@@ -80,7 +80,7 @@ def collate_eval(
     batch: dict[str, Any] = {'video': _stack_video(samples, stack_frames)}
     for k in VIDEO_KEYS:
         if k != 'video':
-            batch[k] = stack_rows([s[k] for s in samples])
+            batch[k] = _stack_rows([s[k] for s in samples])
     counts = torch.tensor([s['text_ids'].shape[0] for s in samples], dtype=torch.long)  # [B]
     batch['text_ids'] = torch.cat([s['text_ids'] for s in samples])  # [K_total, L]
     batch['text_mask'] = torch.cat([s['text_mask'] for s in samples])  # [K_total, L]
@@ -146,4 +146,5 @@ def split_eval_batch_by_size(
 
 
 def num_videos(batch: Mapping[str, torch.Tensor]) -> int:
+    """Samples in a batch, counted in videos (an eval batch has more caption rows than videos)."""
     return int(batch['video'].shape[0])

@@ -35,7 +35,8 @@ __all__ = ['FRAME_ORDER_CHOICES', 'TOKEN_CACHE_SIZE', 'VideoTextDataset']
 
 log = logging.getLogger(__name__)
 
-#: ``frame_order`` values of the references (data_metrics.md §2.3): applied after the max_frames selection.
+#: ``frame_order`` values (README "Configuration", ``data.train_frame_order``), applied after the max_frames
+#: selection.
 FRAME_ORDER_CHOICES = {0: 'as stored', 1: 'reversed', 2: 'random permutation'}
 #: Captions whose token ids each loader worker keeps (``VideoTextDataset.caption_tokens``): ~0.3 KB each.
 TOKEN_CACHE_SIZE = 65_536
@@ -52,7 +53,7 @@ class VideoTextDataset(ShardErrors, StreamingDataset):
         image_resolution: side R of the square CLIP input.
         max_words: token length L per caption (SOT/EOT included).
         train: one caption per sample (drawn per epoch) if True, all captions if False.
-        slice_framepos: 0 first / 1 last / 2 uniform frames (data_metrics.md §2.3).
+        slice_framepos: 0 first / 1 last / 2 uniform frames (README "Configuration", ``data.slice_framepos``).
         caption_seed: seed of the per-epoch caption draw (also seeds ``frame_order=2``).
         frame_order: 0 as stored, 1 reversed, 2 a random permutation per (epoch, sample), applied to the
             kept frames (the padding stays at the end, so the mask is unchanged).

@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 #: Version of the per-video decode cache (its files did not change with the shard layout).
-#: Version of the per-video decode cache (its files did not change with the shard layout).
 CACHE_VERSION = 1
 _CACHE_MAGIC = b'TMVC1\n'
 #: Bumped when the decoder's verdicts change (2: truncated tails by timestamp, decoded duration), so a cache
@@ -40,17 +39,20 @@ WORK_DIR_NAME = '.tempme_work'
 
 
 def cache_name(path: Path) -> str:
+    """A video's cache file stem: readable (its own stem) and unique (a hash of its resolved path)."""
     digest = hashlib.sha1(str(path.resolve()).encode('utf-8', 'surrogatepass')).hexdigest()[:16]
     safe = re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)[:48]
     return f'{safe}-{digest}'
 
 
 def file_signature(path: Path) -> list[int]:
+    """``[size, mtime_ns]``: a changed file no longer matches its cache entry."""
     st = path.stat()
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary sibling renamed into place: an interrupted write leaves no partial file."""
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}')
     with open(tmp, 'wb') as f:
         f.write(data)
@@ -58,11 +60,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_cache(path: Path, header: dict[str, Any], blobs: list[bytes]) -> None:
+    """One cache file: magic, header size, JSON ``header`` (with the blob sizes), the blobs."""
     head = json.dumps(header).encode()
     atomic_write(path, b''.join([_CACHE_MAGIC, struct.pack('<I', len(head)), head, *blobs]))
 
 
 def read_cache(path: Path) -> tuple[dict[str, Any], list[bytes]]:
+    """The header and blobs of a cache file; ValueError for a file that is not one or is cut off."""
     data = path.read_bytes()
     if not data.startswith(_CACHE_MAGIC):
         raise ValueError(f'{path} is not a converter cache file')

@@ -18,6 +18,8 @@ __all__ = ['SplitSummary', 'merge_report', 'print_summary', 'split_record', 'sum
 
 @dataclass
 class SplitSummary:
+    """One split's figures: what was listed, written and skipped (by reason), and how long it took."""
+
     split: str
     total: int = 0
     converted: int = 0
