@@ -305,7 +305,7 @@ def build_optimizer(
 
 def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, DataSpec]:
     """Train and eval loaders over MDS shards; the demo dataset is generated on first use."""
-    from tempme_composer.data import build_video_text_dataloader
+    from tempme_composer.data import LoaderOptions, build_video_text_dataloader
 
     data = cfg.data
     train_src, eval_src = data.train, data.eval
@@ -337,26 +337,26 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
                               validate_hash=data.validate_hash)
     train_spec = None
     if cfg.do_train:
-        train_spec = build_video_text_dataloader(
+        train_spec = build_video_text_dataloader(LoaderOptions(
             **_source_kwargs(train_src),
             batch_size=_per_rank(cfg.batch_size, 'batch_size'),
             train=True,
             frame_order=data.train_frame_order,
             expand_sentences=data.expand_msrvtt_sentences,
             **common,
-        )
-    eval_spec = build_video_text_dataloader(
+        ))
+    eval_spec = build_video_text_dataloader(LoaderOptions(
         **_source_kwargs(eval_src),
         batch_size=_per_rank(cfg.batch_size_val, 'batch_size_val'),
         train=False,
         frame_order=data.eval_frame_order,
         **common,
-    )
+    ))
     return train_spec, eval_spec
 
 
 def _source_kwargs(src: DataSourceConfig) -> dict:
-    """One dataset (local/remote/split) or a mix of streams, as the loader builder takes them."""
+    """One dataset (local/remote/split) or a mix of streams, as `LoaderOptions` takes them."""
     if src.streams:
         return {'local': None, 'remote': None, 'split': None, 'streams': [dataclasses.asdict(s) for s in src.streams]}
     return {'local': src.local, 'remote': src.remote, 'split': src.split}

@@ -14,11 +14,12 @@ from streaming import StreamingDataset
 from video_fixtures import PALETTE, write_audio_only, write_video
 
 from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD, normalize_frames
-from tempme_composer.data import build_video_text_dataloader
+from tempme_composer.data import LoaderOptions, build_video_text_dataloader
 from tempme_composer.data.annotations.common import read_id_list
 from tempme_composer.data.annotations.lsmdc import read_lsmdc_rows
 from tempme_composer.data.annotations.msrvtt import read_jsfusion_rows
-from tempme_composer.data.convert import META_FILE, main, pairs_split
+from tempme_composer.data.convert import main
+from tempme_composer.data.format import META_FILE, pairs_split
 from tempme_composer.data.frame_layout import StoredFrames, write_format1_copy
 
 SHARED = Path('/work/shared/data')
@@ -149,7 +150,7 @@ def test_resume_reuses_finished_work(msrvtt, tmp_path, capsys):
 def test_train_and_eval_loaders_read_converted_data(msrvtt):
     out = str(msrvtt['out'])
     common = dict(local=out, max_frames=4, image_resolution=RES, max_words=16, num_workers=0)
-    spec = build_video_text_dataloader(split='test', batch_size=2, train=False, **common)
+    spec = build_video_text_dataloader(LoaderOptions(split='test', batch_size=2, train=False, **common))
     batches = list(spec.dataloader)
     video_index = torch.cat([b['video_index'] for b in batches]).tolist()
     assert video_index == [0, 1, 2]
@@ -160,7 +161,7 @@ def test_train_and_eval_loaders_read_converted_data(msrvtt):
     assert np.abs(_unnormalise(first) - msrvtt['colours'][msrvtt['test_rows'][0]['video_id']]).max() < JPEG_TOL
     assert batches[0]['video'][0, 3].abs().sum() == 0  # padding frame
 
-    spec = build_video_text_dataloader(split='train_9k', batch_size=3, train=True, **common)
+    spec = build_video_text_dataloader(LoaderOptions(split='train_9k', batch_size=3, train=True, **common))
     (batch,) = list(spec.dataloader)
     assert sorted(batch['video_index'].tolist()) == [0, 1, 2]
 
@@ -168,8 +169,8 @@ def test_train_and_eval_loaders_read_converted_data(msrvtt):
 def test_expand_sentences_visits_every_pair_once(msrvtt):
     from tempme_composer.clip.tokenizer import tokenize
 
-    spec = build_video_text_dataloader(local=str(msrvtt['out']), split='train_9k', batch_size=3, train=True,
-                                       max_frames=4, image_resolution=RES, max_words=16, expand_sentences=True)
+    spec = build_video_text_dataloader(LoaderOptions(local=str(msrvtt['out']), split='train_9k', batch_size=3, train=True,
+                                       max_frames=4, image_resolution=RES, max_words=16, expand_sentences=True))
     assert len(spec.dataloader.dataset) == 9  # 3 videos x 3 captions
     seen = []
     for batch in spec.dataloader:
@@ -184,13 +185,13 @@ def test_expand_sentences_visits_every_pair_once(msrvtt):
 
 def test_mixed_streams_with_repeat(msrvtt):
     out = str(msrvtt['out'])
-    spec = build_video_text_dataloader(
+    spec = build_video_text_dataloader(LoaderOptions(
         local=None, streams=[{'local': out, 'split': 'train_9k'}, {'local': out, 'split': 'train_7k', 'repeat': 2}],
-        batch_size=1, train=True, max_frames=4, image_resolution=RES, max_words=16)
+        batch_size=1, train=True, max_frames=4, image_resolution=RES, max_words=16))
     assert len(spec.dataloader.dataset) == 3 + 2 * 2
     with pytest.raises(ValueError, match='either `streams` or'):
-        build_video_text_dataloader(local=out, split='test', streams=[{'local': out, 'split': 'test'}],
-                                    batch_size=1, train=True, max_frames=4, image_resolution=RES, max_words=16)
+        build_video_text_dataloader(LoaderOptions(local=out, split='test', streams=[{'local': out, 'split': 'test'}],
+                                    batch_size=1, train=True, max_frames=4, image_resolution=RES, max_words=16))
 
 
 def test_format_1_conversions_are_still_read(msrvtt, tmp_path):
@@ -198,8 +199,8 @@ def test_format_1_conversions_are_still_read(msrvtt, tmp_path):
     v1 = write_format1_copy(msrvtt['out'] / 'test', tmp_path / 'out' / 'test')
     assert json.loads((v1 / META_FILE).read_text())['format_version'] == 1
     kw = dict(split='test', batch_size=2, train=False, max_frames=4, image_resolution=RES, max_words=16)
-    new = list(build_video_text_dataloader(local=str(msrvtt['out']), **kw).dataloader)
-    old = list(build_video_text_dataloader(local=str(tmp_path / 'out'), **kw).dataloader)
+    new = list(build_video_text_dataloader(LoaderOptions(local=str(msrvtt['out']), **kw)).dataloader)
+    old = list(build_video_text_dataloader(LoaderOptions(local=str(tmp_path / 'out'), **kw)).dataloader)
     assert len(new) == len(old) == 2
     for a, b in zip(new, old, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -211,8 +212,8 @@ def test_unknown_format_version_fails_clearly(msrvtt, tmp_path):
     meta = json.loads((out / 'test' / META_FILE).read_text())
     (out / 'test' / META_FILE).write_text(json.dumps({**meta, 'format_version': 99}))
     with pytest.raises(ValueError, match='format version 99 is not supported'):
-        build_video_text_dataloader(local=str(out), split='test', batch_size=1, train=False, max_frames=4,
-                                    image_resolution=RES, max_words=16)
+        build_video_text_dataloader(LoaderOptions(local=str(out), split='test', batch_size=1, train=False, max_frames=4,
+                                    image_resolution=RES, max_words=16))
 
 
 def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
@@ -242,8 +243,8 @@ def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
     got = _read_split(out / 'anet' / 'val_1')
     assert [s['video_id'] for s in got] == keys
     assert got[0]['timestamps'] == val[keys[0]]['timestamps']
-    spec = build_video_text_dataloader(local=str(out / 'anet'), split='val_1', batch_size=2, train=False,
-                                       max_frames=4, image_resolution=RES, max_words=64, paragraph=True)
+    spec = build_video_text_dataloader(LoaderOptions(local=str(out / 'anet'), split='val_1', batch_size=2, train=False,
+                                       max_frames=4, image_resolution=RES, max_words=64, paragraph=True))
     (batch,) = list(spec.dataloader)
     assert batch['text_ids'].shape[0] == 2  # one paragraph per video
     from tempme_composer.clip.tokenizer import tokenize
@@ -263,8 +264,8 @@ def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
     assert main(['msvd', '--captions-pkl', str(tmp_path / 'raw-captions.pkl'), '--test-list',
                  str(tmp_path / 'test_list.txt'), '--videos', str(videos / 'msvd'), '--out', str(out / 'msvd'),
                  '--size', str(SIZE), '--workers', '1', '--no-progress']) == 0
-    spec = build_video_text_dataloader(local=str(out / 'msvd'), split='test', batch_size=2, train=False,
-                                       max_frames=4, image_resolution=RES, max_words=16)
+    spec = build_video_text_dataloader(LoaderOptions(local=str(out / 'msvd'), split='test', batch_size=2, train=False,
+                                       max_frames=4, image_resolution=RES, max_words=16))
     (batch,) = list(spec.dataloader)
     assert batch['text_video_index'].tolist() == [0, 0, 1]
 

@@ -22,7 +22,8 @@ from video_fixtures import PALETTE, write_video
 
 from tempme_composer.data.annotations.common import read_id_list
 from tempme_composer.data.annotations.msrvtt import read_jsfusion_rows
-from tempme_composer.data.convert import REPORT_FILE, main
+from tempme_composer.data.convert import main
+from tempme_composer.data.format import REPORT_FILE
 from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.gallery import read_gallery
 from tempme_composer.data.media_probe import diagnose_file

@@ -30,18 +30,13 @@ from tempme_composer.data import (
     encode_jpeg,
     select_frame_indices,
 )
+from tempme_composer.data.collate import collate_eval, split_eval_batch, split_eval_batch_by_size
+from tempme_composer.data.dataset import VideoTextDataset
+from tempme_composer.data.format import DEMO_COLUMNS
 from tempme_composer.data.frame_layout import StoredFrames, pack_jpeg_frames
-from tempme_composer.data.streaming import (
-    SHM_NAME_ATTEMPTS,
-    SharedMemoryNameError,
-    VideoTextDataset,
-    build_video_text_dataloader,
-    collate_eval,
-    construct_streaming,
-    split_eval_batch,
-    split_eval_batch_by_size,
-)
-from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset, main
+from tempme_composer.data.loader import LoaderOptions, build_video_text_dataloader
+from tempme_composer.data.shared_memory import SHM_NAME_ATTEMPTS, SharedMemoryNameError, construct_streaming
+from tempme_composer.data.synthetic import generate_demo_dataset, main
 from tempme_composer.errors import RecipeError
 
 R = 32  # small CLIP resolution keeps the streaming tests fast
@@ -210,7 +205,7 @@ def test_demo_dataset_files_on_disk(demo):
     assert len(list((demo.videos_dir / 'eval').glob('*.mp4'))) == 8
     index = json.loads((demo.train_dir / 'index.json').read_text())
     shard = index['shards'][0]
-    assert dict(zip(shard['column_names'], shard['column_encodings'], strict=True)) == MDS_COLUMNS
+    assert dict(zip(shard['column_names'], shard['column_encodings'], strict=True)) == DEMO_COLUMNS
     assert sum(s['samples'] for s in index['shards']) == 12
     assert not demo.reused
     # The stored videos decode through the real path.
@@ -262,12 +257,12 @@ def test_synthetic_cli(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# streaming.py
+# dataset.py, collate.py, loader.py
 # ------------------------------------------------------------------------------------------------------------
 
 
 def test_train_loader_contract(demo):
-    spec = build_video_text_dataloader(local=str(demo.train_dir), batch_size=4, train=True, **loader_kwargs())
+    spec = build_video_text_dataloader(LoaderOptions(local=str(demo.train_dir), batch_size=4, train=True, **loader_kwargs()))
     batches = list(spec.dataloader)
     assert len(batches) == 3
     b = batches[0]
@@ -283,7 +278,7 @@ def test_train_loader_contract(demo):
 
 
 def test_eval_loader_contract_and_caption_mapping(demo):
-    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False, **loader_kwargs())
+    spec = build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), batch_size=3, train=False, **loader_kwargs()))
     batches = list(spec.dataloader)
     assert [x['video'].shape[0] for x in batches] == [3, 3, 2]  # drop_last=False
     raw = StreamingDataset(local=str(demo.eval_dir), batch_size=1)
@@ -307,8 +302,8 @@ def test_eval_loader_contract_and_caption_mapping(demo):
 
 
 def test_mask_and_padding_when_video_is_shorter_than_max_frames(demo):
-    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=2, train=False,
-                                       **loader_kwargs(max_frames=20))
+    spec = build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), batch_size=2, train=False,
+                                       **loader_kwargs(max_frames=20)))
     b = next(iter(spec.dataloader))
     assert b['video'].shape == (2, 20, R, R, 3)
     assert b['video_mask'].sum(1).tolist() == [16, 16]
@@ -327,7 +322,7 @@ def _captions_per_epoch(loader, epochs):
 @pytest.mark.parametrize('num_workers', [0, 2])
 def test_train_caption_changes_per_epoch_and_is_reproducible(demo, num_workers):
     kw = loader_kwargs(num_workers=num_workers)
-    first = build_video_text_dataloader(local=str(demo.train_dir), batch_size=4, train=True, **kw).dataloader
+    first = build_video_text_dataloader(LoaderOptions(local=str(demo.train_dir), batch_size=4, train=True, **kw)).dataloader
     e0, e1, e2 = _captions_per_epoch(first, 3)
     assert set(e0) == set(e1) == set(range(12))
     assert sum(e0[i] != e1[i] for i in e0) >= 3 and sum(e1[i] != e2[i] for i in e1) >= 3
@@ -339,10 +334,10 @@ def test_train_caption_changes_per_epoch_and_is_reproducible(demo, num_workers):
         assert e1[i] == tuple(tokenize(caps[ds.caption_choice(i, len(caps), epoch=1)], L)[0][0].tolist())
 
     # A fresh run reproduces epoch 0; one resumed into epoch 1 reproduces epoch 1.
-    fresh = build_video_text_dataloader(local=str(demo.train_dir), batch_size=4, train=True, **kw).dataloader
+    fresh = build_video_text_dataloader(LoaderOptions(local=str(demo.train_dir), batch_size=4, train=True, **kw)).dataloader
     assert _captions_per_epoch(fresh, 1)[0] == e0
-    resumed = build_video_text_dataloader(local=str(demo.train_dir), batch_size=4, train=True,
-                                          **kw).dataloader
+    resumed = build_video_text_dataloader(LoaderOptions(local=str(demo.train_dir), batch_size=4, train=True,
+                                          **kw)).dataloader
     resumed.dataset.load_state_dict({'epoch': 1, 'sample_in_epoch': 0, 'num_canonical_nodes': 1,
                                      'shuffle_seed': kw['shuffle_seed'], 'initial_physical_nodes': 1})
     assert _captions_per_epoch(resumed, 1)[0] == e1
@@ -397,7 +392,7 @@ def test_bad_samples_raise_naming_the_video(tmp_path):
         {'video_id': 'no_captions', 'captions': [], 'frames': frame, 'num_frames': 1, 'fps': 1.0},
         {'video_id': 'no_frames', 'captions': ['x'], 'frames': np.uint32(0).tobytes(), 'num_frames': 0, 'fps': 1.0},
     ]
-    with MDSWriter(out=str(tmp_path / 'bad'), columns=MDS_COLUMNS) as writer:
+    with MDSWriter(out=str(tmp_path / 'bad'), columns=DEMO_COLUMNS) as writer:
         for row in rows:
             writer.write(row)
     ds = VideoTextDataset(local=str(tmp_path / 'bad'), batch_size=1, max_frames=4, image_resolution=8,
@@ -411,12 +406,12 @@ def test_bad_samples_raise_naming_the_video(tmp_path):
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'nothing_here.*tempme_composer\.data\.synthetic'):
-        build_video_text_dataloader(local=str(tmp_path / 'nothing_here'), batch_size=2, train=True,
-                                    **loader_kwargs())
+        build_video_text_dataloader(LoaderOptions(local=str(tmp_path / 'nothing_here'), batch_size=2, train=True,
+                                    **loader_kwargs()))
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='index.json'):
-        build_video_text_dataloader(local=str(tmp_path / 'empty'), batch_size=2, train=False,
-                                    **loader_kwargs())
+        build_video_text_dataloader(LoaderOptions(local=str(tmp_path / 'empty'), batch_size=2, train=False,
+                                    **loader_kwargs()))
 
 
 class OtherJob:
@@ -475,8 +470,8 @@ def other_job(monkeypatch) -> Iterator[Callable[[int], OtherJob]]:
 def test_a_shared_memory_name_taken_by_another_job_is_built_again(demo, other_job):
     expected = _eval_videos(demo)
     job = other_job(1)
-    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False,
-                                       **loader_kwargs(max_frames=6))
+    spec = build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), batch_size=3, train=False,
+                                       **loader_kwargs(max_frames=6)))
     assert len(job.taken) == 1  # the race happened: the first create found the name taken
     dataset = spec.dataloader.dataset
     assert dataset._shm_prefix_int not in job.prefixes()
@@ -490,8 +485,8 @@ def test_a_shared_memory_name_taken_by_another_job_is_built_again(demo, other_jo
 def test_a_shared_memory_name_taken_every_time_is_one_clear_error(demo, other_job):
     job = other_job(SHM_NAME_ATTEMPTS)
     with pytest.raises(SharedMemoryNameError) as info:
-        build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False,
-                                    **loader_kwargs(max_frames=6))
+        build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), batch_size=3, train=False,
+                                    **loader_kwargs(max_frames=6)))
     assert len(job.taken) == SHM_NAME_ATTEMPTS
     message = str(info.value)
     last = job.taken[-1][0].name.lstrip('/')
@@ -521,8 +516,8 @@ def test_other_file_exists_errors_are_not_retried():
 
 
 def _eval_videos(demo, **kwargs):
-    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False,
-                                       **loader_kwargs(max_frames=6, **kwargs))
+    spec = build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), batch_size=3, train=False,
+                                       **loader_kwargs(max_frames=6, **kwargs)))
     return next(iter(spec.dataloader))
 
 
@@ -551,13 +546,13 @@ def test_paragraph_mode_joins_captions(demo):
 
 
 def test_streams_option_mixes_datasets(demo):
-    spec = build_video_text_dataloader(
+    spec = build_video_text_dataloader(LoaderOptions(
         local=None, streams=[{'local': str(demo.train_dir)}, {'local': str(demo.eval_dir), 'choose': 10}],
-        batch_size=2, train=True, **loader_kwargs())
+        batch_size=2, train=True, **loader_kwargs()))
     assert len(spec.dataloader.dataset) == demo.num_train + 10
     with pytest.raises(ValueError, match='unknown stream keys'):
-        build_video_text_dataloader(local=None, streams=[{'local': str(demo.train_dir), 'weight': 2}],
-                                    batch_size=2, train=True, **loader_kwargs())
+        build_video_text_dataloader(LoaderOptions(local=None, streams=[{'local': str(demo.train_dir), 'weight': 2}],
+                                    batch_size=2, train=True, **loader_kwargs()))
     with pytest.raises(FileNotFoundError, match='caption index'):  # demo data has no <split>_pairs
-        build_video_text_dataloader(local=str(demo.mds_dir), split='train', batch_size=2, train=True,
-                                    expand_sentences=True, **loader_kwargs())
+        build_video_text_dataloader(LoaderOptions(local=str(demo.mds_dir), split='train', batch_size=2, train=True,
+                                    expand_sentences=True, **loader_kwargs()))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tempme_composer.data.frame_pool import FramePoolDataLoader, PooledFrames, SharedFramePool
-from tempme_composer.data.streaming import build_video_text_dataloader
+from tempme_composer.data.loader import LoaderOptions, build_video_text_dataloader
 from tempme_composer.data.synthetic import generate_demo_dataset
 
 
@@ -125,9 +125,9 @@ def test_pooled_video_loader_equals_the_in_process_loader(tmp_path, train):
     local = str(demo.train_dir if train else demo.eval_dir)
     kw = dict(local=local, batch_size=3 if train else 5, train=train, max_frames=6, image_resolution=32,
               max_words=16, shuffle_seed=3)
-    pooled = build_video_text_dataloader(num_workers=2, **kw).dataloader
+    pooled = build_video_text_dataloader(LoaderOptions(num_workers=2, **kw)).dataloader
     assert isinstance(pooled, FramePoolDataLoader)
-    reference = build_video_text_dataloader(num_workers=0, **kw).dataloader
+    reference = build_video_text_dataloader(LoaderOptions(num_workers=0, **kw)).dataloader
 
     def by_video(loader):
         out = {}

@@ -13,9 +13,9 @@ import torch
 from streaming import LocalDataset
 
 from tempme_composer.clip.tokenizer import tokenize
-from tempme_composer.data.convert import video_columns
+from tempme_composer.data.format import video_columns
 from tempme_composer.data.frame_layout import StoredFrames
-from tempme_composer.data.streaming import build_video_text_dataloader
+from tempme_composer.data.loader import LoaderOptions, build_video_text_dataloader
 from tempme_composer.data.synthetic import COLOURS, generate_long_demo_dataset, main
 from tempme_composer.inference.exported import ExportedModel, FrameRule, Preprocessing
 from tempme_composer.inference.moment_eval import evaluate_moments, format_moment_lines
@@ -85,8 +85,8 @@ def test_long_split_reads_back_with_captions_and_timestamps(long_demo):
 
 
 def test_the_recipe_loader_reads_the_long_split(long_demo):
-    spec = build_video_text_dataloader(local=str(long_demo.eval_dir), batch_size=2, train=False, max_frames=8,
-                                       image_resolution=32, max_words=32, num_workers=0)
+    spec = build_video_text_dataloader(LoaderOptions(local=str(long_demo.eval_dir), batch_size=2, train=False, max_frames=8,
+                                       image_resolution=32, max_words=32, num_workers=0))
     batches = list(spec.dataloader)
     texts = sum(int(b['text_ids'].shape[0]) for b in batches)
     assert texts == sum(len(s['captions']) for s in _samples(long_demo.eval_dir))

@@ -438,7 +438,7 @@ def _write_split(folder: Path) -> Path:
     3 s without timestamps."""
     from streaming import MDSWriter
 
-    from tempme_composer.data.convert import video_columns
+    from tempme_composer.data.format import video_columns
 
     rng = np.random.default_rng(0)
     samples = [('long', 10, 9.5, ['a dog runs', 'a dog sleeps'], [[0.0, 3.0], [5.0, 9.5]]),

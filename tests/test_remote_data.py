@@ -19,7 +19,7 @@ from video_fixtures import PALETTE, write_video
 
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
-from tempme_composer.data import build_video_text_dataloader
+from tempme_composer.data import LoaderOptions, build_video_text_dataloader
 from tempme_composer.data.convert import main as convert_main
 from tempme_composer.data.remote_shards import RemoteShardError
 from tempme_composer.data.synthetic import generate_demo_dataset
@@ -174,11 +174,11 @@ def test_convert_uploads_to_s3_and_the_remote_dataset_reads_like_the_local_one(t
     objects = list_objects(remote)
     assert 'test/index.json' in objects and not any(k.startswith('.') for k in objects)
     loaders = {
-        'local': build_video_text_dataloader(local=str(tmp_path / 'local'), split='test', batch_size=2,
-                                             train=False, max_frames=4, image_resolution=28, max_words=16),
-        'remote': build_video_text_dataloader(local=str(tmp_path / 'cache'), remote=remote, split='test',
+        'local': build_video_text_dataloader(LoaderOptions(local=str(tmp_path / 'local'), split='test', batch_size=2,
+                                             train=False, max_frames=4, image_resolution=28, max_words=16)),
+        'remote': build_video_text_dataloader(LoaderOptions(local=str(tmp_path / 'cache'), remote=remote, split='test',
                                               batch_size=2, train=False, max_frames=4, image_resolution=28,
-                                              max_words=16),
+                                              max_words=16)),
     }
     (a,), (b,) = (list(spec.dataloader) for spec in loaders.values())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -18,8 +18,9 @@ from export_fixtures import exported_tiny
 from PIL import Image
 from video_fixtures import write_video
 
+from tempme_composer.data.video_files import find_video_files
 from tempme_composer.inference import load_exported
-from tempme_composer.inference.index import encode_videos, find_videos, index_videos
+from tempme_composer.inference.index import encode_videos, index_videos
 from tempme_composer.inference.preprocess import QueryError, video_from_frames
 from tempme_composer.inference.search import (
     PER_VIDEO_AUTO,
@@ -73,7 +74,7 @@ def moment_index(model, videos: Path, out: Path, window: float = 4.0, stride: fl
     out.mkdir(parents=True)
     rule, prep = model.preprocessing.frames, model.preprocessing
     rows, inputs = [], []
-    for path in find_videos(videos):
+    for path in find_video_files(videos):
         rel, st = str(path.relative_to(videos)), path.stat()
         decoded = decode_video(path, fps=rule.fps, short_side=rule.short_side, apply_rotation=rule.apply_rotation)
         for m, (s, e) in enumerate(_windows(decoded.duration_s, window, stride)):

@@ -22,9 +22,11 @@ from tempme_composer.clip.config import clip_config_from_dict
 from tempme_composer.clip.preprocess import clip_lookup_table, frames_to_tensor, normalize_frames
 from tempme_composer.composer_wrapper import RetrievalModel
 from tempme_composer.data import encode_jpeg
+from tempme_composer.data.collate import collate_eval
+from tempme_composer.data.format import DEMO_COLUMNS
 from tempme_composer.data.frame_layout import StoredFrames, pack_jpeg_frames, write_format1_copy
-from tempme_composer.data.streaming import build_video_text_dataloader, collate_eval
-from tempme_composer.data.synthetic import MDS_COLUMNS, generate_demo_dataset
+from tempme_composer.data.loader import LoaderOptions, build_video_text_dataloader
+from tempme_composer.data.synthetic import generate_demo_dataset
 from tempme_composer.data.uint8_frames import decode_jpeg, frames_to_uint8
 from tempme_composer.model import UnifiedModel
 from tempme_composer.model.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
@@ -149,12 +151,12 @@ def test_channels_last_frames_normalise_to_channels_first_old_values():
 
 def test_dataset_shortcuts_return_what_the_full_path_returns(demo, monkeypatch):
     """Token cache (bounded, oldest evicted), single-caption draw and the shard-check shortcut change nothing."""
-    import tempme_composer.data.streaming as streaming_module
+    import tempme_composer.data.dataset as dataset_module
     from tempme_composer.clip.tokenizer import tokenize
+    from tempme_composer.data.dataset import VideoTextDataset
     from tempme_composer.data.remote_shards import ShardErrors
-    from tempme_composer.data.streaming import VideoTextDataset
 
-    monkeypatch.setattr(streaming_module, 'TOKEN_CACHE_SIZE', 3)
+    monkeypatch.setattr(dataset_module, 'TOKEN_CACHE_SIZE', 3)
     ds = VideoTextDataset(local=str(demo.train_dir), batch_size=1, max_frames=4, image_resolution=R,
                           max_words=8, train=True)
     captions = ['a dog runs', 'a cat', 'a dog runs', 'one two three four five six seven eight nine', 'a cat', 'x']
@@ -185,8 +187,8 @@ def test_dataset_shortcuts_return_what_the_full_path_returns(demo, monkeypatch):
 def test_loader_batches_are_uint8_and_normalise_to_the_old_values(demo):
     from streaming import StreamingDataset
 
-    spec = build_video_text_dataloader(local=str(demo.eval_dir), batch_size=3, train=False, max_frames=20,
-                                       image_resolution=R, max_words=16)
+    spec = build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), batch_size=3, train=False, max_frames=20,
+                                       image_resolution=R, max_words=16))
     batch = next(iter(spec.dataloader))
     assert batch['video'].dtype == torch.uint8 and batch['video'].shape == (3, 20, R, R, 3)
     new = normalize_frames(batch['video'], batch['video_mask'])
@@ -202,11 +204,11 @@ def test_format_1_copy_reads_identically(demo, tmp_path):
     v1 = write_format1_copy(demo.eval_dir, tmp_path / 'v1')
     index = json.loads((v1 / 'index.json').read_text())
     encodings = dict(zip(index['shards'][0]['column_names'], index['shards'][0]['column_encodings'], strict=True))
-    assert encodings['frames'] == 'jpegarray' and MDS_COLUMNS['frames'] == 'bytes'
+    assert encodings['frames'] == 'jpegarray' and DEMO_COLUMNS['frames'] == 'bytes'
     (v1 / 'tempme_dataset.json').write_text(json.dumps({'format_version': 1}))
     kw = dict(batch_size=4, train=False, max_frames=6, image_resolution=R, max_words=16, frame_order=1)
-    new = list(build_video_text_dataloader(local=str(demo.eval_dir), **kw).dataloader)
-    old = list(build_video_text_dataloader(local=str(v1), **kw).dataloader)
+    new = list(build_video_text_dataloader(LoaderOptions(local=str(demo.eval_dir), **kw)).dataloader)
+    old = list(build_video_text_dataloader(LoaderOptions(local=str(v1), **kw)).dataloader)
     assert len(new) == len(old) == 2
     for a, b in zip(new, old, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -237,12 +239,12 @@ def test_stored_frames_select_and_bad_blobs():
 
 
 def test_zero_frame_samples_of_both_formats_name_the_video(tmp_path):
-    from tempme_composer.data.streaming import VideoTextDataset
+    from tempme_composer.data.dataset import VideoTextDataset
 
     frame = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
     for name, encoding, empty, one in (('v2', 'bytes', np.uint32(0).tobytes(), pack_jpeg_frames([frame])),
                                        ('v1', 'jpegarray', [], [frame])):
-        columns = {**MDS_COLUMNS, 'frames': encoding}
+        columns = {**DEMO_COLUMNS, 'frames': encoding}
         with MDSWriter(out=str(tmp_path / name), columns=columns) as writer:
             writer.write({'video_id': 'ok', 'captions': ['x'], 'frames': one, 'num_frames': 1, 'fps': 1.0})
             writer.write({'video_id': 'no_frames', 'captions': ['x'], 'frames': empty, 'num_frames': 0, 'fps': 1.0})
@@ -267,7 +269,7 @@ def _tiny_model(tempme: bool, stop: bool) -> RetrievalModel:
 @pytest.mark.parametrize(('tempme', 'stop'), [(False, False), (True, True)])
 def test_model_output_is_identical_for_uint8_and_float_batches(demo, tempme, stop):
     """Baseline (padding never encoded) and unified TempMe-STOP (padding encoded): same embeddings."""
-    from tempme_composer.data.streaming import VideoTextDataset
+    from tempme_composer.data.dataset import VideoTextDataset
 
     ds = VideoTextDataset(local=str(demo.eval_dir), batch_size=1, max_frames=4, image_resolution=R,
                           max_words=16, train=False)

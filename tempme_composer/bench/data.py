@@ -120,8 +120,8 @@ def _today_dataset_class():
 
     from tempme_composer.clip.preprocess import frames_to_tensor
     from tempme_composer.clip.tokenizer import tokenize
+    from tempme_composer.data.dataset import VideoTextDataset
     from tempme_composer.data.remote_shards import ShardErrors
-    from tempme_composer.data.streaming import VideoTextDataset
 
     class TodayDataset(VideoTextDataset):
         def frames_tensor(self, frames):
@@ -278,7 +278,7 @@ def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) 
     from torch.utils.data import DataLoader
 
     from tempme_composer.data.frame_layout import write_format1_copy
-    from tempme_composer.data.streaming import build_video_text_dataloader
+    from tempme_composer.data.loader import LoaderOptions, build_video_text_dataloader
 
     max_frames = _KINDS[kind][1]
     common = dict(max_frames=max_frames, image_resolution=224, max_words=32)
@@ -287,9 +287,9 @@ def _loaders(kind: str, mds: Path, paths: list[Path], args: argparse.Namespace) 
     today = _retrying(lambda: _today_dataset_class()(local=str(v1), train=True, shuffle=True,
                                                      batch_size=args.batch_size, **common))
     # The training loader itself (with loader workers: its workers refill shared-memory frame buffers).
-    new = _retrying(lambda: build_video_text_dataloader(local=str(mds), split=kind, batch_size=args.batch_size,
-                                                        train=True, num_workers=args.loader_workers,
-                                                        drop_last=True, **common).dataloader)
+    options = LoaderOptions(local=str(mds), split=kind, batch_size=args.batch_size, train=True,
+                            num_workers=args.loader_workers, drop_last=True, **common)
+    new = _retrying(lambda: build_video_text_dataloader(options).dataloader)
     fly = OnTheFlyDecodeDataset(paths, max_frames=max_frames, resolution=224, fps=1, size=224)
     return {
         'today': DataLoader(today, batch_size=args.batch_size, collate_fn=_collate_today, **loader_kw),

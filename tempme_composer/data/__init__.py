@@ -1,6 +1,10 @@
-"""Data: PyAV video decoding, the synthetic demo dataset, and the MDS/StreamingDataset loaders.
+"""Data: PyAV video decoding, the on-disk format, conversion, the synthetic demo dataset, and the MDS loaders.
 
-``video`` names are imported eagerly (numpy/PIL/torch only). The streaming and synthetic names are resolved
+One job per module: ``format`` (columns, versions, file names), ``video_files`` (which files are videos),
+``convert`` (``tempme-convert``), ``dataset`` (a sample as tensors), ``streams`` (where samples come from),
+``collate`` (batches), ``loader`` (the DataSpec from a :class:`LoaderOptions`).
+
+``video`` names are imported eagerly (numpy/PIL/torch only). The loader and synthetic names are resolved
 lazily on first access, so ``python -m tempme_composer.data.synthetic`` and the decoding helpers do not pay
 for importing composer.
 """
@@ -19,16 +23,17 @@ from tempme_composer.data.video import (
 )
 
 _LAZY = {
-    'VideoTextDataset': 'streaming',
-    'build_video_text_dataloader': 'streaming',
-    'collate_eval': 'streaming',
-    'collate_train': 'streaming',
-    'check_dataset_format': 'streaming',
-    'make_streams': 'streaming',
-    'split_eval_batch': 'streaming',
-    'split_eval_batch_by_size': 'streaming',
+    'LoaderOptions': 'loader',
+    'VideoTextDataset': 'dataset',
+    'build_video_text_dataloader': 'loader',
+    'collate_eval': 'collate',
+    'collate_train': 'collate',
+    'check_dataset_format': 'streams',
+    'make_streams': 'streams',
+    'split_eval_batch': 'collate',
+    'split_eval_batch_by_size': 'collate',
+    'DEMO_COLUMNS': 'format',
     'DemoDataset': 'synthetic',
-    'MDS_COLUMNS': 'synthetic',
     'generate_demo_dataset': 'synthetic',
 }
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['FRAME_COLUMN_ENCODINGS', 'StoredFrames', 'pack_jpeg_frames', 'write_format1_copy']
+from tempme_composer.data.format import MDS_INDEX_FILE, META_FILE, SHARD_HASHES, SKIPPED_FILE
 
-#: MDS encoding of the ``frames`` column per frame format (format 2).
-FRAME_COLUMN_ENCODINGS = {'jpeg': 'bytes', 'raw': 'ndarray:uint8'}
+__all__ = ['StoredFrames', 'pack_jpeg_frames', 'write_format1_copy']
+
 _U32 = np.dtype('<u4')
 
 
@@ -126,10 +126,8 @@ def write_format1_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """
     from streaming import MDSWriter, StreamingDataset
 
-    from tempme_composer.data.mds_format import SHARD_HASHES
-
     src, dst = Path(src), Path(dst)
-    index = json.loads((src / 'index.json').read_text())
+    index = json.loads((src / MDS_INDEX_FILE).read_text())
     shard = index['shards'][0]
     columns = dict(zip(shard['column_names'], shard['column_encodings'], strict=True))
     if columns.get('frames') != 'bytes':
@@ -143,12 +141,12 @@ def write_format1_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             frames = StoredFrames(sample['frames'], f'{src} sample {i}')
             sample['frames'] = [frames.jpeg_bytes(k) for k in range(len(frames))]
             writer.write(sample)
-    meta_path = src / 'tempme_dataset.json'
+    meta_path = src / META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         meta.update(format_version=1, columns=columns)
-        (dst / 'tempme_dataset.json').write_text(json.dumps(meta, indent=2) + '\n')
-    for extra in ('skipped.csv',):
+        (dst / META_FILE).write_text(json.dumps(meta, indent=2) + '\n')
+    for extra in (SKIPPED_FILE,):
         if (src / extra).is_file():
             shutil.copy(src / extra, dst / extra)
     return dst

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tempme_composer.data.annotations import TEST_SPLITS
+from tempme_composer.data.format import META_FILE, SKIPPED_FILE
 
 __all__ = ['Gallery', 'read_gallery', 'gallery_of_source']
 
@@ -48,13 +49,13 @@ def read_gallery(folder: str | os.PathLike) -> Gallery | None:
     """The gallery of a folder written by ``tempme-convert`` (None for other MDS folders, e.g. the demo)."""
     folder = Path(folder)
     try:
-        meta: dict[str, Any] = json.loads((folder / 'tempme_dataset.json').read_text())
+        meta: dict[str, Any] = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError):
         return None
     if meta.get('kind', 'videos') != 'videos' or 'dataset' not in meta or 'split' not in meta:
         return None
     written = int(meta.get('num_videos', 0))
-    skipped_csv = folder / 'skipped.csv'
+    skipped_csv = folder / SKIPPED_FILE
     not_written: set[str] = set()
     try:
         with open(skipped_csv, newline='', encoding='utf-8') as f:

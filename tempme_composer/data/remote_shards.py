@@ -19,13 +19,14 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from tempme_composer.data.format import MDS_INDEX_FILE, SHARD_HASHES
 from tempme_composer.errors import RecipeError
 
-__all__ = ['HASH', 'RemoteShardError', 'ShardErrors']
+__all__ = ['RemoteShardError', 'ShardErrors']
 
 log = logging.getLogger(__name__)
 
-HASH = 'xxh64'  # the hash tempme-convert and the demo generator record per shard
+_HASH = SHARD_HASHES[0]  # the hash tempme-convert and the demo generator record per shard
 
 
 class RemoteShardError(RecipeError):
@@ -55,8 +56,8 @@ class ShardErrors:
                 continue
             shards = [s for s, sid in zip(self.shards, self.stream_per_shard, strict=True)  # type: ignore[attr-defined]
                       if int(sid) == stream_id]
-            if shards and all(HASH in ((pair[1] or pair[0]).hashes or {}) for s in shards for pair in s.file_pairs):
-                stream.validate_hash = HASH
+            if shards and all(_HASH in ((pair[1] or pair[0]).hashes or {}) for s in shards for pair in s.file_pairs):
+                stream.validate_hash = _HASH
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
         try:
@@ -93,7 +94,7 @@ class ShardErrors:
                     path = os.path.join(stream.local, stream.split or '', info.basename)
                     if os.path.isfile(path):
                         os.remove(path)
-            index = '/'.join(p.strip('/') for p in (stream.remote or stream.local, stream.split or '', 'index.json') if p)
+            index = '/'.join(p.strip('/') for p in (stream.remote or stream.local, stream.split or '', MDS_INDEX_FILE) if p)
             return (f'shard {where} is corrupt: its {stream.validate_hash} hash does not match the one in '
                     f'{index} (the downloaded copy was deleted from the '
                     f'cache {stream.local}). Upload the dataset again (tempme-convert --out {stream.remote} ...), '

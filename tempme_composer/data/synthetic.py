@@ -40,15 +40,22 @@ from pathlib import Path
 
 import numpy as np
 
-from tempme_composer.data.frame_layout import FRAME_COLUMN_ENCODINGS, pack_jpeg_frames
-from tempme_composer.data.mds_format import SHARD_HASHES
+from tempme_composer.data.format import (
+    DEMO_COLUMNS,
+    DEMO_FORMAT_VERSION,
+    DEMO_META_FILE,
+    LONG_DEMO_FORMAT_VERSION,
+    LONG_DEMO_META_FILE,
+    MDS_INDEX_FILE,
+    SHARD_HASHES,
+)
+from tempme_composer.data.frame_layout import pack_jpeg_frames
 from tempme_composer.data.video import decode_video, encode_jpeg
 
 __all__ = [
     'COLOURS',
     'SHAPES',
     'DIRECTIONS',
-    'MDS_COLUMNS',
     'DemoDataset',
     'LONG_SPLITS',
     'LongDemoDataset',
@@ -61,6 +68,7 @@ __all__ = [
     'video_codec',
     'video_combos',
     'main',
+    'video_codec',
 ]
 
 log = logging.getLogger(__name__)
@@ -79,12 +87,6 @@ SHAPES: tuple[str, ...] = ('square', 'circle', 'triangle')
 DIRECTIONS: dict[str, tuple[int, int]] = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1)}
 NUM_CLASSES = len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
 
-#: MDS schema of every split written here (what :class:`~.streaming.VideoTextDataset` reads).
-MDS_COLUMNS = {'video_id': 'str', 'captions': 'json', 'frames': FRAME_COLUMN_ENCODINGS['jpeg'], 'num_frames': 'int',
-               'fps': 'float32'}
-
-_META_NAME = 'demo_dataset.json'
-_FORMAT_VERSION = 2  # 2: JPEG frames in one blob (frame_layout.py); 1: jpegarray, still read and reused
 
 # ------------------------------------------------------------------------------------------------------------
 # Captions
@@ -303,8 +305,8 @@ def _paths(root: Path) -> dict[str, Path]:
 
 def _is_complete(root: Path) -> bool:
     p = _paths(root)
-    return ((root / _META_NAME).is_file() and (p['train_dir'] / 'index.json').is_file()
-            and (p['eval_dir'] / 'index.json').is_file())
+    return ((root / DEMO_META_FILE).is_file() and (p['train_dir'] / MDS_INDEX_FILE).is_file()
+            and (p['eval_dir'] / MDS_INDEX_FILE).is_file())
 
 
 def video_combos(split: str, count: int, seed: int) -> list[tuple[str, str, str]]:
@@ -328,7 +330,7 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: i
     videos_dir = root / 'videos' / split
     videos_dir.mkdir(parents=True, exist_ok=True)
     split_code = 1 if split == 'train' else 2
-    with MDSWriter(out=str(root / 'mds' / split), columns=MDS_COLUMNS, compression=None, hashes=SHARD_HASHES,
+    with MDSWriter(out=str(root / 'mds' / split), columns=DEMO_COLUMNS, compression=None, hashes=SHARD_HASHES,
                    size_limit='64mb', progress_bar=False) as writer:
         for i, (colour, shape, direction) in enumerate(video_combos(split, count, seed)):
             rng = np.random.default_rng([seed, split_code, i + 1])
@@ -371,7 +373,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     """Create (or reuse) the demo dataset under ``out_dir``.
 
     Layout: ``out_dir/videos/{train,eval}/<video_id>.mp4`` and MDS splits ``out_dir/mds/{train,eval}`` with
-    columns :data:`MDS_COLUMNS`. Train classes are balanced (288 = 4 videos per class by default); with
+    columns :data:`DEMO_COLUMNS`. Train classes are balanced (288 = 4 videos per class by default); with
     ``num_eval <= 72`` every eval video has a distinct (colour, shape, direction), so each eval caption has
     exactly one correct video and text-to-video chance level is R@1 = 1/num_eval (1/72 ~ 1.4%, R@5 ~ 6.9%,
     R@10 ~ 13.9% at the default). With ``num_eval > 72`` classes repeat and retrieval becomes ambiguous.
@@ -392,7 +394,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     if num_frames < 1 or not video_fps > 0:
         raise ValueError(f'num_frames must be >= 1 and video_fps > 0, got {num_frames} and {video_fps}')
     root = Path(out_dir).absolute()
-    params = {'format_version': _FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
+    params = {'format_version': DEMO_FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
               'frame_size': frame_size, 'num_frames': num_frames, 'video_fps': video_fps,
               'jpeg_quality': jpeg_quality}
 
@@ -400,13 +402,13 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
         return DemoDataset(**_paths(root), num_train=num_train, num_eval=num_eval, reused=reused)
 
     def existing_params() -> dict:
-        meta = json.loads((root / _META_NAME).read_text())
+        meta = json.loads((root / DEMO_META_FILE).read_text())
         existing = {k: meta.get(k) for k in params}
         if existing['format_version'] == 1:  # the loader reads format 1 too: same data, reuse it
-            existing['format_version'] = _FORMAT_VERSION
+            existing['format_version'] = DEMO_FORMAT_VERSION
         return existing
 
-    if _reuse_or_refuse(root, 'demo dataset', _META_NAME, params, _is_complete(root) and not overwrite,
+    if _reuse_or_refuse(root, 'demo dataset', DEMO_META_FILE, params, _is_complete(root) and not overwrite,
                         existing_params):
         return result(reused=True)
 
@@ -418,9 +420,9 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
                       jpeg_quality=jpeg_quality)
         _write_split(tmp, 'train', num_train, **common)
         _write_split(tmp, 'eval', num_eval, **common)
-        meta = {**params, 'codec': video_codec(), 'num_classes': NUM_CLASSES, 'columns': MDS_COLUMNS,
+        meta = {**params, 'codec': video_codec(), 'num_classes': NUM_CLASSES, 'columns': DEMO_COLUMNS,
                 'chance_t2v_r1': 1.0 / num_eval}
-        (tmp / _META_NAME).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
+        (tmp / DEMO_META_FILE).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
 
         if _is_complete(root) and not overwrite and existing_params() == params:
             log.info('another process finished %s first; reusing it', root)  # e.g. several ranks racing
@@ -437,8 +439,6 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
 # Long videos: several clips in a row, for moment retrieval
 # ------------------------------------------------------------------------------------------------------------
 
-_LONG_META_NAME = 'long_demo_dataset.json'
-_LONG_FORMAT_VERSION = 1
 #: ActivityNet Captions' splits (as ``tempme-convert activitynet`` names them) and their annotation files.
 LONG_SPLITS: dict[str, str] = {'train': 'train.json', 'val_1': 'val_1.json'}
 _LONG_SPLIT_CODES = {'train': 11, 'val_1': 12}  # random streams apart from the short demo's (1, 2)
@@ -467,8 +467,8 @@ def _long_paths(root: Path) -> dict[str, Path]:
 
 def _long_is_complete(root: Path) -> bool:
     p = _long_paths(root)
-    return ((root / _LONG_META_NAME).is_file() and (p['train_dir'] / 'index.json').is_file()
-            and (p['eval_dir'] / 'index.json').is_file())
+    return ((root / LONG_DEMO_META_FILE).is_file() and (p['train_dir'] / MDS_INDEX_FILE).is_file()
+            and (p['eval_dir'] / MDS_INDEX_FILE).is_file())
 
 
 def long_video_classes(split: str, count: int, seed: int, min_clips: int,
@@ -606,7 +606,7 @@ def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 1
     if not 1 <= captions_per_clip <= len(_TEMPLATES):
         raise ValueError(f'captions_per_clip must be in [1, {len(_TEMPLATES)}], got {captions_per_clip}')
     root = Path(out_dir).absolute()
-    params = {'format_version': _LONG_FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
+    params = {'format_version': LONG_DEMO_FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
               'min_clips': min_clips, 'max_clips': max_clips, 'clip_frames': list(clip_frames),
               'captions_per_clip': captions_per_clip, 'frame_size': frame_size, 'video_fps': video_fps,
               'store_fps': store_fps, 'jpeg_quality': jpeg_quality}
@@ -615,10 +615,10 @@ def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 1
         return LongDemoDataset(**_long_paths(root), num_train=num_train, num_eval=num_eval, reused=reused)
 
     def existing_params() -> dict:
-        meta = json.loads((root / _LONG_META_NAME).read_text())
+        meta = json.loads((root / LONG_DEMO_META_FILE).read_text())
         return {k: meta.get(k) for k in params}
 
-    if _reuse_or_refuse(root, 'long demo dataset', _LONG_META_NAME, params,
+    if _reuse_or_refuse(root, 'long demo dataset', LONG_DEMO_META_FILE, params,
                         _long_is_complete(root) and not overwrite, existing_params):
         return result(reused=True)
 
@@ -640,7 +640,7 @@ def generate_long_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 1
                                   workers=workers)
         meta = {**params, 'codec': video_codec(), 'splits': {k: {**v, 'stored_frames': converted[k]['frames']}
                                                               for k, v in counts.items()}}
-        (tmp / _LONG_META_NAME).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
+        (tmp / LONG_DEMO_META_FILE).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
         if _long_is_complete(root) and not overwrite and existing_params() == params:
             log.info('another process finished %s first; reusing it', root)
             return result(reused=True)

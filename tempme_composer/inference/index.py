@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.video import VideoDecodeError
+from tempme_composer.data.video_files import VIDEO_EXTENSIONS, video_file_stats
 from tempme_composer.inference.exported import ExportedModel, ExportError, Preprocessing, load_exported
 from tempme_composer.inference.folders import describe_contents, is_inside
 from tempme_composer.inference.moments import (
@@ -87,18 +88,11 @@ from tempme_composer.inference.store import (
 )
 from tempme_composer.inference.terminal import printable
 
-__all__ = ['VIDEO_EXTENSIONS', 'IndexReport', 'index_videos', 'index_videos_distributed', 'index_mds_split',
-           'find_videos', 'World', 'launched_world', 'main']
+__all__ = ['IndexReport', 'index_videos', 'index_videos_distributed', 'index_mds_split', 'World', 'launched_world',
+           'main']
 
 log = logging.getLogger(__name__)
 _T = TypeVar('_T')
-
-#: Containers indexed from a folder (searched recursively); ``--all-files`` tries every file instead.
-VIDEO_EXTENSIONS = frozenset({
-    '.mp4', '.m4v', '.mov', '.avi', '.mkv', '.webm', '.flv', '.wmv', '.mpg', '.mpeg', '.ts', '.m2ts', '.mts',
-    '.3gp', '.ogv', '.vob', '.asf', '.divx', '.gif',
-})
-
 
 #: Pending rows carry the moment settings they were made with (dropped at commit), so that a run with other
 #: settings never takes over an interrupted run's rows.
@@ -122,22 +116,6 @@ class IndexReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     videos: int = 0  # videos in the committed index
     mode: str = 'whole'  # how videos were cut into rows (`moments.MODES`)
-
-
-def find_videos(root: Path, all_files: bool = False, exclude: Path | None = None) -> list[Path]:
-    """Video files under ``root`` (recursive, hidden files and folders left out, links to folders not followed,
-    ``exclude`` — the index being written, when it lies inside ``root`` — left out), sorted."""
-    out = []
-    skip = exclude.resolve() if exclude is not None else None
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.')
-                             and (skip is None or (Path(dirpath) / d).resolve() != skip))
-        for name in sorted(filenames):
-            if name.startswith('.'):
-                continue
-            if all_files or Path(name).suffix.lower() in VIDEO_EXTENSIONS:
-                out.append(Path(dirpath) / name)
-    return out
 
 
 def _row_key(identity: str) -> str:
@@ -330,22 +308,6 @@ def _checked_args(model: ExportedModel, videos: str | os.PathLike, dtype: str, s
     return settings, root
 
 
-def _video_files(root: Path, all_files: bool, exclude: Path) -> tuple[dict[str, tuple[int, int]], list[dict[str, Any]]]:
-    """``{relative path: (size, mtime_ns)}`` of the videos under ``root``, and the links that lead nowhere."""
-    current, broken = {}, []
-    for p in find_videos(root, all_files, exclude=exclude):
-        rel = str(p.relative_to(root))
-        try:
-            st = p.stat()
-        except OSError as e:  # a dangling or looping symbolic link
-            target = os.readlink(p) if p.is_symlink() else None
-            why = e.strerror if target is None else f'{e.strerror}: a symbolic link to {target!r} that does not resolve'
-            broken.append({'path': rel, 'reason': f'cannot read {str(p)!r} ({why})'})
-            continue
-        current[rel] = (st.st_size, st.st_mtime_ns)
-    return current, broken
-
-
 def _kept_rows(store: IndexStore, manifest: dict[str, Any] | None,
                current: dict[str, tuple[int, int]]) -> tuple[list[dict[str, Any]], list[int], int]:
     """The committed rows of unchanged videos (every moment of each), their positions, and how many videos
@@ -412,7 +374,7 @@ def _plan_videos(model: ExportedModel, root: Path, store: IndexStore, settings: 
         raise IndexFolderError(f'{store.folder} stores {manifest["dtype"]} embeddings; --dtype {dtype} needs --rebuild '
                           'or another --out folder')
     _check_moments(store, manifest, settings)
-    current, broken = _video_files(root, all_files, store.folder)
+    current, broken = video_file_stats(root, all_files, store.folder)
     report = IndexReport(skipped=list(broken), mode=settings.mode)
 
     kept_rows, kept_idx, report.removed = _kept_rows(store, manifest, current)
