@@ -24,7 +24,8 @@ _CODE_SPAN = re.compile(r'`[^`\n]*`')
 _LINK = re.compile(r'\[[^\]\n]*\]\(([^)\s]+)\)')
 _URL = re.compile(r'[a-z][a-z0-9+.-]*://\S+')
 _HEADING = re.compile(r'^(#{1,6})\s+(.*?)\s*#*\s*$', re.MULTILINE)
-_REPO_PATH = re.compile(r'(?<![\w./~-])((?:%s)/[\w./-]*)' % '|'.join(re.escape(r) for r in REPO_ROOTS))
+_ROOTS_ALTERNATION = '|'.join(re.escape(root) for root in REPO_ROOTS)
+_REPO_PATH = re.compile(rf'(?<![\w./~-])((?:{_ROOTS_ALTERNATION})/[\w./-]*)')
 _MD_NAME = re.compile(r'(?<![\w./-])([\w./-]*\w\.md)\b')
 
 
@@ -94,7 +95,9 @@ def test_relative_links_resolve_to_files_and_headings(page: Path):
         path_part, _, anchor = target.partition('#')
         dest = (page.parent / path_part).resolve() if path_part else page
         if not dest.exists():
-            broken.append(f'{target}: no file {dest.relative_to(REPO) if dest.is_relative_to(REPO) else dest}')
+            broken.append(
+                f'{target}: no file {dest.relative_to(REPO) if dest.is_relative_to(REPO) else dest}'
+            )
         elif anchor and dest.suffix == '.md' and anchor not in anchors(dest):
             broken.append(f'{target}: {_page_id(dest)} has no heading with the anchor #{anchor}')
     assert not broken, f'{_page_id(page)}: broken links:\n' + '\n'.join(broken)
@@ -130,7 +133,9 @@ def test_pages_name_no_files_outside_the_repository(page: Path):
 @pytest.mark.parametrize('page', sorted(DOCS.glob('*.md')), ids=_page_id)
 def test_each_page_opens_with_a_title_and_a_paragraph(page: Path):
     blocks = [b for b in page.read_text(encoding='utf-8').split('\n\n') if b.strip()]
-    assert blocks[0].startswith('# ') and '\n' not in blocks[0].strip(), f'{_page_id(page)}: first line is no title'
+    assert blocks[0].startswith('# ') and '\n' not in blocks[0].strip(), (
+        f'{_page_id(page)}: first line is no title'
+    )
     first = blocks[1].lstrip()
     assert not first.startswith(('#', '|', '```', '    ', '-')), (
         f'{_page_id(page)}: expected a paragraph saying what the page covers right after its title'
