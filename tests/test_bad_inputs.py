@@ -1,5 +1,5 @@
 """The bad-input matrix: each bad input gives one clear message naming the input and the fix, and nothing
-already saved is lost (README "Troubleshooting")."""
+already saved is lost (docs/troubleshooting.md)."""
 
 import errno
 import fractions

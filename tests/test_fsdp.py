@@ -2,8 +2,9 @@
 recipe prepares it and Composer wraps it, trains, evaluates, and its full checkpoint loads into a plain
 (DDP-shaped) model and back.
 
-Composer 0.32's own FSDP path needs CUDA (see README "Scale out"), so the end-to-end FSDP run is the gpu test in
-test_ddp_resume.py; this checks what torch's FSDP asks of our model, with real sharding.
+Composer 0.32's own FSDP path needs CUDA (docs/scale-out.md, "FSDP for large backbones"), so the end-to-end
+FSDP run is the gpu test in test_ddp_resume.py; this checks what torch's FSDP asks of our model, with real
+sharding.
 """
 
 from __future__ import annotations

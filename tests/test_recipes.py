@@ -92,7 +92,7 @@ def _trainable(name: str) -> int:
 def test_trainable_parameters_match_the_references():
     stop, tempme = _trainable('msrvtt_stop'), _trainable('msrvtt_tempme')
     assert stop == 13_081_528  # STOP's released code (docs/reference/stop.md#trainable-parameters)
-    assert tempme == 507_648  # TempMe ViT-B/32: LoRA rank 8 + clip position embeddings (README)
+    assert tempme == 507_648  # TempMe ViT-B/32: LoRA rank 8 + clip position embeddings (docs/reference/tempme.md#trainable-parameters)
     assert _trainable('msrvtt') == stop + tempme + 1  # both, plus logit_scale (the example keep list)
 
 
