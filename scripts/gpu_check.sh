@@ -14,7 +14,7 @@
 # included). Each step has its own limit, cut to what is left of the budget; a step that finds the budget spent
 # is logged as SKIPPED. Exit status: 0 all passed, 1 a step failed or timed out, 2 none failed but some skipped.
 # On a bare machine that has PyTorch but not this project's other dependencies, wheels placed in .whl/ are
-# installed into /tmp/site first (pip download them elsewhere; see README "GPU check").
+# installed into /tmp/site first (pip download them elsewhere; see docs/benchmarks.md#gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-gpu_check.log}

@@ -24,7 +24,7 @@ other jobs share the machine) and, in brackets, wall-clock samples/s divided by 
 default); the ratios use the CPU rates. The training process's own CPU per sample is printed too: receiving the
 batch and a first read of every page of its frames (as training's first use of a batch does; the MDS loader
 lends the frames in place from the worker's reused, already mapped buffer), and the cost of stacking a batch into
-a fresh shared-memory segment against a reused one. Then it prints how many loader cores one H100 needs at the README's
+a fresh shared-memory segment against a reused one. Then it prints how many loader cores one H100 needs at the
 TempMe rates (591 train and 1,661 forward videos/s, 12 frames). ``--storage`` adds the JPEG-quality-vs-raw
 table (CPU ms per frame; decoded with the loader's decoder). The on-the-fly path is timed once (its epochs
 are long); each shard stores every clip ``--replicas`` times so that an epoch of the MDS paths is long enough
@@ -47,7 +47,7 @@ import numpy as np
 
 __all__ = ['H100_VIDEOS_PER_S', 'OnTheFlyDecodeDataset', 'main', 'make_clip']
 
-#: README efficiency table, TempMe ViT-B/32, 12 frames, bf16, batch 32 on one H100.
+#: docs/benchmarks.md, "One H100": TempMe ViT-B/32, 12 frames, bf16, batch 32 on one H100.
 H100_VIDEOS_PER_S = {'train': 591, 'forward': 1661}
 _KINDS = {'msrvtt': ('MSR-VTT-like', 12), 'anet': ('ActivityNet-like', 64)}
 

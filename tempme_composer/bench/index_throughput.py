@@ -31,7 +31,7 @@ Wall times count whatever else runs on the machine: the load average at the star
 
 With the forward on a GPU what remains is decoding, so the loader cores a GPU needs are its windows/s over the
 decode windows/s per core. The GPU figure is the repository's measured H100 forward rate for the meanP
-baseline at the same backbone, frames and resolution (README, Efficiency); other models get none.
+baseline at the same backbone, frames and resolution (docs/benchmarks.md#one-h100); other models get none.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ class GpuFigure:
     source: str
 
 
-#: The README's Efficiency table: meanP baseline forward on one NVIDIA H100 80GB HBM3 (bf16 autocast, batch 32).
+#: docs/benchmarks.md, "One H100": meanP baseline forward on one NVIDIA H100 80GB HBM3 (bf16 autocast, batch 32).
 GPU_FORWARD = (
-    GpuFigure('ViT-B/32', 12, 224, 1680.0, 'H100 meanP ViT-B/32 forward (README Efficiency table)'),
+    GpuFigure('ViT-B/32', 12, 224, 1680.0, 'H100 meanP ViT-B/32 forward (docs/benchmarks.md, One H100)'),
 )
 
 

@@ -2,7 +2,7 @@
 
 The worker stops at the resized, centre-cropped ``uint8`` frames (:func:`frames_to_uint8`; channels last, the
 layout JPEG decoders write, so each crop is one strided copy); the model's input path finishes with
-`tempme_composer.clip.preprocess.normalize_frames` on the batch's device (README "Data throughput"), and the
+`tempme_composer.clip.preprocess.normalize_frames` on the batch's device (docs/benchmarks.md#loader-throughput), and the
 two together equal `tempme_composer.clip.preprocess.frames_to_tensor` bit for bit.
 
 Stored JPEGs are decoded with libjpeg-turbo through ``simplejpeg`` (:func:`decode_jpeg`): accurate integer

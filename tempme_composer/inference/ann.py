@@ -25,7 +25,7 @@ __all__ = ['ann_index', 'ann_search', 'build_ann', 'CONNECTIVITY', 'EXPANSION_AD
 
 CONNECTIVITY = 32  # links per node (faiss HNSW32; 16 reaches recall@10 0.97 only at 10k videos)
 EXPANSION_ADD = 128  # candidate list while building
-#: Candidate list while searching: the smallest measured to keep recall@10 >= 0.99 up to 1M videos (README).
+#: Candidate list while searching: the smallest measured to keep recall@10 >= 0.99 up to 1M videos (docs/benchmarks.md#search).
 EXPANSION_SEARCH = 512
 _BUILD_ROWS = 1 << 16
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tempme_composer.data.format import DEMO_META_FILE
 from tempme_composer.data.synthetic import COLOURS, DIRECTIONS, SHAPES, video_combos
 from tempme_composer.inference.exported import ExportedModel
 from tempme_composer.inference.search import VideoIndex, full_path, load_index_model, search
@@ -39,7 +40,7 @@ def canonical_queries() -> dict[str, tuple[str, str, str]]:
 
 def demo_top1(index: VideoIndex, demo_root: str | Path, model_dir: str | None = None) -> tuple[float, int, int]:
     """(top-1 accuracy in %, hits, queries) over the canonical queries, on an index of the eval videos."""
-    meta = json.loads((Path(demo_root) / 'demo_dataset.json').read_text())
+    meta = json.loads((Path(demo_root) / DEMO_META_FILE).read_text())
     truth = {f'demo_eval_{i:05d}': combo for i, combo in enumerate(video_combos('eval', meta['num_eval'], meta['seed']))}
     model = load_index_model(index, model_dir, None)
     queries = canonical_queries()

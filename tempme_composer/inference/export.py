@@ -27,6 +27,7 @@ import yaml
 from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
 from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
+from tempme_composer.data.format import META_FILE
 from tempme_composer.errors import ConfigError
 from tempme_composer.inference.exported import (
     CARD_FILE,
@@ -310,7 +311,7 @@ def _frame_rule(cfg: RunConfig) -> FrameRule:
         split = src.split if not src.streams else src.streams[0].split
         if local is None:
             continue
-        meta = Path(local) / (split or '') / 'tempme_dataset.json'
+        meta = Path(local) / (split or '') / META_FILE
         if meta.is_file():
             settings = json.loads(meta.read_text()).get('settings', {})
             return FrameRule(fps=settings.get('fps', 1.0), short_side=settings.get('size', 224),

@@ -55,7 +55,7 @@ __all__ = [
 
 PROMPT_SCALE = 0.05  # the reference's fixed prompt weight (pixel and token prompts)
 CONV_IMPLS = ('auto', 'direct', 'fft')
-# Devices where `fft_conv3d` trains the pixel Conv stack faster than Conv3d (README "STOP": bench conv on a
+# Devices where `fft_conv3d` trains the pixel Conv stack faster than Conv3d (docs/benchmarks.md#stops-pixel-convolutions: bench conv on a
 # 2-core CPU; H100 with the earlier FFT path, to be confirmed per GPU by scripts/gpu_check.sh).
 FFT_CONV_DEVICES = ('cpu', 'cuda')
 

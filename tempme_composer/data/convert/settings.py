@@ -8,7 +8,7 @@ from tempme_composer.data.convert.cache import CACHE_VERSION
 
 __all__ = ['DEFAULT_JPEG_QUALITY', 'ConvertSettings']
 
-#: Chosen from the measurements in README "Converting the benchmarks" (quality vs size vs read speed).
+#: Chosen from the measurements in docs/benchmarks.md#jpeg-quality-against-raw-frames (quality vs size vs read speed).
 DEFAULT_JPEG_QUALITY = 85
 
 
