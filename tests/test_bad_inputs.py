@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from composer.utils import checkpoint as composer_checkpoint
+from real_annotations import ANNOTATIONS
 from streaming import MDSWriter
 from video_fixtures import PALETTE, write_video
 
@@ -26,7 +27,6 @@ from tempme_composer.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'yamls' / 'demo.yaml'
-SHARED = Path('/work/shared/data') if Path('/work/shared/data').is_dir() else REPO.parent / 'shared' / 'data'
 
 
 def args(root: Path, run: str, *extra: str) -> list[str]:
@@ -161,10 +161,7 @@ def test_eval_on_a_smaller_test_gallery_says_so(trained, tmp_path, capsys):
     """A converted MSR-VTT 1k-A subset (real ids) with a missing and a non-video file: the metric lines come
     with '3 of 5 test videos', also in eval-msrvtt.json."""
     root = trained
-    csv_path = SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv'
-    if not csv_path.is_file():
-        pytest.skip('shared/data (real annotation files) not available')
-    rows = csv_path.read_bytes().split(b'\r\n')
+    rows = (ANNOTATIONS / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv').read_bytes().split(b'\r\n')
     (tmp_path / 'MSRVTT_JSFUSION_test.csv').write_bytes(b'\r\n'.join(rows[:6]) + b'\r\n')
     ids = [r.split(b',')[2].decode() for r in rows[1:6]]
     for i, video_id in enumerate(ids[:3]):

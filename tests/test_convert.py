@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from real_annotations import ANNOTATIONS, load_activitynet
 from streaming import StreamingDataset
 from video_fixtures import PALETTE, write_audio_only, write_video
 
@@ -22,10 +23,6 @@ from tempme_composer.data.convert import main
 from tempme_composer.data.format import META_FILE, pairs_split
 from tempme_composer.data.frame_layout import StoredFrames, write_format1_copy
 
-SHARED = Path('/work/shared/data')
-if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason='shared/data (real annotation files) not available')
 SIZE = 32  # --size for the tests (short side); the loader crops to RES
 RES = 32
 JPEG_TOL = 14  # max abs difference per channel of a solid colour after yuv420p + JPEG
@@ -63,11 +60,13 @@ def msrvtt(tmp_path_factory):
     root = tmp_path_factory.mktemp('msrvtt')
     ann, videos = root / 'ann', root / 'videos'
     ann.mkdir()
-    (ann / 'MSRVTT_JSFUSION_test.csv').write_bytes(_lines_crlf(SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv', 4, True))
-    (ann / 'MSRVTT_train.9k.csv').write_bytes(_lines_crlf(SHARED / 'msrvtt' / 'MSRVTT_train.9k.csv', 3, True))
+    real_test_csv = ANNOTATIONS / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv'
+    (ann / 'MSRVTT_JSFUSION_test.csv').write_bytes(_lines_crlf(real_test_csv, 4, True))
+    real_9k_csv = ANNOTATIONS / 'msrvtt' / 'MSRVTT_train.9k.csv'
+    (ann / 'MSRVTT_train.9k.csv').write_bytes(_lines_crlf(real_9k_csv, 3, True))
     test_rows = read_jsfusion_rows(ann / 'MSRVTT_JSFUSION_test.csv')
     train_ids = read_id_list(ann / 'MSRVTT_train.9k.csv', header='video_id')
-    real_7k = set(read_id_list(SHARED / 'msrvtt' / 'MSRVTT_train.7k.csv', header='video_id'))
+    real_7k = set(read_id_list(ANNOTATIONS / 'msrvtt' / 'MSRVTT_train.7k.csv', header='video_id'))
     ids_7k = [v for v in train_ids if v in real_7k][:2]  # a 7k file with the (real) ids we have videos for
     (ann / 'MSRVTT_train.7k.csv').write_bytes(b'video_id\r\n' + b''.join(f'{v}\r\n'.encode() for v in ids_7k))
     sentences = [{'video_id': v, 'caption': f'clip {v} shows scene {k}', 'sen_id': 3 * i + k}
@@ -220,8 +219,8 @@ def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
     """Real ids of the other benchmarks; ActivityNet read back in paragraph mode."""
     videos = tmp_path / 'videos'
     # LSMDC: first 2 lines of the real public test, videos in a per-movie sub-folder.
-    (tmp_path / 'lsmdc.csv').write_bytes(_lines_crlf(SHARED / 'lsmdc' / 'LSMDC16_challenge_1000_publictect.csv', 2,
-                                                     False))
+    real_lsmdc_csv = ANNOTATIONS / 'lsmdc' / 'LSMDC16_challenge_1000_publictect.csv'
+    (tmp_path / 'lsmdc.csv').write_bytes(_lines_crlf(real_lsmdc_csv, 2, False))
     rows = read_lsmdc_rows(tmp_path / 'lsmdc.csv')
     for i, row in enumerate(rows):
         write_video(videos / row[0].split('_')[0] / f'{row[0]}.avi', seconds=2, colours=[PALETTE[i]],
@@ -233,7 +232,7 @@ def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
     assert [(s['video_id'], s['captions']) for s in got] == [(r[0], [r[5].strip()]) for r in rows]
 
     # ActivityNet: 2 real val_1 entries; files named without the v_ prefix.
-    val = json.loads((SHARED / 'activitynet' / 'val_1.json').read_text())
+    val = load_activitynet('val_1')
     keys = list(val)[:2]
     (tmp_path / 'val_1.json').write_text(json.dumps({k: val[k] for k in keys}))
     for i, k in enumerate(keys):
@@ -255,7 +254,7 @@ def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
     # MSVD: 2 real test ids, multi-sentence.
     import pickle
 
-    ids = read_id_list(SHARED / 'msvd' / 'test_list.txt')[:2]
+    ids = read_id_list(ANNOTATIONS / 'msvd' / 'test_list.txt')[:2]
     (tmp_path / 'test_list.txt').write_bytes(b'\r\n'.join(i.encode() for i in ids))
     (tmp_path / 'raw-captions.pkl').write_bytes(pickle.dumps({ids[0]: [['a', 'cat'], ['a', 'kitten']],
                                                               ids[1]: [['a', 'car']]}))
@@ -272,7 +271,7 @@ def test_lsmdc_activitynet_msvd_round_trip(tmp_path):
 
 def test_bad_inputs_are_reported_never_zero_filled(tmp_path, capsys):
     """missing, zero-length, unreadable, truncated, audio-only, rotated, portrait, short videos; bad captions."""
-    ids = read_id_list(SHARED / 'msvd' / 'test_list.txt')[:10]
+    ids = read_id_list(ANNOTATIONS / 'msvd' / 'test_list.txt')[:10]
     videos = tmp_path / 'videos'
     videos.mkdir()
     good = write_video(videos / f'{ids[0]}.mp4', seconds=3, colours=[PALETTE[0]])

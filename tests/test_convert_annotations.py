@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
-import pytest
+from real_annotations import ANNOTATIONS, activitynet_json
 
 from tempme_composer.data.annotations import (
     read_activitynet,
@@ -21,14 +20,9 @@ from tempme_composer.data.annotations import (
 from tempme_composer.data.annotations.lsmdc import read_lsmdc_rows
 from tempme_composer.data.annotations.msrvtt import read_jsfusion_rows
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-if not SHARED.is_dir():
-    SHARED = Path('/work/shared/data')
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason='shared/data (real annotation files) not available')
-
 
 def test_jsfusion_test_csv():
-    path = SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv'
+    path = ANNOTATIONS / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv'
     assert b'\r\n' in path.read_bytes()  # real file is CRLF
     rows = read_jsfusion_rows(path)
     assert len(rows) == 1000
@@ -47,9 +41,9 @@ def test_jsfusion_test_csv():
 
 
 def test_msrvtt_train_csvs():
-    ids9 = read_id_list(SHARED / 'msrvtt' / 'MSRVTT_train.9k.csv', header='video_id')
-    ids7 = read_id_list(SHARED / 'msrvtt' / 'MSRVTT_train.7k.csv', header='video_id')
-    test = {r['video_id'] for r in read_jsfusion_rows(SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv')}
+    ids9 = read_id_list(ANNOTATIONS / 'msrvtt' / 'MSRVTT_train.9k.csv', header='video_id')
+    ids7 = read_id_list(ANNOTATIONS / 'msrvtt' / 'MSRVTT_train.7k.csv', header='video_id')
+    test = {r['video_id'] for r in read_jsfusion_rows(ANNOTATIONS / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv')}
     assert len(ids9) == len(set(ids9)) == 9000
     assert len(ids7) == len(set(ids7)) == 7010
     assert set(ids7) <= set(ids9)
@@ -60,7 +54,7 @@ def test_msrvtt_train_csvs():
 
 
 def test_lsmdc_public_test():
-    path = SHARED / 'lsmdc' / 'LSMDC16_challenge_1000_publictect.csv'
+    path = ANNOTATIONS / 'lsmdc' / 'LSMDC16_challenge_1000_publictect.csv'
     assert b'\r\n' in path.read_bytes()
     rows = read_lsmdc_rows(path)
     assert len(rows) == 1000 and all(len(r) == 6 for r in rows)
@@ -75,7 +69,7 @@ def test_lsmdc_public_test():
 
 
 def test_msvd_lists_and_reader(tmp_path):
-    lists = {s: read_id_list(SHARED / 'msvd' / f'{s}_list.txt') for s in ('train', 'val', 'test')}
+    lists = {s: read_id_list(ANNOTATIONS / 'msvd' / f'{s}_list.txt') for s in ('train', 'val', 'test')}
     assert {k: len(v) for k, v in lists.items()} == {'train': 1200, 'val': 100, 'test': 670}
     assert not (set(lists['train']) & set(lists['test'])) and not (set(lists['val']) & set(lists['test']))
     import pickle
@@ -83,14 +77,15 @@ def test_msvd_lists_and_reader(tmp_path):
     pkl = tmp_path / 'raw-captions.pkl'
     some = lists['test'][:2]
     pkl.write_bytes(pickle.dumps({some[0]: [['a', 'man', 'sings'], ['someone', 'sings']], some[1]: [['a', 'dog']]}))
-    ann = read_msvd(pkl, test_list=SHARED / 'msvd' / 'test_list.txt')
+    ann = read_msvd(pkl, test_list=ANNOTATIONS / 'msvd' / 'test_list.txt')
     assert [r.captions for r in ann['test']] == [['a man sings', 'someone sings'], ['a dog']]
     assert Counter(p.reason for p in ann.problems) == {'no_captions': 668}
 
 
-def test_activitynet_counts_and_paragraph_fields():
-    ann = read_activitynet(train_json=SHARED / 'activitynet' / 'train.json',
-                           val_json=SHARED / 'activitynet' / 'val_1.json')
+def test_activitynet_counts_and_paragraph_fields(tmp_path):
+    ann = read_activitynet(
+        train_json=activitynet_json('train', tmp_path), val_json=activitynet_json('val_1', tmp_path)
+    )
     counts = {k: (len(v), sum(len(r.captions) for r in v)) for k, v in ann.items()}
     assert counts == {'train': (10009, 37421), 'val_1': (4917, 17505)}
     first = ann['train'][0]

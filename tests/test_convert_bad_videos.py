@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from real_annotations import ANNOTATIONS
 from streaming import StreamingDataset
 from video_fixtures import PALETTE, write_video
 
@@ -29,10 +30,6 @@ from tempme_composer.data.gallery import read_gallery
 from tempme_composer.data.media_probe import diagnose_file
 from tempme_composer.data.video import decode_video
 
-SHARED = Path('/work/shared/data')
-if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason='shared/data (real annotation files) not available')
 SIZE = 32
 
 
@@ -103,9 +100,9 @@ def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp('bad_videos')
     ann, videos = root / 'ann', root / 'videos'
     ann.mkdir()
-    lines = (SHARED / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv').read_bytes().split(b'\r\n')
+    lines = (ANNOTATIONS / 'msrvtt' / 'MSRVTT_JSFUSION_test.csv').read_bytes().split(b'\r\n')
     (ann / 'MSRVTT_JSFUSION_test.csv').write_bytes(b'\r\n'.join(lines[:9]) + b'\r\n')
-    lines = (SHARED / 'msrvtt' / 'MSRVTT_train.9k.csv').read_bytes().split(b'\r\n')
+    lines = (ANNOTATIONS / 'msrvtt' / 'MSRVTT_train.9k.csv').read_bytes().split(b'\r\n')
     (ann / 'MSRVTT_train.9k.csv').write_bytes(b'\r\n'.join(lines[:3]) + b'\r\n')
     test = [r['video_id'] for r in read_jsfusion_rows(ann / 'MSRVTT_JSFUSION_test.csv')]
     train = read_id_list(ann / 'MSRVTT_train.9k.csv', header='video_id')
