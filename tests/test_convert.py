@@ -301,7 +301,7 @@ def test_bad_inputs_are_reported_never_zero_filled(tmp_path, capsys):
     captured = capsys.readouterr()
     assert 'official TEST split msvd/test are MISSING' in captured.err
     skipped = {r['video_id']: r['reason'] for r in csv.DictReader(open(out / 'test' / 'skipped.csv'))}
-    # Issue 16: an incomplete download and a file that is no video at all are told apart.
+    # An incomplete download and a file that is no video at all are told apart.
     assert skipped[ids[1]] == 'empty_file' and skipped[ids[2]] == 'not_media'
     assert skipped[ids[3]] == 'incomplete_download'  # cut in half: the index (moov, at the end) never arrived
     assert skipped[ids[4]] == 'no_video_stream'

@@ -1,4 +1,4 @@
-"""Issue 16: what real broken videos used to get past tempme-convert silently, each encoded here with PyAV.
+"""The kinds of real broken video that once got past tempme-convert silently, each encoded here with PyAV.
 
 A download cut at 30 % whose index is at the front (decodes to its first seconds: truncated, kept by
 default with the decoded duration, or skipped with --skip-truncated), the same cut with the index at the
