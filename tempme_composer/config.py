@@ -1,6 +1,6 @@
 """Typed recipe configuration: YAML + ``key=value`` overrides → validated dataclasses.
 
-One path only (style.md §2.2): ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
+One path only: ``OmegaConf.load`` the YAML, merge ``OmegaConf.from_cli`` overrides, resolve
 interpolations, then check every key against the dataclass schema below. A typo must fail before any data is
 read, with one message naming the key, where it came from (the YAML file or the command line) and the
 closest valid key. Keys whose feature arrives later are declared so YAMLs stay stable, but any non-default
@@ -160,10 +160,10 @@ class DataConfig:
     demo: DemoDataConfig | None = None  # required when datatype is 'demo'
     max_frames: int = 12
     max_words: int = 32
-    slice_framepos: Literal[0, 1, 2] = 2  # 0 first frames, 1 last frames, 2 evenly spaced (all published recipes)
+    slice_framepos: Literal[0, 1, 2] = 2  # head (0) first frames, tail (1) last, uniform (2) evenly spaced (published)
     expand_msrvtt_sentences: bool = False  # train on every (video, caption) pair once per epoch (<split>_pairs)
     paragraph: bool | None = None  # join a video's sentences into one text; null = on for didemo and activity
-    train_frame_order: Literal[0, 1, 2] = 0  # 0 as stored, 1 reversed, 2 random
+    train_frame_order: Literal[0, 1, 2] = 0  # stored (0) as stored, reversed (1), random (2)
     eval_frame_order: Literal[0, 1, 2] = 0
     num_workers: int = 2
     validate_hash: bool = True  # before training, recompute each local shard's hash recorded in index.json
@@ -287,7 +287,18 @@ class TrainConfig:
     fsdp: FSDPConfig | None = None  # shard the model with FSDP (GPU); null: DDP
     save_folder: str | None = None  # object store (s3://bucket/prefix) the checkpoints are also uploaded to
     loggers: LoggersConfig = field(default_factory=LoggersConfig)  # experiment trackers
+    callbacks: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # registered name -> kwargs; null drops
+    algorithms: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # registered name -> kwargs; null drops
 
+
+#: Enum keys that take a word as well as the references' integer (CLIP4Clip's ``--slice_framepos`` and
+#: ``--train_frame_order``/``--eval_frame_order``); the config keeps the integer, so outputs and the
+#: ``config.yaml`` of earlier runs are unchanged.
+ENUM_WORDS: dict[str, dict[str, int]] = {
+    'data.slice_framepos': {'head': 0, 'tail': 1, 'uniform': 2},
+    'data.train_frame_order': {'stored': 0, 'reversed': 1, 'random': 2},
+    'data.eval_frame_order': {'stored': 0, 'reversed': 1, 'random': 2},
+}
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
 _NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = ()
@@ -371,10 +382,20 @@ def _convert(tp: Any, value: Any, key: str, source: str, cli_keys: set[str]) -> 
         return _build(tp, value, key + '.', source, cli_keys)
     if origin is Literal:
         choices = typing.get_args(tp)
+        words = ENUM_WORDS.get(key)
+        if words is not None:
+            return _enum_value(words, choices, value, where)
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ''
             raise ConfigError(f'{where}: {value!r} is not one of {list(choices)}{hint}')
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: expected a mapping ({_type_name(tp)}), got {value!r}')
+        _, item_tp = typing.get_args(tp)
+        return {str(k): _convert(item_tp, v, f'{key}.{k}', source, cli_keys) for k, v in value.items()}
+    if tp is Any:
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -398,6 +419,18 @@ def _convert(tp: Any, value: Any, key: str, source: str, cli_keys: set[str]) -> 
             raise ConfigError(f'{where}: expected a string, got {value!r}')
         return value
     raise ConfigError(f'{where}: unsupported type {tp}')  # pragma: no cover - schema bug
+
+
+def _enum_value(words: dict[str, int], choices: tuple[Any, ...], value: Any, where: str) -> int:
+    """The integer a word (or the integer itself) stands for; the error lists both spellings."""
+    if isinstance(value, str) and value in words:
+        return words[value]
+    if not isinstance(value, bool) and value in choices:
+        return value
+    close = difflib.get_close_matches(str(value), list(words), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ''
+    spelled = ', '.join(f'{word} ({number})' for word, number in words.items())
+    raise ConfigError(f'{where}: {value!r} is not one of {spelled}: write the word or the integer{hint}')
 
 
 def _check_semantics(cfg: TrainConfig, source: str) -> None:

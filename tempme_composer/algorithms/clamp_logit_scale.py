@@ -25,7 +25,7 @@ class ClampLogitScale(Algorithm):
     """Clamp ``clip.logit_scale`` in place to ``[min, max]`` at ``Event.BATCH_END``.
 
     BATCH_END follows the optimizer step (after all microbatches), so this runs once per optimizer step,
-    never per microbatch (composer_streaming.md §2.3). A **frozen** logit_scale is left untouched: clamping
+    never per microbatch. A **frozen** logit_scale is left untouched: clamping
     it would silently change a pretrained model (OpenAI CLIP ships ln 100 = 4.6052, inside the default
     range anyway). Enabled from YAML (set ``logit_scale_clamp: null`` to disable)::
 
