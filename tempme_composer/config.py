@@ -83,10 +83,10 @@ class DataConfig:
     demo: DemoDataConfig | None = None  # required when datatype is 'demo'
     max_frames: int = 12
     max_words: int = 32
-    slice_framepos: Literal[0, 1, 2] = 2  # 0 first frames, 1 last frames, 2 evenly spaced (all published recipes)
+    slice_framepos: Literal[0, 1, 2] = 2  # head (0) first frames, tail (1) last, uniform (2) evenly spaced (published)
     expand_msrvtt_sentences: bool = False  # train on every (video, caption) pair once per epoch (<split>_pairs)
     paragraph: bool | None = None  # join a video's sentences into one text; null = on for didemo and activity
-    train_frame_order: Literal[0, 1, 2] = 0  # 0 as stored, 1 reversed, 2 random
+    train_frame_order: Literal[0, 1, 2] = 0  # stored (0) as stored, reversed (1), random (2)
     eval_frame_order: Literal[0, 1, 2] = 0
     num_workers: int = 2
     validate_hash: bool = True  # before training, recompute each local shard's hash recorded in index.json
@@ -210,7 +210,18 @@ class TrainConfig:
     fsdp: FSDPConfig | None = None  # shard the model with FSDP (GPU); null: DDP
     save_folder: str | None = None  # object store (s3://bucket/prefix) the checkpoints are also uploaded to
     loggers: LoggersConfig = field(default_factory=LoggersConfig)  # experiment trackers
+    callbacks: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # registered name -> kwargs; null drops
+    algorithms: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # registered name -> kwargs; null drops
 
+
+#: Enum keys that take a word as well as the references' integer (CLIP4Clip's ``--slice_framepos`` and
+#: ``--train_frame_order``/``--eval_frame_order``); the config keeps the integer, so outputs and the
+#: ``config.yaml`` of earlier runs are unchanged.
+ENUM_WORDS: dict[str, dict[str, int]] = {
+    'data.slice_framepos': {'head': 0, 'tail': 1, 'uniform': 2},
+    'data.train_frame_order': {'stored': 0, 'reversed': 1, 'random': 2},
+    'data.eval_frame_order': {'stored': 0, 'reversed': 1, 'random': 2},
+}
 
 # Keys declared for stable YAMLs whose feature lands later: (dotted key, default, where it arrives).
 _NOT_IMPLEMENTED: tuple[tuple[str, Any, str], ...] = ()
@@ -241,7 +252,7 @@ def load_config(yaml_path: str | Path, overrides: list[str] | None = None) -> Tr
 
 def config_from_dict(raw: dict[str, Any], source: str = '<dict>', cli_keys: set[str] | None = None) -> TrainConfig:
     """Validate a plain nested dict into a `TrainConfig` (see `load_config` for the errors)."""
-    cfg = build_dataclass(TrainConfig, raw, prefix='', source=source, cli_keys=cli_keys or set())
+    cfg = build_dataclass(TrainConfig, raw, prefix='', source=source, cli_keys=cli_keys or set(), enum_words=ENUM_WORDS)
     _check_semantics(cfg, source)
     return cfg
 

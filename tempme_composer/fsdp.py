@@ -17,10 +17,19 @@ resume, evaluate and fine-tune interchangeably.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ['mark_fsdp_units', 'prepare_for_fsdp', 'same_shape_up_to_scalar', 'vectorise_scalar_parameters']
+__all__ = [
+    'mark_fsdp_units',
+    'parallelism_config',
+    'prepare_for_fsdp',
+    'same_shape_up_to_scalar',
+    'vectorise_scalar_parameters',
+]
 
 
 def vectorise_scalar_parameters(model: nn.Module) -> list[str]:
@@ -51,7 +60,9 @@ def prepare_for_fsdp(model: nn.Module, activation_checkpointing: bool, per_block
     """In place, what ``train`` does when the config has an ``fsdp`` section: vectorise the scalar parameters
     and, with ``per_block_units`` (the model calls every block whole), flag each block as its own unit."""
     if activation_checkpointing and not per_block_units:
-        raise ValueError('activation checkpointing needs per-block units (a model that calls every block whole)')
+        raise ValueError(
+            'activation checkpointing needs per-block units (a model that calls every block whole)'
+        )
     vectorise_scalar_parameters(model)
     if per_block_units:
         mark_fsdp_units(model, activation_checkpointing)
@@ -61,3 +72,11 @@ def same_shape_up_to_scalar(a: torch.Size | tuple, b: torch.Size | tuple) -> boo
     """``[]`` and ``[1]`` count as the same shape (a 0-d parameter vectorised for FSDP); otherwise exact."""
     a, b = tuple(a), tuple(b)
     return a == b or {a, b} == {(), (1,)}
+
+
+def parallelism_config(fsdp: Any | None) -> dict[str, Any] | None:
+    """Composer's ``parallelism_config`` for the ``fsdp`` config section (None: DDP). Full state dicts and
+    original parameters, so checkpoints load into a DDP run and the optimizer sees the named parameters."""
+    if fsdp is None:
+        return None
+    return {'fsdp': {**dataclasses.asdict(fsdp), 'state_dict_type': 'full', 'use_orig_params': True}}

@@ -17,12 +17,11 @@ from streaming import MDSWriter
 from video_fixtures import PALETTE, write_video
 
 import tempme_composer.composer_wrapper as composer_wrapper
-from tempme_composer.callbacks import BestCheckpoint, NonFiniteLossError
-from tempme_composer.checkpoint_safety import safe_torch_load
+from tempme_composer.checkpointing.best_checkpoint import BestCheckpoint
+from tempme_composer.checkpointing.safe_load import safe_torch_load
 from tempme_composer.config import load_config
 from tempme_composer.data.convert import main as convert
-from tempme_composer.errors import ConfigError, RecipeError
-from tempme_composer.preflight import CheckpointRefusedError
+from tempme_composer.errors import CheckpointRefusedError, ConfigError, NonFiniteLossError, RecipeError
 from tempme_composer.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]

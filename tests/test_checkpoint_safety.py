@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from tempme_composer.checkpoint_safety import UnsafeCheckpointError, allowed_globals, safe_torch_load
+from tempme_composer.checkpointing.safe_load import allowed_globals, safe_torch_load
+from tempme_composer.errors import UnsafeCheckpointError
 
 
 class Payload:

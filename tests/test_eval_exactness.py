@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempme_composer.callbacks import BestCheckpoint
+from tempme_composer.checkpointing.best_checkpoint import BestCheckpoint
 from tempme_composer.config import load_config
 from tempme_composer.train import train
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from tempme_composer.callbacks.training_scalars import logit_scale_value
+from tempme_composer.checkpointing.matching import check_checkpoint_matches
 from tempme_composer.config import load_config
 from tempme_composer.errors import ConfigError
 from tempme_composer.fsdp import prepare_for_fsdp, same_shape_up_to_scalar, vectorise_scalar_parameters
-from tempme_composer.preflight import check_checkpoint_matches
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = {'baseline': REPO / 'yamls' / 'demo_baseline.yaml', 'unified': REPO / 'yamls' / 'demo_unified.yaml'}
@@ -30,7 +30,7 @@ YAMLS = {'baseline': REPO / 'yamls' / 'demo_baseline.yaml', 'unified': REPO / 'y
 
 def _model(variant: str = 'unified'):
     from tempme_composer.composer_wrapper import RetrievalModel
-    from tempme_composer.train import build_model
+    from tempme_composer.recipe.model import build_model
 
     torch.manual_seed(0)
     return RetrievalModel(build_model(load_config(YAMLS[variant], [])))

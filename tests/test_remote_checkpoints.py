@@ -19,10 +19,10 @@ from s3_fixtures import start_moto_server
 
 import tempme_composer.train as train_module
 from tempme_composer.callbacks import RetrievalLogger
+from tempme_composer.checkpointing.remote import CheckpointUploader
 from tempme_composer.config import load_config
-from tempme_composer.errors import RecipeError
+from tempme_composer.errors import CheckpointUploadError, RecipeError
 from tempme_composer.remote import download_file, list_objects, upload_file
-from tempme_composer.remote_checkpoints import CheckpointUploader, CheckpointUploadError
 from tempme_composer.train import train
 
 REPO = Path(__file__).resolve().parents[1]

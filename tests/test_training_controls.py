@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 
 from tempme_composer.algorithms import (
     ClampLogitScale,
-    FreezeError,
     FreezeParameters,
     GradCache,
     freeze_parameters,
@@ -29,7 +28,7 @@ from tempme_composer.callbacks.parameter_report import parameter_table
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.composer_wrapper import RetrievalModel
 from tempme_composer.config import load_config
-from tempme_composer.errors import ConfigError
+from tempme_composer.errors import ConfigError, FreezeError
 from tempme_composer.model import UnifiedModel
 from tempme_composer.model.loss import symmetric_infonce
 from tempme_composer.optim import BertAdam, build_optimizer, param_groups, warmup_cosine

@@ -3,7 +3,6 @@
 from tempme_composer.algorithms.clamp_logit_scale import ClampLogitScale, find_logit_scale
 from tempme_composer.algorithms.freeze import (
     NEW_MODULE_SUBSTRINGS,
-    FreezeError,
     FreezeParameters,
     FreezeReport,
     freeze_parameters,
@@ -15,7 +14,6 @@ from tempme_composer.algorithms.grad_cache import GradCache, contrastive_embeddi
 __all__ = [
     'NEW_MODULE_SUBSTRINGS',
     'ClampLogitScale',
-    'FreezeError',
     'FreezeParameters',
     'FreezeReport',
     'GradCache',

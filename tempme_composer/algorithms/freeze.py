@@ -35,9 +35,10 @@ import torch
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
+from tempme_composer.errors import FreezeError
+
 __all__ = [
     'NEW_MODULE_SUBSTRINGS',
-    'FreezeError',
     'FreezeParameters',
     'FreezeReport',
     'freeze_parameters',
@@ -50,10 +51,6 @@ log = logging.getLogger(__name__)
 # Substrings naming modules added on top of CLIP (docs/reference/stop.md#freezing-by-name): TempMe/STOP LoRA,
 # every learned prompt, STOP's temporal prompt generator. They train at the full lr and survive freeze_clip.
 NEW_MODULE_SUBSTRINGS: tuple[str, ...] = ('LoRA', 'prompt', 'TemporalPrompt')
-
-
-class FreezeError(ValueError):
-    """A freeze/keep substring that matches nothing, or a freeze that leaves nothing to train."""
 
 
 def is_new_module(name: str) -> bool:
@@ -96,7 +93,9 @@ def freeze_parameters(
     names = [n for n, _ in named]
     for s in freeze_substrings:
         if not any(s in n for n in names):
-            raise FreezeError(f"freeze_substrings entry {s!r} matches no parameter name; {_closest(s, names)}")
+            raise FreezeError(
+                f'freeze_substrings entry {s!r} matches no parameter name; {_closest(s, names)}'
+            )
     absent = []
     for s in keep_substrings:
         if any(s in n for n in names):
@@ -104,7 +103,7 @@ def freeze_parameters(
         if s in NEW_MODULE_SUBSTRINGS:
             absent.append(s)
         else:
-            raise FreezeError(f"keep_substrings entry {s!r} matches no parameter name; {_closest(s, names)}")
+            raise FreezeError(f'keep_substrings entry {s!r} matches no parameter name; {_closest(s, names)}')
     if absent and warn_absent:
         log.warning(
             'keep_substrings %s match no parameter: this model variant has no such module (not enabled); ignored',
@@ -121,7 +120,7 @@ def freeze_parameters(
         raise FreezeError(
             f'freeze_clip={freeze_clip}, freeze_substrings={list(freeze_substrings)} and '
             f'keep_substrings={list(keep_substrings)} leave no trainable parameter among {len(names)}; '
-            "keep some, e.g. keep_substrings=[logit_scale]"
+            'keep some, e.g. keep_substrings=[logit_scale]'
         )
     return FreezeReport(
         trainable=trainable,
@@ -169,7 +168,8 @@ class FreezeParameters(Algorithm):
         self.gradient_free_trainables = gradient_free_trainables
         self.freeze_substrings = list(freeze_substrings)
         self.keep_substrings = list(keep_substrings)
-        self.warn_absent = warn_absent  # the recipe already warned when it froze before building the optimizer
+        # the recipe already warned when it froze before building the optimizer
+        self.warn_absent = warn_absent
         self._applied = False
         self.report: FreezeReport | None = None
 
@@ -192,7 +192,11 @@ class FreezeParameters(Algorithm):
         del event, logger  # unused
         model = state.model.module if state.is_model_ddp else state.model
         self.report = freeze_parameters(
-            model, self.freeze_clip, self.freeze_substrings, self.keep_substrings, warn_absent=self.warn_absent
+            model,
+            self.freeze_clip,
+            self.freeze_substrings,
+            self.keep_substrings,
+            warn_absent=self.warn_absent,
         )
         frozen_ids = {id(p) for p in model.parameters() if not p.requires_grad}
         removed = 0

@@ -10,10 +10,8 @@ YAML: both always on in training runs (no key).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -21,15 +19,12 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from tempme_composer.errors import RecipeError
+from tempme_composer.checkpointing.disk import kept_checkpoints
+from tempme_composer.errors import NonFiniteLossError
 
-__all__ = ['FiniteLossGuard', 'FramePaddingNotice', 'NonFiniteLossError']
+__all__ = ['FiniteLossGuard', 'FramePaddingNotice']
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RecipeError):
-    """The training loss became NaN or infinite; training stopped before the optimizer step."""
 
 
 def _loss_value(loss) -> float:
@@ -38,23 +33,6 @@ def _loss_value(loss) -> float:
     if isinstance(loss, list | tuple):
         loss = sum(loss)
     return float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
-
-
-def kept_checkpoints(folder: Path) -> str:
-    """A sentence naming the latest resumable checkpoint and best.pt in ``folder`` (what survives)."""
-    kept = []
-    latest = folder / 'latest-rank0.pt'
-    if latest.is_symlink() or latest.is_file():
-        target = os.readlink(latest) if latest.is_symlink() else latest.name
-        kept.append(f'the latest resumable checkpoint {folder / target}')
-    if (folder / 'best.pt').is_file():
-        try:
-            record = json.loads((folder / 'best.json').read_text())
-            what = f" ({record['metric']}={record['value']:.2f}, epoch {record['epoch']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            what = ''
-        kept.append(f'the best weights {folder / "best.pt"}{what}')
-    return ' and '.join(kept) if kept else f'no checkpoint had been written to {folder} yet'
 
 
 class FiniteLossGuard(Callback):
@@ -96,10 +74,15 @@ class FramePaddingNotice(Callback):
         mask = batch['video_mask']
         longest, max_frames = int(mask.sum(dim=1).max()), int(mask.shape[1])
         if longest < max_frames and dist.get_global_rank() == 0:
-            log.info('data.max_frames=%d but the longest video of the first %s batch has %d frames stored: the '
-                     'missing frames are zero padding, masked out of the mean pooling (results are unaffected, '
-                     'the compute is wasted; data.max_frames=%d would do the same work faster)',
-                     max_frames, kind, longest, longest)
+            log.info(
+                'data.max_frames=%d but the longest video of the first %s batch has %d frames stored: the '
+                'missing frames are zero padding, masked out of the mean pooling (results are unaffected, '
+                'the compute is wasted; data.max_frames=%d would do the same work faster)',
+                max_frames,
+                kind,
+                longest,
+                longest,
+            )
 
     def before_forward(self, state: State, logger: Logger) -> None:
         self._check('train', state.batch)

@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 
 class TrainLogLine(Callback):
     """Every ``n_display`` batches (``BATCH_END``), write one line to the Python log on rank 0:
-    ``Epoch: e/E, Step: s/S, Lr: ..., Loss: ..., logit_scale: ..., Time/step: ...``. Logs nothing to loggers.
+    ``Epoch: e (of E), Step: s/S, Lr: ..., Loss: ..., logit_scale: ..., Time/step: ...``. Logs nothing to loggers.
+
+    ``e`` counts from 0, as Composer's progress bar above the line does (``train Epoch   0``), so the two
+    always name the same epoch; ``E`` is the number of epochs of the run.
     """
 
     def __init__(self, n_display: int) -> None:
@@ -45,8 +48,8 @@ class TrainLogLine(Callback):
         model = state.model.module if state.is_model_ddp else state.model
         scale = logit_scale_value(model, state.outputs)
         log.info(
-            'Epoch: %d/%s, Step: %d/%s, Lr: %s, Loss: %.6f, logit_scale: %.2f, Time/step: %.3fs',
-            int(state.timestamp.epoch) + 1,
+            'Epoch: %d (of %s), Step: %d/%s, Lr: %s, Loss: %.6f, logit_scale: %.2f, Time/step: %.3fs',
+            int(state.timestamp.epoch),
             max_epochs,
             step,
             steps,

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 import yaml
 
-from tempme_composer.checkpoint_safety import UnsafeCheckpointError, safe_torch_load
+from tempme_composer.checkpointing.safe_load import safe_torch_load
 from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_clip
 from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
 from tempme_composer.data.format import META_FILE
-from tempme_composer.errors import ConfigError
+from tempme_composer.errors import ConfigError, UnsafeCheckpointError
 from tempme_composer.inference.exported import (
     CARD_FILE,
     CONFIG_FILE,

@@ -24,7 +24,7 @@ from composer.callbacks import CheckpointSaver
 from composer.loggers import RemoteUploaderDownloader
 from composer.utils import dist
 
-from tempme_composer.errors import RecipeError
+from tempme_composer.errors import CheckpointUploadError, RecipeError
 from tempme_composer.remote import (
     RemoteStorageError,
     download_file,
@@ -35,8 +35,13 @@ from tempme_composer.remote import (
     split_uri,
 )
 
-__all__ = ['CheckpointUploadError', 'CheckpointUploader', 'build_checkpoint_saver', 'local_checkpoint',
-           'prefetch_latest', 'remote_key']
+__all__ = [
+    'CheckpointUploader',
+    'build_checkpoint_saver',
+    'local_checkpoint',
+    'prefetch_latest',
+    'remote_key',
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +50,6 @@ _CHECKPOINT = 'ep{epoch}-ba{batch}-rank{rank}.pt'
 # Composer's attempts per upload for the errors it calls transient (ObjectStoreTransientError). Its S3 store
 # raises none: an S3 upload is tried once by Composer, with botocore's own retries inside (3 by default).
 UPLOAD_ATTEMPTS = 3
-
-
-class CheckpointUploadError(RecipeError):
-    """An upload to ``save_folder`` failed every attempt; the message says what is and is not saved."""
 
 
 def remote_key(save_folder: str, name: str) -> str:
@@ -63,7 +64,9 @@ class CheckpointUploader(RemoteUploaderDownloader):
 
     def __init__(self, save_folder: str, local_folder: Path) -> None:
         scheme, bucket, _ = split_uri(save_folder)
-        super().__init__(bucket_uri=f'{scheme}://{bucket}', num_concurrent_uploads=1, num_attempts=UPLOAD_ATTEMPTS)
+        super().__init__(
+            bucket_uri=f'{scheme}://{bucket}', num_concurrent_uploads=1, num_attempts=UPLOAD_ATTEMPTS
+        )
         self.save_folder = save_folder
         self.local_folder = Path(local_folder)
         self._prefix = remote_key(save_folder, '')
@@ -76,7 +79,8 @@ class CheckpointUploader(RemoteUploaderDownloader):
             raise CheckpointUploadError(
                 f'save_folder={self.save_folder}: cannot write to the store ({type(e).__name__}: {reason}), '
                 f'checked before training. Nothing was trained or saved yet. Check that the bucket exists, the '
-                'credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and S3_ENDPOINT_URL.') from e
+                'credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and S3_ENDPOINT_URL.'
+            ) from e
 
     def upload_file(self, state, remote_file_name: str, file_path: Path, *, overwrite: bool) -> None:  # noqa: ANN001
         """Only the checkpoints under save_folder; TensorBoard's event files (which Composer would put at
@@ -100,11 +104,15 @@ class CheckpointUploader(RemoteUploaderDownloader):
         """What is saved where after a failed upload, and how to continue; ``finished``: noticed at the end
         of training (all epochs trained), where a rerun with autoresume=true and the same epochs trains and
         uploads nothing."""
-        local = sorted(p.name for p in self.local_folder.glob('*') if p.is_file() and not p.name.startswith('.'))
+        local = sorted(
+            p.name for p in self.local_folder.glob('*') if p.is_file() and not p.name.startswith('.')
+        )
         try:
             remote = sorted(list_objects(self.save_folder))
             remote_text = ', '.join(remote) if remote else 'nothing'
-            missing = [n for n in local if n not in remote and n.removesuffix('.pt') + '.pt.symlink' not in remote]
+            missing = [
+                n for n in local if n not in remote and n.removesuffix('.pt') + '.pt.symlink' not in remote
+            ]
             missing_text = ', '.join(missing) if missing else 'nothing'
         except (RemoteStorageError, NotImplementedError) as e:
             remote_text = f'unknown (listing it failed too: {e})'
@@ -112,20 +120,27 @@ class CheckpointUploader(RemoteUploaderDownloader):
         reason = str(error).split('\n')[0] or type(error).__name__
         if finished:
             state = 'Training finished (every epoch is trained and saved locally), but not every file reached the store'
-            advice = ('Fix the store (bucket, credentials, S3_ENDPOINT_URL), then copy the files not uploaded to '
-                      f'{self.save_folder}, or continue training with autoresume=true and a larger epochs= (it '
-                      'uploads the checkpoints it saves; with the same epochs it trains and uploads nothing).')
+            advice = (
+                'Fix the store (bucket, credentials, S3_ENDPOINT_URL), then copy the files not uploaded to '
+                f'{self.save_folder}, or continue training with autoresume=true and a larger epochs= (it '
+                'uploads the checkpoints it saves; with the same epochs it trains and uploads nothing).'
+            )
         else:
             state = 'Training stopped'
-            advice = ('Fix the store (bucket, credentials, S3_ENDPOINT_URL) and rerun with autoresume=true: it '
-                      'continues from the local checkpoints and uploads the next ones.')
-        return (f'uploading a checkpoint to save_folder={self.save_folder} failed ({type(error).__name__}: {reason}). '
-                f'{state}. Saved locally in {self.local_folder}: {", ".join(local) or "nothing"}. On '
-                f'{self.save_folder}: {remote_text}. Not uploaded: {missing_text}. {advice}')
+            advice = (
+                'Fix the store (bucket, credentials, S3_ENDPOINT_URL) and rerun with autoresume=true: it '
+                'continues from the local checkpoints and uploads the next ones.'
+            )
+        return (
+            f'uploading a checkpoint to save_folder={self.save_folder} failed ({type(error).__name__}: {reason}). '
+            f'{state}. Saved locally in {self.local_folder}: {", ".join(local) or "nothing"}. On '
+            f'{self.save_folder}: {remote_text}. Not uploaded: {missing_text}. {advice}'
+        )
 
 
-def build_checkpoint_saver(save_folder: str, local_folder: Path, save_interval: str,
-                           num_checkpoints_to_keep: int) -> CheckpointSaver:
+def build_checkpoint_saver(
+    save_folder: str, local_folder: Path, save_interval: str, num_checkpoints_to_keep: int
+) -> CheckpointSaver:
     """The Trainer's CheckpointSaver as it builds it from its ``save_*`` arguments (same file names,
     interval, rotation, overwrite), saving to ``local_folder`` and uploading to ``save_folder``."""
     return CheckpointSaver(
@@ -154,8 +169,10 @@ def prefetch_latest(save_folder: str, local_folder: Path) -> Path | None:
         try:
             _download_latest(save_folder, local_folder, latest)
         except RemoteStorageError as e:
-            raise RecipeError(f'autoresume: cannot read the checkpoints in save_folder={save_folder}: {e}. '
-                              'Check the bucket, the credentials and S3_ENDPOINT_URL.') from e
+            raise RecipeError(
+                f'autoresume: cannot read the checkpoints in save_folder={save_folder}: {e}. '
+                'Check the bucket, the credentials and S3_ENDPOINT_URL.'
+            ) from e
     dist.barrier()  # the other ranks of the node see the files once local rank 0 is done
     return latest if (latest.is_symlink() or latest.is_file()) else None
 

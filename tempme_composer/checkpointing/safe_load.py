@@ -33,21 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ['ALLOW_UNSAFE_KEY', 'UnsafeCheckpointError', 'allowed_globals', 'safe_torch_load']
+from tempme_composer.errors import UnsafeCheckpointError
+
+__all__ = ['ALLOW_UNSAFE_KEY', 'allowed_globals', 'safe_torch_load']
 
 log = logging.getLogger(__name__)
 
 #: The config key that skips the check for a file the user trusts.
 ALLOW_UNSAFE_KEY = 'allow_unsafe_checkpoint'
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded without running code it carries (or cannot be checked at all)."""
-
-    def __init__(self, message: str, path: Path, global_name: str | None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.global_name = global_name  # the first global outside the allowlist; None: not a readable checkpoint
 
 
 def _numpy_reconstruct() -> Callable[..., Any]:
@@ -73,18 +66,28 @@ def allowed_globals() -> list[Any]:
 
 
 #: Where torch's weights_only error names the offending global (its wording differs by opcode).
-_GLOBAL_IN_MESSAGE = (re.compile(r'GLOBAL ([A-Za-z_][\w.]*)'), re.compile(r"but got <class '([\w.]+)'>"),
-                      re.compile(r'global:? ([A-Za-z_][\w.]*)'))
+_GLOBAL_IN_MESSAGE = (
+    re.compile(r'GLOBAL ([A-Za-z_][\w.]*)'),
+    re.compile(r"but got <class '([\w.]+)'>"),
+    re.compile(r'global:? ([A-Za-z_][\w.]*)'),
+)
 
 
 def _way_out(path: Path) -> str:
-    return (f'If you trust the file (you or a machine you trust wrote it), either export it there with '
-            f'`tempme-export {path} --out DIR` and use the export (safetensors + JSON, never unpickled), or '
-            f'load it anyway with {ALLOW_UNSAFE_KEY}=true.')
+    return (
+        f'If you trust the file (you or a machine you trust wrote it), either export it there with '
+        f'`tempme-export {path} --out DIR` and use the export (safetensors + JSON, never unpickled), or '
+        f'load it anyway with {ALLOW_UNSAFE_KEY}=true.'
+    )
 
 
-def safe_torch_load(path: str | os.PathLike, *, map_location: str | torch.device = 'cpu', mmap: bool = False,
-                    allow_unsafe: bool = False) -> dict[str, Any]:
+def safe_torch_load(
+    path: str | os.PathLike,
+    *,
+    map_location: str | torch.device = 'cpu',
+    mmap: bool = False,
+    allow_unsafe: bool = False,
+) -> dict[str, Any]:
     """``torch.load`` a checkpoint with ``weights_only=True`` and the recipe's allowlist.
 
     Args:
@@ -106,8 +109,12 @@ def safe_torch_load(path: str | os.PathLike, *, map_location: str | torch.device
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     mmap = mmap and zipfile.is_zipfile(path)
     if allow_unsafe:
-        log.warning('%s=true: loading %s with full unpickling (weights_only=False); only do this for a file '
-                    'you trust', ALLOW_UNSAFE_KEY, path)
+        log.warning(
+            '%s=true: loading %s with full unpickling (weights_only=False); only do this for a file '
+            'you trust',
+            ALLOW_UNSAFE_KEY,
+            path,
+        )
         ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     else:
         try:
@@ -121,12 +128,17 @@ def safe_torch_load(path: str | os.PathLike, *, map_location: str | torch.device
                 raise _unreadable(path, e) from e
             raise UnsafeCheckpointError(
                 f'refusing to load checkpoint {path}: its pickle calls the global {name}, which is not one of the '
-                'types this recipe\'s own checkpoints contain, and loading it would run code chosen by whoever '
-                f'made the file (torch: {_first_line(text)}). {_way_out(path)}', path, name) from e
+                "types this recipe's own checkpoints contain, and loading it would run code chosen by whoever "
+                f'made the file (torch: {_first_line(text)}). {_way_out(path)}',
+                path,
+                name,
+            ) from e
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
             raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict):
-        raise UnsafeCheckpointError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict', path, None)
+        raise UnsafeCheckpointError(
+            f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict', path, None
+        )
     return ckpt
 
 
@@ -134,7 +146,10 @@ def _unreadable(path: Path, error: BaseException) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f'cannot check checkpoint {path}: torch cannot read it with weights_only=True ({type(error).__name__}: '
         f'{_first_line(str(error))}). It is truncated (an interrupted copy or save) or not a PyTorch '
-        f'checkpoint: copy it again. {_way_out(path)}', path, None)
+        f'checkpoint: copy it again. {_way_out(path)}',
+        path,
+        None,
+    )
 
 
 def _first_line(text: str) -> str:

@@ -18,9 +18,9 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import checkpoint, dist
 
+from tempme_composer.checkpointing.disk import disk_full_message, is_disk_full
 from tempme_composer.errors import RecipeError
 from tempme_composer.metrics.retrieval import RetrievalMetrics
-from tempme_composer.preflight import disk_full_message, is_disk_full
 from tempme_composer.remote import split_uri
 
 __all__ = ['BestCheckpoint', 'BEST_WEIGHTS', 'BEST_RECORD']
@@ -40,14 +40,21 @@ class BestCheckpoint(Callback):
     the JSON names the batch the weights come from. A full disk (ENOSPC) while writing removes the temporary
     files, leaves the previous best.pt/best.json untouched and raises a `RecipeError` saying so. The best value and when it
     was reached are part of the callback's state, so autoresume keeps comparing against the true best.
-    Logs ``best/<label>/<metric_name>``. YAML: always on in training runs (no key).
+    Logs ``best/<label>/<metric_name>``. YAML: always on in training runs (``callbacks.best_checkpoint``, built
+    by `plan_checkpoints`; it cannot be dropped).
 
     With ``remote_folder`` (the ``save_folder`` URI), rank 0 then uploads ``best.pt`` and ``best.json`` there
     through the run's RemoteUploaderDownloader (``logger.upload_file``, in that order, one at a time).
     """
 
-    def __init__(self, folder: str | Path, eval_label: str, metric_name: str, config: dict[str, Any],
-                 remote_folder: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        eval_label: str,
+        metric_name: str,
+        config: dict[str, Any],
+        remote_folder: str | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.remote_folder = remote_folder
         self.eval_label = eval_label
@@ -100,15 +107,27 @@ class BestCheckpoint(Callback):
                 tmp.unlink(missing_ok=True)  # frees the space the partial file took
             if not is_disk_full(e):
                 raise
-            kept = (f'{self.folder / BEST_WEIGHTS} and {BEST_RECORD} still hold the previous best '
-                    f'({self.metric_name}={self.best:.2f}, epoch {self.best_epoch})' if self.best_epoch is not None
-                    else 'there was no earlier best checkpoint')
-            raise RecipeError(disk_full_message(f'the best checkpoint ({self.metric_name}={value:.2f})',
-                                                self.folder, e, kept)) from e
+            kept = (
+                f'{self.folder / BEST_WEIGHTS} and {BEST_RECORD} still hold the previous best '
+                f'({self.metric_name}={self.best:.2f}, epoch {self.best_epoch})'
+                if self.best_epoch is not None
+                else 'there was no earlier best checkpoint'
+            )
+            raise RecipeError(
+                disk_full_message(
+                    f'the best checkpoint ({self.metric_name}={value:.2f})', self.folder, e, kept
+                )
+            ) from e
         self.best, self.best_epoch, self.best_batch = value, epoch, batch  # only once both files are in place
         if dist.get_global_rank() == 0:
-            log.info('new best %s=%.2f at epoch %d, batch %d: %s', self.metric_name, value, self.best_epoch,
-                     self.best_batch, self.folder / BEST_WEIGHTS)
+            log.info(
+                'new best %s=%.2f at epoch %d, batch %d: %s',
+                self.metric_name,
+                value,
+                self.best_epoch,
+                self.best_batch,
+                self.folder / BEST_WEIGHTS,
+            )
         dist.barrier()
         logger.log_metrics({f'best/{self.eval_label}/{self.metric_name}': value})
 
@@ -116,5 +135,8 @@ class BestCheckpoint(Callback):
         """Queue best.pt then best.json for upload (copied now, so the next best cannot race them)."""
         _, _, prefix = split_uri(self.remote_folder)
         for name in (BEST_WEIGHTS, BEST_RECORD):
-            logger.upload_file(remote_file_name=f'{prefix}/{name}' if prefix else name,
-                               file_path=self.folder / name, overwrite=True)
+            logger.upload_file(
+                remote_file_name=f'{prefix}/{name}' if prefix else name,
+                file_path=self.folder / name,
+                overwrite=True,
+            )
