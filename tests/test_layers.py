@@ -155,6 +155,25 @@ def test_no_module_imports_a_higher_layer():
     assert not upward, 'imports of a higher layer:\n' + '\n'.join(upward)
 
 
+#: Lower layers a package must still not import (the data pipeline runs without the network).
+FORBIDDEN_BELOW: dict[str, tuple[str, ...]] = {
+    'tempme_composer.data': ('tempme_composer.model', 'tempme_composer.modules'),
+}
+
+
+def test_data_imports_no_model():
+    found = []
+    for module, path in MODULES.items():
+        for package, forbidden in FORBIDDEN_BELOW.items():
+            if module == package or module.startswith(package + '.'):
+                found += [
+                    f'{path.relative_to(ROOT.parent)}:{line}: {module} imports {target}'
+                    for line, target, _ in _project_imports(path)
+                    if any(target == f or target.startswith(f + '.') for f in forbidden)
+                ]
+    assert not found, 'imports the architecture forbids:\n' + '\n'.join(found)
+
+
 def test_no_private_name_is_imported_from_another_module():
     seen, private = set(), []
     for module, path in MODULES.items():
