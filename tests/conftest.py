@@ -1,10 +1,17 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules.
+
+The tests sit in folders that mirror the package (tests/clip, tests/data, ...) with no ``__init__.py``: pytest
+puts this folder on ``sys.path`` when it loads this file, so the helper modules next to it (``video_fixtures``,
+``export_fixtures``, ...) import by their plain names from every folder.
+"""
 
 import atexit
 import gc
 import sys
 
 import pytest
+from demo_fixtures import demo_data, demo_run  # noqa: F401  (one demo dataset and run per session)
+from export_fixtures import tiny_export  # noqa: F401  (one tiny export per session)
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (a real S3 endpoint on loopback)
 
 

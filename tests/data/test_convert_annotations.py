@@ -20,7 +20,7 @@ from tempme_composer.data.annotations import (
 from tempme_composer.data.annotations.lsmdc import read_lsmdc_rows
 from tempme_composer.data.annotations.msrvtt import read_jsfusion_rows
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+SHARED = Path(__file__).resolve().parents[3] / 'shared' / 'data'
 if not SHARED.is_dir():
     SHARED = Path('/work/shared/data')
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason='shared/data (real annotation files) not available')

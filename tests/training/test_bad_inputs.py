@@ -24,7 +24,7 @@ from tempme_composer.errors import ConfigError, RecipeError
 from tempme_composer.preflight import CheckpointRefusedError
 from tempme_composer.train import main, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 SHARED = Path('/work/shared/data') if Path('/work/shared/data').is_dir() else REPO.parent / 'shared' / 'data'
 

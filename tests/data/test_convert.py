@@ -23,7 +23,7 @@ from tempme_composer.data.uint8_frames import normalize_frames
 
 SHARED = Path('/work/shared/data')
 if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+    SHARED = Path(__file__).resolve().parents[3] / 'shared' / 'data'
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason='shared/data (real annotation files) not available')
 SIZE = 32  # --size for the tests (short side); the loader crops to RES
 RES = 32

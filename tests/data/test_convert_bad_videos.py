@@ -30,7 +30,7 @@ from tempme_composer.data.video import decode_video
 
 SHARED = Path('/work/shared/data')
 if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+    SHARED = Path(__file__).resolve().parents[3] / 'shared' / 'data'
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason='shared/data (real annotation files) not available')
 SIZE = 32
 
