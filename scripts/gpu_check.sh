@@ -46,8 +46,8 @@ if [ -d .whl ] && ! "$PY" -c 'import composer, streaming, av, simplejpeg' 2>/dev
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run nvidia-smi
-run -t 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/test_gpu_kernels.py \
-  tests/test_ddp_resume.py tests/test_training_controls.py tests/test_uint8_frames.py tests/test_frame_pool.py
+run -t 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts= tests/model/test_gpu_kernels.py \
+  tests/training/test_ddp_resume.py tests/training/test_training_controls.py tests/data/test_uint8_frames.py tests/data/test_frame_pool.py
 run -t 90 "$PY" -m tempme_composer.bench efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \
   --presets ViT-B/32 --configs stop unified --conv-impls direct fft auto --json "$(dirname "$log")/conv_impl_gpu.json"
 run -t 150 "$PY" -m tempme_composer.bench efficiency --device cuda --bf16 --batch 32 --iters 2 --warmup 1 \

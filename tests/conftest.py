@@ -1,11 +1,30 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules.
+
+The tests sit in folders that mirror the package (tests/clip, tests/data, ...) with no ``__init__.py``: pytest
+puts this folder on ``sys.path`` when it loads this file, so the helper modules next to it (``video_fixtures``,
+``export_fixtures``, ...) import by their plain names from every folder.
+"""
 
 import atexit
 import gc
+import os
 import sys
+from pathlib import Path
 
 import pytest
+from demo_fixtures import demo_data, demo_run  # noqa: F401  (one demo dataset and run per session)
+from export_fixtures import tiny_export  # noqa: F401  (one tiny export per session)
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (a real S3 endpoint on loopback)
+
+_SHARED_MEMORY = Path('/dev/shm')
+
+
+def _shared_memory_blocks() -> set[tuple[str, int]]:
+    """Name and inode of every block: one made again under an old name has a new inode."""
+    if not _SHARED_MEMORY.is_dir():
+        return set()
+    with os.scandir(_SHARED_MEMORY) as entries:
+        return {(entry.name, entry.inode()) for entry in entries}
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -16,8 +35,15 @@ def _release_streaming_shared_memory():
     alive until the process exits: one pytest process building hundreds of datasets runs into the open-file
     limit (20,000 here) before the suite ends. A block that nothing but its atexit handler still references is
     released here, as it would be at exit.
+
+    The blocks are POSIX shared memory, listed in /dev/shm until released: a module after which no new block
+    is there left none behind, and the search through every object of the process (a second or more once
+    the suite has loaded Composer and its models) is skipped.
     """
+    before = _shared_memory_blocks()
     yield
+    if _SHARED_MEMORY.is_dir() and _shared_memory_blocks() <= before:
+        return
     from streaming.base.shared.memory import SharedMemory
 
     gc.collect()

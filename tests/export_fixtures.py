@@ -1,12 +1,19 @@
-"""A run folder as training leaves it, and a tiny exported model made from it (no training needed)."""
+"""A run folder as training leaves it, and a tiny exported model made from it (no training needed).
+
+``tiny_export`` is that export made once per session (tests/conftest.py registers it); tests that change an
+export copy it first.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from clip_fixtures import tiny_clip
+from folder_guard import check_unchanged, snapshot
 
 from tempme_composer.config import config_from_dict, config_to_yaml
 from tempme_composer.inference.export import export_checkpoint
@@ -57,3 +64,12 @@ def exported_tiny(tmp_path: Path) -> Path:
     """A full export of a random-init tiny baseline run (no base file needed), in ``tmp_path / 'export'``."""
     run, _ = run_folder(tmp_path, 'baseline', None)  # random-init run: a full export, no base file needed
     return export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export')
+
+
+@pytest.fixture(scope='session')
+def tiny_export(tmp_path_factory) -> Iterator[Path]:
+    """``exported_tiny`` made once for the session: the export folder. Checked unchanged at the end."""
+    export = exported_tiny(tmp_path_factory.mktemp('tiny_export'))
+    before = snapshot(export)
+    yield export
+    check_unchanged(export, before, 'tiny export')

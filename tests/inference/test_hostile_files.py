@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_fixtures import exported_tiny, run_folder
+from export_fixtures import run_folder
 from video_fixtures import write_video
 
 from tempme_composer.inference import ExportError, load_exported
@@ -28,15 +28,15 @@ from tempme_composer.inference.search_cli import main as search_main
 from tempme_composer.inference.store import IndexFolderError, IndexLockedError, IndexStore
 from tempme_composer.inference.terminal import printable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLOURS = ((220, 40, 40), (40, 190, 60), (40, 80, 230))
 
 
 @pytest.fixture(scope='module')
-def built(tmp_path_factory) -> dict[str, Path]:
+def built(tmp_path_factory, tiny_export) -> dict[str, Path]:
     """An export, a folder of three videos and its committed index (copied by tests that change it)."""
     root = tmp_path_factory.mktemp('built')
-    export = exported_tiny(root)
+    export = tiny_export  # the session's (read-only)
     videos = root / 'videos'
     for i, colour in enumerate(COLOURS):
         write_video(videos / f'v{i}.mp4', colours=(colour,))

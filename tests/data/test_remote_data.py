@@ -22,19 +22,16 @@ from tempme_composer.config import load_config
 from tempme_composer.data import LoaderOptions, build_video_text_dataloader
 from tempme_composer.data.convert import main as convert_main
 from tempme_composer.data.remote_shards import RemoteShardError
-from tempme_composer.data.synthetic import generate_demo_dataset
 from tempme_composer.errors import ConfigError
 from tempme_composer.remote import list_objects, upload_folder
 from tempme_composer.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 
-def demo_data(tmp_path: Path, bucket: str) -> tuple[Path, str]:
-    """The 24/12-video demo set, locally and uploaded to s3://bucket/demo/{train,eval}."""
-    root = tmp_path / 'data'
-    generate_demo_dataset(root, num_train=24, num_eval=12, seed=0)
+def uploaded(root: Path, bucket: str) -> tuple[Path, str]:
+    """The 24/12-video demo set at ``root`` (the session's, read-only), uploaded to s3://bucket/demo/{train,eval}."""
     remote = f's3://{bucket}/demo'
     upload_folder(root / 'mds', remote)
     return root, remote
@@ -69,8 +66,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.mark.e2e
-def test_remote_data_trains_exactly_like_local_data(tmp_path, s3_bucket):
-    root, remote = demo_data(tmp_path, s3_bucket)
+def test_remote_data_trains_exactly_like_local_data(demo_data, tmp_path, s3_bucket):
+    root, remote = uploaded(demo_data, s3_bucket)
     local = train(load_config(DEMO, args(tmp_path, 'local', root, None, 'epochs=1')))
     local_results = results(local)
     local.close()
@@ -100,8 +97,8 @@ def _finish(proc: subprocess.Popen, tmp_path: Path, run: str) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.multiprocess
-def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(tmp_path, s3_bucket):
-    root, remote = demo_data(tmp_path, s3_bucket)
+def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(demo_data, tmp_path, s3_bucket):
+    root, remote = uploaded(demo_data, s3_bucket)
     # One run after another: concurrent streaming jobs race for /dev/shm names
     # (docs/reference/composer.md#streaming item 2).
     _finish(_launch(tmp_path, 'local', root, None), tmp_path, 'local')
@@ -125,8 +122,8 @@ def _corrupt(bucket: str, key: str) -> None:
 
 
 @pytest.mark.e2e
-def test_missing_or_corrupt_remote_shard_is_one_error_naming_the_object(tmp_path, s3_bucket):
-    root, remote = demo_data(tmp_path, s3_bucket)
+def test_missing_or_corrupt_remote_shard_is_one_error_naming_the_object(demo_data, tmp_path, s3_bucket):
+    root, remote = uploaded(demo_data, s3_bucket)
     (shard,) = [k for k in list_objects(f'{remote}/train') if k.startswith('shard.')]
     _corrupt(s3_bucket, f'demo/train/{shard}')
     with pytest.raises(RemoteShardError) as info:

@@ -25,13 +25,13 @@ from tempme_composer.errors import CheckpointUploadError, RecipeError
 from tempme_composer.remote import download_file, list_objects, upload_file
 from tempme_composer.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 
-def demo_args(tmp_path: Path, run: str, *extra: str) -> list[str]:
-    """24 train / 12 eval demo videos, batch 8: 3 batches per epoch."""
-    return [f'output_dir={tmp_path / run}', 'run_name=remote', f'data.demo.root={tmp_path / "data"}',
+def demo_args(tmp_path: Path, data: Path, run: str, *extra: str) -> list[str]:
+    """24 train / 12 eval demo videos at ``data`` (the session's), batch 8: 3 batches per epoch."""
+    return [f'output_dir={tmp_path / run}', 'run_name=remote', f'data.demo.root={data}',
             'data.demo.num_train=24', 'data.demo.num_eval=12', 'batch_size=8', 'batch_size_val=6',
             'data.num_workers=0', 'n_display=100', *extra]
 
@@ -42,10 +42,10 @@ def _results(trainer) -> dict:
 
 
 @pytest.mark.e2e
-def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_there(tmp_path, s3_bucket):
+def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_there(demo_data, tmp_path, s3_bucket):
     store = f's3://{s3_bucket}/runs/demo'
     # autoresume on an empty store: nothing to resume, a fresh start
-    first = train(load_config(DEMO, demo_args(tmp_path, 'machine-a', 'epochs=1', f'save_folder={store}',
+    first = train(load_config(DEMO, demo_args(tmp_path, demo_data, 'machine-a', 'epochs=1', f'save_folder={store}',
                                               'autoresume=true')))
     assert int(first.state.timestamp.epoch) == 1
     first.close()  # waits for the uploads
@@ -56,7 +56,7 @@ def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_the
     assert objects['best.pt'] == (local / 'best.pt').stat().st_size
 
     # Another machine, empty output_dir: autoresume downloads ep1-ba3 and trains epoch 2 only.
-    second = train(load_config(DEMO, demo_args(tmp_path, 'machine-b', 'epochs=2', f'save_folder={store}',
+    second = train(load_config(DEMO, demo_args(tmp_path, demo_data, 'machine-b', 'epochs=2', f'save_folder={store}',
                                                'autoresume=true')))
     assert int(second.state.timestamp.epoch) == 2 and int(second.state.timestamp.batch) == 6
     ckpts = tmp_path / 'machine-b' / 'checkpoints'
@@ -71,7 +71,7 @@ def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_the
 
     # Evaluate the remote best.pt on a third machine: the numbers its best.json recorded.
     best = json.loads(download_file(f'{store}/best.json', tmp_path / 'best.json').read_text())
-    evaluator = train(load_config(DEMO, demo_args(tmp_path, 'machine-c', 'do_train=false', 'do_eval=true',
+    evaluator = train(load_config(DEMO, demo_args(tmp_path, demo_data, 'machine-c', 'do_train=false', 'do_eval=true',
                                                   f'resume={store}/best.pt')))
     assert _results(evaluator) == best['results']
     assert (tmp_path / 'machine-c' / 'fetched' / 'best.pt').is_file()
@@ -86,10 +86,10 @@ def test_checkpoints_go_to_s3_and_a_fresh_machine_resumes_and_evaluates_from_the
 
 
 @pytest.mark.e2e
-def test_an_unwritable_store_is_refused_before_training(tmp_path, s3_server):
+def test_an_unwritable_store_is_refused_before_training(demo_data, tmp_path, s3_server):
     store = 's3://tempme-no-such-bucket/runs/demo'
     with pytest.raises(CheckpointUploadError) as info:
-        train(load_config(DEMO, demo_args(tmp_path, 'run', 'epochs=2', f'save_folder={store}')))
+        train(load_config(DEMO, demo_args(tmp_path, demo_data, 'run', 'epochs=2', f'save_folder={store}')))
     message = str(info.value)
     assert message.startswith(f'save_folder={store}: cannot write to the store (') and 'NoSuchBucket' in message
     assert 'Nothing was trained or saved yet' in message and '\n' not in message
@@ -113,10 +113,10 @@ def test_a_failed_upload_says_what_is_saved_locally_and_on_the_store(tmp_path, s
 
 
 @pytest.mark.e2e
-def test_a_missing_remote_checkpoint_is_one_error_naming_it(tmp_path, s3_bucket):
+def test_a_missing_remote_checkpoint_is_one_error_naming_it(demo_data, tmp_path, s3_bucket):
     uri = f's3://{s3_bucket}/runs/none/best.pt'
     with pytest.raises(RecipeError, match=rf'resume={uri}: could not download {uri} after 3 attempts'):
-        train(load_config(DEMO, demo_args(tmp_path, 'run', 'do_train=false', 'do_eval=true', f'resume={uri}')))
+        train(load_config(DEMO, demo_args(tmp_path, demo_data, 'run', 'do_train=false', 'do_eval=true', f'resume={uri}')))
 
 
 class StopStoreWhenEpoch2Starts(Callback):
@@ -157,7 +157,7 @@ def with_callback(monkeypatch: pytest.MonkeyPatch, callback: Callback) -> None:
 
 
 @pytest.mark.e2e
-def test_a_store_that_goes_away_mid_run_is_an_error_and_autoresume_uploads_again(tmp_path, s3_server, monkeypatch):
+def test_a_store_that_goes_away_mid_run_is_an_error_and_autoresume_uploads_again(demo_data, tmp_path, s3_server, monkeypatch):
     """A real outage, nothing of the recipe patched: the run's own S3 server is stopped when epoch 2 starts,
     right after epoch 1's checkpoint, latest pointer and best files are on it, so every upload of epoch 2
     fails. With epochs=2 the failure surfaces deterministically at the end of training (Composer's wait for
@@ -174,7 +174,7 @@ def test_a_store_that_goes_away_mid_run_is_an_error_and_autoresume_uploads_again
     client.create_bucket(Bucket=bucket)
     store = f's3://{bucket}/runs/demo'
     local = tmp_path / 'run' / 'checkpoints'
-    args = demo_args(tmp_path, 'run', f'save_folder={store}', 'autoresume=true')
+    args = demo_args(tmp_path, demo_data, 'run', f'save_folder={store}', 'autoresume=true')
     epoch_1 = {f'runs/demo/{name}' for name in ('best.pt', 'best.json', 'ep1-ba3-rank0.pt', 'latest-rank0.pt.symlink')}
     stopper = StopStoreWhenEpoch2Starts(server, client, bucket, epoch_1)
     try:

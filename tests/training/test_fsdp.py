@@ -24,7 +24,7 @@ from tempme_composer.config import load_config
 from tempme_composer.errors import ConfigError
 from tempme_composer.fsdp import prepare_for_fsdp, same_shape_up_to_scalar, vectorise_scalar_parameters
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 YAMLS = {'baseline': REPO / 'yamls' / 'demo_baseline.yaml', 'unified': REPO / 'yamls' / 'demo_unified.yaml'}
 
 

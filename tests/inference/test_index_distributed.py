@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_fixtures import exported_tiny
 from video_fixtures import write_video
 
 from tempme_composer.inference import load_exported
@@ -23,7 +22,7 @@ from tempme_composer.inference.index import _shares, index_videos, launched_worl
 from tempme_composer.inference.index import main as index_main
 from tempme_composer.inference.store import IndexFolderError, IndexStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLOURS = [(220, 40, 40), (40, 190, 60), (40, 80, 230), (235, 215, 40)]
 LAUNCH_TIMEOUT_S = 120
 #: Put first on a rank's PYTHONPATH, it makes rank 1 die (as a crash would: no cleanup) when it starts
@@ -47,8 +46,8 @@ if os.environ.get('RANK') == '1':
 
 
 @pytest.fixture(scope='module')
-def export(tmp_path_factory) -> Path:
-    return exported_tiny(tmp_path_factory.mktemp('model'))
+def export(tiny_export) -> Path:
+    return tiny_export  # the session's tiny export (read-only)
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from clip_fixtures import save_openai_state_dict, tiny_clip
-from export_fixtures import FRAMES, VARIANTS, exported_tiny, run_folder
+from export_fixtures import FRAMES, VARIANTS, run_folder
 from omegaconf import OmegaConf
 from video_fixtures import write_video
 
@@ -23,7 +23,7 @@ from tempme_composer.inference.preprocess import QueryError, video_from_file
 from tempme_composer.inference.search import VideoIndex, exact_topk, search
 from tempme_composer.inference.store import IndexFolderError, IndexStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -110,8 +110,8 @@ class _Exploit:
         return (Path.touch, (Path(self.path),))
 
 
-def test_index_is_incremental_and_search_is_exact(tmp_path):
-    model = load_exported(exported_tiny(tmp_path))
+def test_index_is_incremental_and_search_is_exact(tiny_export, tmp_path):
+    model = load_exported(tiny_export)
     videos = tmp_path / 'videos'
     write_video(videos / 'red.mp4', colours=((220, 40, 40),))
     write_video(videos / 'sub' / 'green.mkv', colours=((40, 220, 40),), container_format='matroska')
@@ -180,8 +180,8 @@ def test_exact_topk_over_chunks_equals_a_full_sort():
     np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-6)
 
 
-def test_a_crash_mid_run_keeps_the_index_and_the_encoded_batches(tmp_path):
-    model = load_exported(exported_tiny(tmp_path))
+def test_a_crash_mid_run_keeps_the_index_and_the_encoded_batches(tiny_export, tmp_path):
+    model = load_exported(tiny_export)
     videos = tmp_path / 'videos'
     for i in range(4):
         write_video(videos / f'v{i}.mp4', colours=((60 * i, 40, 40),))
@@ -225,8 +225,8 @@ def _one_batch(model, videos: Path):
     return PendingBatch([row], encode_videos(model, [x]).astype('float32'), [])
 
 
-def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
-    export = exported_tiny(tmp_path)
+def test_bad_inputs_get_one_clear_error(tiny_export, tmp_path, capsys):
+    export = tiny_export
     model = load_exported(export)
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -277,8 +277,8 @@ def test_queries_file_rejects_blank_lines(tmp_path):
         read_queries(f)
 
 
-def test_the_inference_path_does_not_import_composer(tmp_path):
-    export = exported_tiny(tmp_path)
+def test_the_inference_path_does_not_import_composer(tiny_export, tmp_path):
+    export = tiny_export
     videos = tmp_path / 'videos'
     write_video(videos / 'a.mp4')
     code = ('import sys; from tempme_composer.inference import load_exported; '
@@ -293,8 +293,8 @@ def test_the_inference_path_does_not_import_composer(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_model_card_states_the_protocol(tmp_path):
-    card = (exported_tiny(tmp_path) / 'README.md').read_text()
+def test_model_card_states_the_protocol(tiny_export):
+    card = (tiny_export / 'README.md').read_text()
     for phrase in ('selected as the best text→video R@1', 'no re-ranking (no DSL, no QB-Norm)', 'GMAC per video',
                    'random initialisation', 'Training config', "split `test`"):
         assert phrase in card, phrase
@@ -303,22 +303,18 @@ def test_model_card_states_the_protocol(tmp_path):
 
 
 @pytest.mark.e2e
-def test_demo_train_export_index_eval_equals_best_json(tmp_path):
-    """The demo recipe end to end: train, export best.pt, index the eval split in float32, --eval = best.json."""
-    from tempme_composer.config import load_config
+def test_demo_train_export_index_eval_equals_best_json(demo_run, tmp_path):
+    """The demo recipe end to end: train (the session's demo run), export best.pt, index the eval split in
+    float32, --eval = best.json."""
     from tempme_composer.inference.html_page import results_page
     from tempme_composer.inference.index import index_mds_split
     from tempme_composer.inference.search import evaluate_index
     from tempme_composer.inference.search_cli import main as search_main
-    from tempme_composer.train import train
 
-    run = tmp_path / 'run'
-    overrides = [f'output_dir={run}', f'data.demo.root={tmp_path / "demo_data"}', 'data.demo.num_train=24',
-                 'data.demo.num_eval=12', 'epochs=2', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0']
-    train(load_config(REPO / 'yamls' / 'demo.yaml', overrides)).close()
+    run = demo_run.run
     best = json.loads((run / 'checkpoints' / 'best.json').read_text())
     model = load_exported(export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export'))
-    index_mds_split(model, tmp_path / 'demo_data' / 'mds' / 'eval', tmp_path / 'index', dtype='float32', progress=False)
+    index_mds_split(model, demo_run.data / 'mds' / 'eval', tmp_path / 'index', dtype='float32', progress=False)
     index = VideoIndex(tmp_path / 'index')
     assert evaluate_index(index, model) == best['results']
     caption = index.store.captions(index.manifest)[0]['text']

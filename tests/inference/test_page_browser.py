@@ -13,7 +13,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from export_fixtures import exported_tiny
 from test_search_moments import moment_index
 from video_fixtures import write_video
 
@@ -82,10 +81,10 @@ v.play().catch(e => done({error: String(e)}));
 '''
 
 
-def test_the_page_renders_and_each_player_starts_at_its_moment(tmp_path, driver):
+def test_the_page_renders_and_each_player_starts_at_its_moment(tiny_export, tmp_path, driver):
     from PIL import Image
 
-    model = load_exported(exported_tiny(tmp_path))
+    model = load_exported(tiny_export)
     videos = tmp_path / 'videos'
     write_video(videos / 'film.mp4', seconds=8, colours=((220, 40, 40), (40, 80, 230)))
     _webm(videos / 'scene.webm')

@@ -34,14 +34,14 @@ from tempme_composer.model.loss import symmetric_infonce
 from tempme_composer.optim import BertAdam, build_optimizer, param_groups, warmup_cosine
 from tempme_composer.train import train
 
-sys.path.insert(0, str(Path(__file__).parent / 'scripts'))
+sys.path.insert(0, str(Path(__file__).parents[1] / 'scripts'))
 from batches import random_train_batch  # noqa: E402
 from grad_accum_on_ranks import _Rows, one_step  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 SEED_SESSION = REPO / 'yamls' / 'demo_seed_session.yaml'
-GRAD_SCRIPT = Path(__file__).parent / 'scripts' / 'grad_accum_on_ranks.py'
+GRAD_SCRIPT = Path(__file__).parents[1] / 'scripts' / 'grad_accum_on_ranks.py'
 
 
 def tiny_model() -> RetrievalModel:

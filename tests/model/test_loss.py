@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tempme_composer.model.loss import symmetric_infonce
 
-SCRIPT = Path(__file__).parent / 'scripts' / 'loss_on_ranks.py'
+SCRIPT = Path(__file__).parents[1] / 'scripts' / 'loss_on_ranks.py'
 
 
 def test_symmetric_infonce_matches_the_definition():
@@ -32,7 +32,7 @@ def test_perfect_alignment_gives_low_loss_and_swaps_give_high_loss():
 
 
 def _run(nproc: int, out: Path, global_batch: int) -> dict:
-    env = {**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', str(nproc), str(SCRIPT), str(out), str(global_batch)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -24,7 +24,7 @@ from tempme_composer.data.convert import main as convert
 from tempme_composer.errors import CheckpointRefusedError, ConfigError, NonFiniteLossError, RecipeError
 from tempme_composer.train import main, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 

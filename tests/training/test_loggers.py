@@ -22,7 +22,7 @@ from tempme_composer.inference.export import read_checkpoint_model_state
 from tempme_composer.loggers import flatten_config, mlflow_metric_name
 from tempme_composer.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 
@@ -47,7 +47,7 @@ def test_names_for_the_trackers():
 
 
 @pytest.mark.e2e
-def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(tmp_path):
+def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(demo_data, tmp_path):
     mlflow = pytest.importorskip('mlflow')
     with_wandb = importlib.util.find_spec('wandb') is not None
     store = f'sqlite:///{tmp_path / "mlflow.db"}'
@@ -56,7 +56,7 @@ def test_mlflow_wandb_file_and_tensorboard_get_the_config_and_every_evaluation(t
     mlflow.tracking.MlflowClient(tracking_uri=store).create_experiment(
         'tempme', artifact_location=(tmp_path / 'mlflow-artifacts').as_uri())
     cfg = load_config(DEMO, [
-        f'output_dir={run}', f'data.demo.root={tmp_path / "data"}', 'data.demo.num_train=24',
+        f'output_dir={run}', f'data.demo.root={demo_data}', 'data.demo.num_train=24',
         'data.demo.num_eval=12', 'epochs=2', 'batch_size=8', 'batch_size_val=6', 'data.num_workers=0',
         f'loggers.mlflow={{tracking_uri: "{store}", experiment_name: tempme}}',
         'loggers.file={}', *(['loggers.wandb={project: tempme, mode: offline}'] if with_wandb else []),

@@ -237,13 +237,11 @@ def test_an_index_without_captions_or_timestamps_is_refused(long_demo, tmp_path)
         evaluate_moments(VideoIndex(tmp_path / 'undated'), other)
 
 
-def test_evaluate_moments_with_a_real_exported_model(long_demo, tmp_path):
+def test_evaluate_moments_with_a_real_exported_model(long_demo, tiny_export, tmp_path):
     """The real tokenizer and text tower of a (random, tiny) exported model; moments embedded at random."""
-    from export_fixtures import exported_tiny
-
     from tempme_composer.inference import load_exported
 
-    model = load_exported(exported_tiny(tmp_path))
+    model = load_exported(tiny_export)
     samples = _samples(long_demo.eval_dir)
     index = _moment_index(tmp_path / 'index', model, long_demo.eval_dir, samples, sum(len(_clips(s)) for s in samples))
     rng = np.random.default_rng(1)
@@ -257,15 +255,13 @@ def test_evaluate_moments_with_a_real_exported_model(long_demo, tmp_path):
     assert results['video_R@1'] <= results['video_R@5'] <= results['video_R@10'] <= 100.0
 
 
-def test_eval_moments_of_a_folder_index_with_an_annotations_file(long_demo, tmp_path, capsys):
+def test_eval_moments_of_a_folder_index_with_an_annotations_file(long_demo, tiny_export, tmp_path, capsys):
     """`tempme-index --videos … --window` then `tempme-search --eval-moments --annotations FILE`: the captions
     and time ranges come from the ActivityNet-style file, matched to the indexed files by name."""
-    from export_fixtures import exported_tiny
-
     from tempme_composer.inference.index import main as index_main
     from tempme_composer.inference.search_cli import main as search_main
 
-    export = exported_tiny(tmp_path)
+    export = tiny_export
     videos, annotations = long_demo.videos_dir / 'val_1', long_demo.annotations_dir / 'val_1.json'
     index = tmp_path / 'index'
     assert index_main(['--model', str(export), '--videos', str(videos), '--out', str(index), '--window',

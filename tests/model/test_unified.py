@@ -14,7 +14,7 @@ from tempme_composer.model import UnifiedModel
 from tempme_composer.model.config import LoRAConfig, ModelConfig, StopConfig, TempMeConfig
 from tempme_composer.modules.video_tower import encode_video
 
-DOC = Path(__file__).resolve().parents[1] / 'docs' / 'unified.md'
+DOC = Path(__file__).resolve().parents[2] / 'docs' / 'unified.md'
 
 
 def _cfg(tempme: bool, stop: bool, **tempme_kw) -> ModelConfig:

@@ -14,7 +14,7 @@ from process_helpers import kill_when_latest_is
 
 from tempme_composer.data.synthetic import generate_demo_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 

@@ -7,7 +7,7 @@ import pytest
 from tempme_composer.config import TrainConfig, config_to_yaml, load_config
 from tempme_composer.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 

@@ -13,7 +13,7 @@ from tempme_composer.checkpointing.best_checkpoint import BestCheckpoint
 from tempme_composer.config import load_config
 from tempme_composer.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 NUM_EVAL = 13  # not divisible by 2 or 3: streaming pads each rank's partition with duplicates
 

@@ -21,7 +21,7 @@ from tempme_composer.model import UnifiedModel
 from tempme_composer.modules.video_tower import encode_video
 from tempme_composer.train import train
 
-YAMLS = Path(__file__).resolve().parents[1] / 'yamls'
+YAMLS = Path(__file__).resolve().parents[2] / 'yamls'
 ALL = sorted(YAMLS.glob('*.yaml'))
 REAL = [p for p in ALL if not p.name.startswith('demo')]
 DEMO_VARIANTS = ('baseline', 'tempme', 'stop', 'unified')

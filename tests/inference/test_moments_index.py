@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_fixtures import exported_tiny
 from video_fixtures import _codec, write_numbered_video, write_video
 
 from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
@@ -40,7 +39,7 @@ from tempme_composer.inference.moments import (
 from tempme_composer.inference.preprocess import VideoInput, video_from_file, video_from_frames
 from tempme_composer.inference.store import THUMB_NAME, IndexFolderError, IndexStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESOLUTION = 16
 VFR_MS = [0, 100, 150, 700, 720, 1500, 1510, 1520, 2600, 2700, 2950, 3300, 3310, 4100, 4900, 4950]
 SHOT_COLOURS = [(220, 40, 40)] * 3 + [(40, 190, 60)] * 3 + [(40, 80, 230)] * 3  # three 3-second shots
@@ -90,9 +89,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope='module')
-def model(tmp_path_factory):
+def model(tiny_export):
     """The tiny export: max_frames 4, tempme-convert's default rule (1 fps): default window 4 s, stride 2 s."""
-    return load_exported(exported_tiny(tmp_path_factory.mktemp('model')))
+    return load_exported(tiny_export)
 
 
 # ---- planning ----------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from export_fixtures import exported_tiny
 from PIL import Image
 from video_fixtures import write_video
 
@@ -94,11 +93,11 @@ def moment_index(model, videos: Path, out: Path, window: float = 4.0, stride: fl
 
 
 @pytest.fixture(scope='module')
-def built(tmp_path_factory) -> dict:
+def built(tmp_path_factory, tiny_export) -> dict:
     """A tiny model, a folder (an 8 s video red then blue, three 3 s clips of other colours) and its moment
     index."""
     root = tmp_path_factory.mktemp('moments')
-    export = exported_tiny(root)
+    export = tiny_export  # the session's (read-only)
     model = load_exported(export)
     videos = root / 'videos'
     write_video(videos / 'long.mp4', seconds=8, colours=(RED,) * 4 + (BLUE,) * 4)
