@@ -86,7 +86,7 @@ ZERO_GRADIENT = {  # parameter -> the weight whose gradient sets the scale of it
 # channels that ln_1 nearly cancels): fp32 rounding leaves a larger relative spread, seen equally in fp64 runs
 # of both paths (the LayerNorms compute in fp32), e.g. 2e-4 and 2e-3 of the norm.
 # conv_impl auto runs the pixel Conv stack via FFT on CPU: its gradients agree with the reference's direct Conv3d
-# to fp32 rounding in another summation order (tests/test_fft_conv.py checks it against the direct one).
+# to fp32 rounding in another summation order (tests/modules/test_fft_conv.py checks it against the direct one).
 FFT_CONV = 1e-3
 CANCELLING = {
     'clip.visual.TemporalPrompt.Cal_Net_Inter.weight': 1e-2,

@@ -1,6 +1,6 @@
 """safe_torch_load: a checkpoint that would run code is refused before anything is unpickled.
 
-The recipe's own checkpoints (every kind) are loaded through it in tests/test_bad_inputs.py, where they are
+The recipe's own checkpoints (every kind) are loaded through it in tests/training/test_bad_inputs.py, where they are
 trained for real; here the refusals, on small hand-made checkpoints.
 """
 

@@ -31,7 +31,7 @@ from tempme_composer.recipe.context import RunContext
 from tempme_composer.recipe.model import build_model
 from tempme_composer.train import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from tempme_composer.recipe.terminal import TqdmWriteHandler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'yamls' / 'demo.yaml'
 ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
 LOG_START = re.compile(r'^\d\d:\d\d:\d\d rank0 tempme_composer')
