@@ -84,9 +84,13 @@ def _flags(export: Path, videos: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _launch(export: Path, videos: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2 -m tempme_composer.inference.index ...``, which must succeed."""
-    command = [*_torchrun(), '--nproc-per-node', '2', '--master-addr', '127.0.0.1', '--master-port',
-               str(_free_port()), '-m', 'tempme_composer.inference.index', *_flags(export, videos, out, *extra)]
+    """``torchrun --standalone --nproc-per-node 2 -m tempme_composer.inference.index ...``, which must succeed.
+
+    ``--standalone`` lets torchrun bind its own free loopback port: a port picked here and closed before the
+    launch could be taken by another process in between, and the ranks would wait on it until the timeout.
+    """
+    command = [*_torchrun(), '--standalone', '--nproc-per-node', '2', '-m', 'tempme_composer.inference.index',
+               *_flags(export, videos, out, *extra)]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return run
