@@ -1052,14 +1052,26 @@ def _main_ranks(args: argparse.Namespace, moments: dict[str, Any], world: World)
             dtype=args.dtype, batch_size=args.batch_size or 16, num_workers=args.workers, bf16=args.bf16,
             all_files=args.all_files, rebuild=args.rebuild, force=args.force, progress=not args.no_progress,
             **moments)
-    except IndexFolderError as e:
-        return _fail(str(e))
-    finally:
+    except IndexFolderError as e:  # the same error on every rank, or a rank lost: no meeting
         if created:
             dist.destroy_process_group()
+        return _fail(str(e))
     if report is not None:
         print_report(report, args.out)
+    _leave(created)
     return 0
+
+
+def _leave(created: bool) -> None:
+    """After a run that succeeded on every rank: tear down the process group once every rank is here.
+
+    Without the meeting a rank can start tearing down while a peer is still finishing its last exchange, and
+    gloo's teardown may then wait for that peer forever (seen once in many runs on a loaded 2-core machine,
+    after the index was committed).
+    """
+    if created:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == '__main__':
