@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from tempme_composer.inference.exported import ExportError
-    from tempme_composer.inference.search import load_index_model
+    from tempme_composer.inference.search import VideoIndex, load_index_model
     from tempme_composer.inference.store import IndexFolderError
     from tempme_composer.serve.app import create_app
     from tempme_composer.serve.engine import Engine
@@ -110,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         generations = Generations(args.index)
         model = load_index_model(generations.current(), args.model, args.clip_checkpoint)
         generations.model_hash = model.model_hash
-        if (
-            args.approximate
-        ):  # the graph is built (or its cache read) now and for each new generation, not on a query
+        if args.approximate:  # the graph is built (or its cache read) now and for each new generation
             from tempme_composer.inference.ann import ann_index
 
-            ann_index(generations.current())
-            generations.prepare = ann_index
+            prepare = ann_index
+        else:  # exact: each generation's embeddings widened to fp32 once, not on every query
+            prepare = VideoIndex.hold_in_memory
+        prepare(generations.current())
+        generations.prepare = prepare
     except (
         IndexFolderError,
         ExportError,
