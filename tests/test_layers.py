@@ -40,7 +40,8 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (7, 'inference: export loading, index, search', ('tempme_composer.inference',)),
     (
         8,
-        'training: recipe config, Composer wrapper, algorithms, callbacks, checkpoints, optimizers, loggers',
+        'training: recipe config, Composer wrapper, algorithms, callbacks, checkpoints, optimizers, loggers; '
+        'the search service',
         (
             'tempme_composer.config',
             'tempme_composer.composer_wrapper',
@@ -53,6 +54,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             'tempme_composer.preflight',
             'tempme_composer.recipe',
             'tempme_composer.train',
+            'tempme_composer.serve',
         ),
     ),
     (
@@ -72,6 +74,7 @@ LIGHT_PACKAGES = (
     'tempme_composer.model',
     'tempme_composer.clip',
     'tempme_composer.modules',
+    'tempme_composer.serve',
 )
 TRAINING_STACK = ('composer', 'omegaconf', 'torchmetrics', 'tempme_composer.config')
 
