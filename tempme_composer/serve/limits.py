@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 __all__ = [
     'ApiError',
     'DeclaredBodySize',
@@ -156,23 +158,8 @@ class DeclaredBodySize:
             declared = dict(scope.get('headers') or []).get(b'content-length', b'')
             limit = body_limit(self.limits, scope['path'])
             if declared.isdigit() and int(declared) > limit:
-                body = json.dumps(
-                    {
-                        'error': f'request body is {int(declared)} bytes: {scope["path"][:120]} takes at '
-                        f'most {limit} bytes'
-                    }
-                ).encode()
-                await send(
-                    {
-                        'type': 'http.response.start',
-                        'status': 413,
-                        'headers': [
-                            (b'content-type', b'application/json'),
-                            (b'content-length', str(len(body)).encode()),
-                            (b'connection', b'close'),
-                        ],
-                    }
-                )
-                await send({'type': 'http.response.body', 'body': body})
+                error = f'request body is {int(declared)} bytes: {scope["path"][:120]} takes at most {limit} bytes'
+                response = JSONResponse({'error': error}, status_code=413, headers={'connection': 'close'})
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

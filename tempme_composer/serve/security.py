@@ -4,8 +4,9 @@ constant time), and no cross-origin access unless ``--cors ORIGIN`` names it."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import secrets
+
+from starlette.responses import JSONResponse
 
 __all__ = ['is_loopback', 'check_bind', 'BearerToken', 'OPEN_PATHS', 'OPEN_PREFIXES']
 
@@ -52,21 +53,6 @@ class BearerToken:
             await self.app(scope, receive, send)
             return
         why = 'wrong token' if given else 'no Authorization header'
-        body = json.dumps(
-            {
-                'error': f'{why}: expected "Authorization: Bearer TOKEN" (the --token the server was '
-                'started with)'
-            }
-        ).encode()
-        await send(
-            {
-                'type': 'http.response.start',
-                'status': 401,
-                'headers': [
-                    (b'content-type', b'application/json'),
-                    (b'content-length', str(len(body)).encode()),
-                    (b'www-authenticate', b'Bearer'),
-                ],
-            }
-        )
-        await send({'type': 'http.response.body', 'body': body})
+        error = f'{why}: expected "Authorization: Bearer TOKEN" (the --token the server was started with)'
+        response = JSONResponse({'error': error}, status_code=401, headers={'www-authenticate': 'Bearer'})
+        await response(scope, receive, send)
