@@ -1052,9 +1052,8 @@ def _main_ranks(args: argparse.Namespace, moments: dict[str, Any], world: World)
             dtype=args.dtype, batch_size=args.batch_size or 16, num_workers=args.workers, bf16=args.bf16,
             all_files=args.all_files, rebuild=args.rebuild, force=args.force, progress=not args.no_progress,
             **moments)
-    except IndexFolderError as e:  # the same error on every rank, or a rank lost: no meeting
-        if created:
-            dist.destroy_process_group()
+    except IndexFolderError as e:  # the same error on every rank, or a rank lost
+        _leave(created)
         return _fail(str(e))
     if report is not None:
         print_report(report, args.out)
@@ -1063,14 +1062,16 @@ def _main_ranks(args: argparse.Namespace, moments: dict[str, Any], world: World)
 
 
 def _leave(created: bool) -> None:
-    """After a run that succeeded on every rank: tear down the process group once every rank is here.
+    """Tear down the process group this run created, once every rank that is still there has arrived.
 
     Without the meeting a rank can start tearing down while a peer is still finishing its last exchange, and
-    gloo's teardown may then wait for that peer forever (seen once in many runs on a loaded 2-core machine,
-    after the index was committed).
+    gloo's teardown may then wait for that peer forever (seen a few times in many runs on a loaded 2-core
+    machine, after a commit and after an error every rank shared). A rank that is gone makes the meeting fail at
+    once; then there is nobody to wait for.
     """
     if created:
-        dist.barrier()
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
         dist.destroy_process_group()
 
 
