@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from tempme_composer.data.format import (
     video_columns,
 )
 from tempme_composer.data.frame_layout import pack_jpeg_frames
+
+if TYPE_CHECKING:
+    from streaming import MDSWriter
 
 __all__ = ['write_split']
 
@@ -54,8 +57,6 @@ def write_split(
 ) -> None:
     """Write ``out/<split>`` and ``out/<split>_pairs`` via temporary folders renamed into place; fills
     ``summary`` (counts, unwritten videos with reasons, truncated and short videos)."""
-    from streaming import MDSWriter
-
     tag = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
     tmp_videos = out_dir / f'.{split}.tmp-{tag}'
     tmp_pairs = out_dir / f'.{pairs_split(split)}.tmp-{tag}'
@@ -66,22 +67,8 @@ def write_split(
     columns = video_columns(settings.frame_format)
     try:
         with (
-            MDSWriter(
-                out=str(tmp_videos),
-                columns=columns,
-                compression=None,
-                hashes=SHARD_HASHES,
-                size_limit=size_limit,
-                progress_bar=False,
-            ) as videos,
-            MDSWriter(
-                out=str(tmp_pairs),
-                columns=PAIRS_COLUMNS,
-                compression=None,
-                hashes=SHARD_HASHES,
-                size_limit=size_limit,
-                progress_bar=False,
-            ) as pairs,
+            _shard_writer(tmp_videos, columns, size_limit) as videos,
+            _shard_writer(tmp_pairs, PAIRS_COLUMNS, size_limit) as pairs,
         ):
             video_index = 0
             for record in records:
@@ -188,3 +175,17 @@ def write_split(
     finally:
         shutil.rmtree(tmp_videos, ignore_errors=True)
         shutil.rmtree(tmp_pairs, ignore_errors=True)
+
+
+def _shard_writer(out: Path, columns: dict[str, str], size_limit: str) -> MDSWriter:
+    """An uncompressed MDS writer with the format's shard hashes: the videos split and its pairs split alike."""
+    from streaming import MDSWriter  # imported when writing, so the converter's CLI starts without it
+
+    return MDSWriter(
+        out=str(out),
+        columns=columns,
+        compression=None,
+        hashes=SHARD_HASHES,
+        size_limit=size_limit,
+        progress_bar=False,
+    )
