@@ -29,6 +29,7 @@ __all__ = [
     'DemoDataConfig',
     'StreamConfig',
     'paragraph_mode',
+    'has_val_split',
     'EvaluationConfig',
     'LogitScaleClampConfig',
     'OptimizerConfig',
@@ -73,13 +74,15 @@ class DemoDataConfig:
     num_train: int = 288
     num_eval: int = 72
     seed: int = 0
+    num_val: int = 0  # further videos in a held-out validation split (0: none); evaluation.select_on: val uses it
 
 
 @dataclass
 class DataConfig:
     datatype: Literal['demo', 'msrvtt', 'msvd', 'lsmdc', 'didemo', 'activity', 'vatex'] = 'msrvtt'
     train: DataSourceConfig | None = None
-    eval: DataSourceConfig | None = None
+    eval: DataSourceConfig | None = None  # the test split (MSR-VTT's 1k-A test, the others' val/test)
+    val: DataSourceConfig | None = None  # a held-out validation split, for evaluation.select_on: val
     demo: DemoDataConfig | None = None  # required when datatype is 'demo'
     max_frames: int = 12
     max_words: int = 32
@@ -100,6 +103,9 @@ class EvaluationConfig:
     dsl: bool = False  # also report dual-softmax re-ranked metrics (raw ones are always reported)
     save_ranks: bool = False  # per-caption rank and top-5 videos as JSONL in output_dir/analysis
     save_similarity: bool = False  # the caption x video similarity matrix as .npy in output_dir/analysis
+    # Which split best.pt is chosen on: 'test' is the published-comparison mode (best test R@1 over all
+    # evaluations, as the papers report it); 'val' chooses on data.val and reports test beside it.
+    select_on: Literal['test', 'val'] = 'test'
 
 
 @dataclass
@@ -303,7 +309,7 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f'{source}: both do_train and do_eval are false, so there is nothing to do')
     if cfg.do_eval and not cfg.do_train and not cfg.resume:
         raise ConfigError(f"{source}: do_eval without do_train evaluates a checkpoint: set resume=PATH")
-    for key in ('train', 'eval'):
+    for key in ('train', 'eval', 'val'):
         src = getattr(cfg.data, key)
         if src is not None and (src.local is None) == (src.streams is None):
             raise ConfigError(f"{source}: 'data.{key}' needs exactly one of 'local' (one dataset) or 'streams' (a mix)")
@@ -328,6 +334,19 @@ def _check_semantics(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: do_train is true but 'data.train' (local: ...) is missing")
     if cfg.data.eval is None and cfg.data.datatype != 'demo' and (cfg.do_eval or cfg.do_train):
         raise ConfigError(f"{source}: 'data.eval' (local: ...) is missing; evaluation needs it")
+    if cfg.data.demo is not None and cfg.data.demo.num_val < 0:
+        raise ConfigError(f"'data.demo.num_val' in {source} must be >= 0 (0: no validation split), got {cfg.data.demo.num_val}")
+    if cfg.evaluation.select_on == 'val' and not has_val_split(cfg.data):
+        raise ConfigError(
+            f"'evaluation.select_on=val' in {source} needs a validation split, and none is configured: set "
+            "'data.val' (local: ...; tempme-convert --val-from-train N makes one for a benchmark without an "
+            "official one)" + (', or data.demo.num_val > 0' if cfg.data.datatype == 'demo' else '')
+            + ", or select_on=test (the published-comparison mode)")
+
+
+def has_val_split(data: DataConfig) -> bool:
+    """Whether the run has a validation split: data.val, or the demo's generated one."""
+    return data.val is not None or (data.datatype == 'demo' and data.demo is not None and data.demo.num_val > 0)
 
 
 #: Tracker -> (module it needs, pyproject extra that installs it).
@@ -356,7 +375,7 @@ def _check_storage_and_loggers(cfg: TrainConfig, source: str) -> None:
         if sub is not None and sub.flush_interval <= 0:
             raise ConfigError(f"'loggers.{name}.flush_interval' in {source} must be positive, got {sub.flush_interval}")
     caches: dict[str, tuple[str, bool]] = {}
-    for key in ('train', 'eval'):
+    for key in ('train', 'eval', 'val'):
         src = getattr(cfg.data, key)
         if src is None:
             continue

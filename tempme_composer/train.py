@@ -28,8 +28,10 @@ from tempme_composer.recipe.callbacks import CALLBACKS, build_callbacks
 from tempme_composer.recipe.checks import check_machine
 from tempme_composer.recipe.context import RunContext
 from tempme_composer.recipe.data import (
+    VAL_LABEL,
     build_dataloaders,
     build_evaluator,
+    build_val_evaluator,
     check_batch_split,
     check_epoch_has_batches,
 )
@@ -87,9 +89,9 @@ def train(cfg: TrainConfig) -> Trainer:
         prepare_for_fsdp(
             model, cfg.fsdp.activation_checkpointing, per_block_units=model.model.blocks_called_whole
         )
-    checkpoints = plan_checkpoints(
-        cfg, model, output_dir, eval_label=cfg.data.datatype, metric=PRIMARY_METRIC
-    )
+    # best.pt is chosen on the test split (the published-comparison mode) or on the validation split
+    selection_label = VAL_LABEL if cfg.evaluation.select_on == 'val' else cfg.data.datatype
+    checkpoints = plan_checkpoints(cfg, model, output_dir, eval_label=selection_label, metric=PRIMARY_METRIC)
     # After the checkpoint check: a refused restart keeps the run's config.yaml.
     if dist.get_global_rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +102,10 @@ def train(cfg: TrainConfig) -> Trainer:
         report = freeze_parameters(model, cfg.freeze_clip, cfg.freeze_substrings, cfg.keep_substrings)
         log.info('%d of %d parameter elements trainable', report.num_trainable, report.num_total)
         microbatch = check_batch_split(cfg)
-    train_spec, eval_spec = build_dataloaders(cfg, model.model.clip)
+    train_spec, eval_spec, val_spec = build_dataloaders(cfg, model.model.clip)
     evaluator = build_evaluator(cfg, eval_spec, PRIMARY_METRIC)
+    # test first: when the validation score improves, that evaluation's test numbers are already recorded
+    evaluators = [e for e in (evaluator, build_val_evaluator(cfg, val_spec, PRIMARY_METRIC)) if e is not None]
     gallery = gallery_of_source(cfg.data.eval)  # says so when the eval gallery is smaller than listed
     run = RunContext(cfg, model, output_dir, device, evaluator.label, gallery, checkpoints)
     loggers = build_loggers(cfg.loggers, output_dir, run_name) + [u for u in (checkpoints.uploader,) if u]
@@ -120,7 +124,7 @@ def train(cfg: TrainConfig) -> Trainer:
         )
     trainer = Trainer(
         model=model,
-        eval_dataloader=evaluator,
+        eval_dataloader=evaluators,
         algorithms=build_algorithms(run),
         callbacks=build_callbacks(run),
         loggers=loggers,

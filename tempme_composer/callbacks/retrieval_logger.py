@@ -29,12 +29,20 @@ class RetrievalLogger(Callback):
     pass and are read from the metric without another collective.
 
     With ``gallery`` (the eval split as converted), a gallery smaller than the split's listed videos is said
-    beside the metric lines and in the JSON (``gallery_note``): "987 of 1,000 test videos ...".
+    beside the metric lines and in the JSON (``gallery_note``): "987 of 1,000 test videos ...". With
+    ``gallery_label``, only that evaluator's numbers are checked against it (the validation split is another
+    set of videos).
     """
 
-    def __init__(self, results_dir: str | Path | None = None, gallery: Gallery | None = None) -> None:
+    def __init__(
+        self,
+        results_dir: str | Path | None = None,
+        gallery: Gallery | None = None,
+        gallery_label: str | None = None,
+    ) -> None:
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.gallery = gallery
+        self.gallery_label = gallery_label
         self.last_results: dict[str, dict[str, float]] = {}
 
     def eval_end(self, state: State, logger: Logger) -> None:
@@ -59,7 +67,11 @@ class RetrievalLogger(Callback):
                     lines += format_log_lines(results, prefix='dsl_')
                 for line in lines:
                     log.info(line)
-                note = self.gallery.note(int(results['num_videos'])) if self.gallery is not None else None
+                note = (
+                    self.gallery.note(int(results['num_videos']))
+                    if self.gallery is not None and self.gallery_label in (None, label)
+                    else None
+                )
                 if note:
                     log.warning(note)
                 if self.results_dir is not None:

@@ -100,8 +100,7 @@ class BestCheckpoint(Callback):
                 tmp_json.write_text(json.dumps(record, indent=2))  # both written before either is replaced
                 os.replace(written, self.folder / BEST_WEIGHTS)
                 os.replace(tmp_json, self.folder / BEST_RECORD)
-                if self.remote_folder is not None:
-                    self._upload(logger)
+                self.upload(logger)
         except OSError as e:
             for tmp in (Path(tmp_name), tmp_json):
                 tmp.unlink(missing_ok=True)  # frees the space the partial file took
@@ -131,8 +130,11 @@ class BestCheckpoint(Callback):
         dist.barrier()
         logger.log_metrics({f'best/{self.eval_label}/{self.metric_name}': value})
 
-    def _upload(self, logger: Logger) -> None:
-        """Queue best.pt then best.json for upload (copied now, so the next best cannot race them)."""
+    def upload(self, logger: Logger) -> None:
+        """Queue best.pt then best.json for upload to ``remote_folder`` (copied now, so the next best cannot
+        race them); nothing without one."""
+        if self.remote_folder is None:
+            return
         _, _, prefix = split_uri(self.remote_folder)
         for name in (BEST_WEIGHTS, BEST_RECORD):
             logger.upload_file(

@@ -285,7 +285,8 @@ class DemoDataset:
     """Where a generated demo dataset lives.
 
     ``train_dir``/``eval_dir`` are MDS directories (``index.json`` + shards); equivalently use
-    ``local=mds_dir`` with ``split='train'`` / ``split='eval'``.
+    ``local=mds_dir`` with ``split='train'`` / ``split='eval'``. ``val_dir`` is the held-out validation split
+    (``num_val`` videos, none when 0), the split checkpoints are selected on with ``evaluation.select_on: val``.
     """
 
     root: Path
@@ -296,6 +297,13 @@ class DemoDataset:
     num_train: int
     num_eval: int
     reused: bool  # True when an existing complete dataset was returned without regenerating
+    val_dir: Path | None = None  # <root>/mds/val when num_val > 0
+    num_val: int = 0
+
+
+#: Each split's own random streams: (seed, code, ...) keeps the validation videos and captions apart from the
+#: train and eval ones, which stay byte-identical whether or not a validation split is generated.
+_SPLIT_CODES = {'train': 1, 'eval': 2, 'val': 3}
 
 
 def _paths(root: Path) -> dict[str, Path]:
@@ -303,10 +311,11 @@ def _paths(root: Path) -> dict[str, Path]:
             'train_dir': root / 'mds' / 'train', 'eval_dir': root / 'mds' / 'eval'}
 
 
-def _is_complete(root: Path) -> bool:
+def _is_complete(root: Path, num_val: int = 0) -> bool:
     p = _paths(root)
     return ((root / DEMO_META_FILE).is_file() and (p['train_dir'] / MDS_INDEX_FILE).is_file()
-            and (p['eval_dir'] / MDS_INDEX_FILE).is_file())
+            and (p['eval_dir'] / MDS_INDEX_FILE).is_file()
+            and (num_val == 0 or (root / 'mds' / 'val' / MDS_INDEX_FILE).is_file()))
 
 
 def video_combos(split: str, count: int, seed: int) -> list[tuple[str, str, str]]:
@@ -314,7 +323,7 @@ def video_combos(split: str, count: int, seed: int) -> list[tuple[str, str, str]
 
     With ``count <= 72`` every class appears at most once, so each caption has exactly one correct video.
     """
-    rng = np.random.default_rng([seed, 1 if split == 'train' else 2, 0])
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], 0])
     classes = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
     out: list[tuple[str, str, str]] = []
     while len(out) < count:
@@ -329,7 +338,7 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, frame_size: i
 
     videos_dir = root / 'videos' / split
     videos_dir.mkdir(parents=True, exist_ok=True)
-    split_code = 1 if split == 'train' else 2
+    split_code = _SPLIT_CODES[split]
     with MDSWriter(out=str(root / 'mds' / split), columns=DEMO_COLUMNS, compression=None, hashes=SHARD_HASHES,
                    size_limit='64mb', progress_bar=False) as writer:
         for i, (colour, shape, direction) in enumerate(video_combos(split, count, seed)):
@@ -369,7 +378,7 @@ def _reuse_or_refuse(root: Path, what: str, meta_name: str, params: dict, comple
 
 def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, num_eval: int = 72,
                           seed: int = 0, frame_size: int = 48, num_frames: int = 16, video_fps: float = 8.0,
-                          jpeg_quality: int = 90, overwrite: bool = False) -> DemoDataset:
+                          jpeg_quality: int = 90, overwrite: bool = False, num_val: int = 0) -> DemoDataset:
     """Create (or reuse) the demo dataset under ``out_dir``.
 
     Layout: ``out_dir/videos/{train,eval}/<video_id>.mp4`` and MDS splits ``out_dir/mds/{train,eval}`` with
@@ -377,6 +386,9 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     ``num_eval <= 72`` every eval video has a distinct (colour, shape, direction), so each eval caption has
     exactly one correct video and text-to-video chance level is R@1 = 1/num_eval (1/72 ~ 1.4%, R@5 ~ 6.9%,
     R@10 ~ 13.9% at the default). With ``num_eval > 72`` classes repeat and retrieval becomes ambiguous.
+    ``num_val > 0`` adds a validation split ``out_dir/mds/val`` of that many further videos, drawn from their
+    own random stream, so the train and eval splits are the same with or without it
+    (docs/evaluation.md#selecting-on-a-validation-split).
 
     Generation is deterministic for a given seed and parameters (byte-identical MDS shards). Everything is
     written to a temporary sibling directory first and renamed into place, so an interrupted run never
@@ -389,6 +401,8 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     """
     if num_train < 1 or num_eval < 1:
         raise ValueError(f'num_train and num_eval must be >= 1, got {num_train} and {num_eval}')
+    if num_val < 0:
+        raise ValueError(f'num_val must be >= 0 (0: no validation split), got {num_val}')
     if frame_size < 16 or frame_size % 2:
         raise ValueError(f'frame_size must be an even number >= 16 (yuv420p), got {frame_size}')
     if num_frames < 1 or not video_fps > 0:
@@ -397,9 +411,13 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
     params = {'format_version': DEMO_FORMAT_VERSION, 'num_train': num_train, 'num_eval': num_eval, 'seed': seed,
               'frame_size': frame_size, 'num_frames': num_frames, 'video_fps': video_fps,
               'jpeg_quality': jpeg_quality}
+    if num_val:  # recorded only when there is one, so datasets written before the val split are reused as they are
+        params['num_val'] = num_val
 
     def result(reused: bool) -> DemoDataset:
-        return DemoDataset(**_paths(root), num_train=num_train, num_eval=num_eval, reused=reused)
+        val_dir = root / 'mds' / 'val' if num_val else None
+        return DemoDataset(**_paths(root), num_train=num_train, num_eval=num_eval, reused=reused, val_dir=val_dir,
+                           num_val=num_val)
 
     def existing_params() -> dict:
         meta = json.loads((root / DEMO_META_FILE).read_text())
@@ -408,7 +426,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
             existing['format_version'] = DEMO_FORMAT_VERSION
         return existing
 
-    if _reuse_or_refuse(root, 'demo dataset', DEMO_META_FILE, params, _is_complete(root) and not overwrite,
+    if _reuse_or_refuse(root, 'demo dataset', DEMO_META_FILE, params, _is_complete(root, num_val) and not overwrite,
                         existing_params):
         return result(reused=True)
 
@@ -420,11 +438,13 @@ def generate_demo_dataset(out_dir: str | os.PathLike, *, num_train: int = 288, n
                       jpeg_quality=jpeg_quality)
         _write_split(tmp, 'train', num_train, **common)
         _write_split(tmp, 'eval', num_eval, **common)
+        if num_val:
+            _write_split(tmp, 'val', num_val, **common)
         meta = {**params, 'codec': video_codec(), 'num_classes': NUM_CLASSES, 'columns': DEMO_COLUMNS,
                 'chance_t2v_r1': 1.0 / num_eval}
         (tmp / DEMO_META_FILE).write_text(json.dumps(meta, indent=2) + '\n')  # written last: marks completeness
 
-        if _is_complete(root) and not overwrite and existing_params() == params:
+        if _is_complete(root, num_val) and not overwrite and existing_params() == params:
             log.info('another process finished %s first; reusing it', root)  # e.g. several ranks racing
             return result(reused=True)
         _replace_dir(tmp, root)
@@ -664,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> DemoDataset | LongDemoDataset:
                         'captions and [start, end] (moment retrieval), converted like ActivityNet Captions')
     parser.add_argument('--num-train', type=int, default=None, help='default 288 (--long: 16)')
     parser.add_argument('--num-eval', type=int, default=None, help='default 72 (--long: 8)')
+    parser.add_argument('--num-val', type=int, default=0, help='a held-out validation split mds/val of this many '
+                        'further videos (default 0: none; not with --long)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--frame-size', type=int, default=48)
     parser.add_argument('--num-frames', type=int, default=16, help='frames per video (not with --long)')
@@ -686,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> DemoDataset | LongDemoDataset:
         ds = generate_demo_dataset(args.out, num_train=288 if args.num_train is None else args.num_train,
                                    num_eval=72 if args.num_eval is None else args.num_eval, seed=args.seed,
                                    frame_size=args.frame_size, num_frames=args.num_frames,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, num_val=args.num_val)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(ds).items()}
     summary['seconds'] = round(time.perf_counter() - start, 2)
     print(json.dumps(summary, indent=2))

@@ -2,7 +2,7 @@
 
 Default run (no section): ``retrieval_logger``, ``train_log_line``, ``frame_padding_notice``,
 ``retrieval_analysis`` (evaluation.save_ranks/save_similarity), ``log_config_to_trackers`` (MLflow or W&B);
-training adds ``best_checkpoint``, ``checkpoint_saver`` (save_folder), ``finite_loss_guard``,
+training adds ``best_checkpoint``, ``selection_report`` (evaluation.select_on: val), ``checkpoint_saver`` (save_folder), ``finite_loss_guard``,
 ``log_exported_model`` (loggers.mlflow.log_model), ``parameter_report``, ``training_scalars``, ``lr_monitor``,
 ``speed_monitor`` (window n_display) and ``memory_monitor`` (GPU). The others are added by name.
 """
@@ -35,8 +35,11 @@ from tempme_composer.callbacks import (
     TrainLogLine,
 )
 from tempme_composer.checkpointing.best_checkpoint import BEST_WEIGHTS
+from tempme_composer.checkpointing.selection_report import SelectionReport
+from tempme_composer.composer_wrapper import PRIMARY_METRIC
 from tempme_composer.loggers import LogConfigToTrackers, LogExportedModel
 from tempme_composer.recipe.context import RunContext
+from tempme_composer.recipe.data import VAL_LABEL
 from tempme_composer.recipe.registry import Component, Registry
 
 __all__ = ['CALLBACKS', 'build_callbacks']
@@ -71,6 +74,14 @@ def _exported_model(ctx: RunContext) -> dict[str, Any]:
     return {'checkpoint': ctx.checkpoints.folder / BEST_WEIGHTS, 'export_dir': ctx.output_dir / 'exported'}
 
 
+def _selection_report(ctx: RunContext) -> SelectionReport:
+    if ctx.checkpoints.best_checkpoint is None:
+        raise ValueError('only a training run has best.pt to report on')
+    return SelectionReport(
+        ctx.checkpoints.best_checkpoint, ctx.cfg.data.datatype, VAL_LABEL, PRIMARY_METRIC, ctx.output_dir
+    )
+
+
 def _tracked(ctx: RunContext) -> bool:
     return ctx.cfg.loggers.mlflow is not None or ctx.cfg.loggers.wandb is not None
 
@@ -80,7 +91,7 @@ CALLBACKS: Registry[RunContext] = Registry(
     {
         'retrieval_logger': Component.of_class(
             RetrievalLogger,
-            lambda ctx: {'results_dir': ctx.output_dir, 'gallery': ctx.gallery},
+            lambda ctx: {'results_dir': ctx.output_dir, 'gallery': ctx.gallery, 'gallery_label': ctx.eval_label},
             in_default_run=lambda ctx: True,
             required='it computes and reports the retrieval metrics of every evaluation',
         ),
@@ -101,6 +112,11 @@ CALLBACKS: Registry[RunContext] = Registry(
             in_default_run=_training,
             required='best.pt is what evaluation, export and search load',
             fixed='the checkpoint plan builds it in output_dir/checkpoints',
+        ),
+        'selection_report': Component(
+            make=_selection_report,
+            in_default_run=lambda ctx: ctx.cfg.do_train and ctx.cfg.evaluation.select_on == 'val',
+            fixed='evaluation.select_on: val builds it',
         ),
         'checkpoint_saver': Component(
             make=_planned('saver'),

@@ -12,7 +12,18 @@ from tempme_composer.config import DataSourceConfig, TrainConfig, paragraph_mode
 from tempme_composer.errors import ConfigError
 from tempme_composer.preflight import check_dataset
 
-__all__ = ['build_dataloaders', 'build_evaluator', 'check_batch_split', 'check_epoch_has_batches', 'per_rank']
+__all__ = [
+    'VAL_LABEL',
+    'build_dataloaders',
+    'build_evaluator',
+    'build_val_evaluator',
+    'check_batch_split',
+    'check_epoch_has_batches',
+    'per_rank',
+]
+
+#: The validation split's evaluator label: its metrics are logged as metrics/val/... and written to eval-val.json.
+VAL_LABEL = 'val'
 
 
 def per_rank(global_batch: int, key: str) -> int:
@@ -48,32 +59,42 @@ def check_epoch_has_batches(cfg: TrainConfig, train_spec: DataSpec) -> None:
         )
 
 
-def build_evaluator(cfg: TrainConfig, eval_spec: DataSpec, metric: str) -> Evaluator:
-    """The one evaluator; its label (the datatype) names the metrics: metrics/<label>/..."""
+def build_evaluator(cfg: TrainConfig, eval_spec: DataSpec, metric: str, label: str | None = None) -> Evaluator:
+    """An evaluator; its label (the datatype for the test split) names the metrics: metrics/<label>/..."""
     return Evaluator(
-        label=cfg.data.datatype,
+        label=label or cfg.data.datatype,
         dataloader=eval_spec,
         metric_names=[metric],
         device_eval_microbatch_size=per_rank(cfg.batch_size_val, 'batch_size_val'),
     )
 
 
-def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, DataSpec]:
-    """Train and eval loaders over MDS shards; the demo dataset is generated on first use."""
+def build_val_evaluator(cfg: TrainConfig, val_spec: DataSpec | None, metric: str) -> Evaluator | None:
+    """The validation split's evaluator (label `VAL_LABEL`), or None when the run has no validation split."""
+    return None if val_spec is None else build_evaluator(cfg, val_spec, metric, label=VAL_LABEL)
+
+
+def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, DataSpec, DataSpec | None]:
+    """Train, eval (test) and validation loaders over MDS shards; the demo dataset is generated on first use.
+
+    The validation loader is built only with ``evaluation.select_on: val`` (None otherwise)."""
     from tempme_composer.data import LoaderOptions, build_video_text_dataloader
 
     data = cfg.data
     train_src, eval_src = data.train, data.eval
+    val_src = data.val if cfg.evaluation.select_on == 'val' else None
     if data.datatype == 'demo':
         from tempme_composer.data.synthetic import generate_demo_dataset
 
         demo = data.demo
         with dist.run_local_rank_zero_first():
             paths = generate_demo_dataset(
-                demo.root, num_train=demo.num_train, num_eval=demo.num_eval, seed=demo.seed
+                demo.root, num_train=demo.num_train, num_eval=demo.num_eval, seed=demo.seed, num_val=demo.num_val
             )
         train_src = train_src or DataSourceConfig(local=str(paths.train_dir))
         eval_src = eval_src or DataSourceConfig(local=str(paths.eval_dir))
+        if cfg.evaluation.select_on == 'val' and val_src is None:
+            val_src = DataSourceConfig(local=str(paths.val_dir))
     common = dict(
         max_frames=data.max_frames,
         image_resolution=clip.config.image_resolution,
@@ -84,8 +105,8 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         paragraph=paragraph_mode(data),
         check_remote_hashes=data.validate_hash,
     )
-    for key, src in (('data.train', train_src), ('data.eval', eval_src)):
-        if key == 'data.train' and not cfg.do_train:
+    for key, src in (('data.train', train_src), ('data.eval', eval_src), ('data.val', val_src)):
+        if (key == 'data.train' and not cfg.do_train) or src is None:
             continue
         for i, one in enumerate(src.streams or [src]):
             one = one if isinstance(one, dict) else dataclasses.asdict(one)
@@ -108,16 +129,21 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
                 **common,
             )
         )
-    eval_spec = build_video_text_dataloader(
-        LoaderOptions(
-            **_source_kwargs(eval_src),
-            batch_size=per_rank(cfg.batch_size_val, 'batch_size_val'),
-            train=False,
-            frame_order=data.eval_frame_order,
-            **common,
+    eval_specs = [
+        build_video_text_dataloader(
+            LoaderOptions(
+                **_source_kwargs(src),
+                batch_size=per_rank(cfg.batch_size_val, 'batch_size_val'),
+                train=False,
+                frame_order=data.eval_frame_order,
+                **common,
+            )
         )
-    )
-    return train_spec, eval_spec
+        if src is not None
+        else None
+        for src in (eval_src, val_src)
+    ]
+    return train_spec, eval_specs[0], eval_specs[1]
 
 
 def _source_kwargs(src: DataSourceConfig) -> dict:
