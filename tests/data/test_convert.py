@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -347,3 +348,58 @@ def test_bench_smoke(tmp_path, capsys):
     assert result['h100_loader_cores']['forward'] >= result['h100_loader_cores']['train'] >= 1
     out = capsys.readouterr().out
     assert 'samples/s per loader core' in out and 'videos/s' in out
+
+
+def test_val_from_train_holds_out_videos_deterministically(msrvtt, tmp_path, capsys):
+    """--val-from-train moves whole training videos (all captions) into val/, chosen by --val-seed alone."""
+    base = ['msrvtt', '--annotations', str(msrvtt['ann']), '--videos', str(msrvtt['videos']), '--size', str(SIZE),
+            '--workers', '1', '--no-progress', '--max-failed-fraction', '0.3',
+            '--work-dir', str(msrvtt['out'] / '.tempme_work')]
+    out = tmp_path / 'out'
+    assert main([*base, '--out', str(out), '--val-from-train', '1', '--val-seed', '3']) == 0
+    assert 'val: 1 videos held out of train_7k, train_9k (--val-seed 3)' in capsys.readouterr().out
+    report = json.loads((out / 'conversion_report.json').read_text())
+    held = report['val_from_train']
+    assert held['count'] == 1 and held['seed'] == 3 and held['from_splits'] == {'train_7k': 2, 'train_9k': 3}
+    val = _read_split(out / 'val')
+    assert [s['video_id'] for s in val] == held['video_ids']
+    assert val[0]['captions'] == [f'clip {held["video_ids"][0]} shows scene {k}' for k in range(3)]
+    train = [s['video_id'] for s in _read_split(out / 'train_9k')]
+    assert train == [v for v in msrvtt['train_ids'] if v not in held['video_ids']]
+    assert not set(held['video_ids']) & {s['video_id'] for s in _read_split(out / 'train_7k')}
+    again = tmp_path / 'again'  # the same seed holds out the same videos
+    assert main([*base, '--out', str(again), '--splits', 'val,train_9k,train_7k', '--val-from-train', '1',
+                 '--val-seed', '3']) == 0
+    assert json.loads((again / 'conversion_report.json').read_text())['val_from_train'] == held
+    capsys.readouterr()
+    # rewriting the training split without the same hold-out would make val and train overlap
+    assert main([*base, '--out', str(out), '--splits', 'train_9k']) == 2
+    err = capsys.readouterr().err
+    assert 'holds a val split of 1 videos' in err and '--val-from-train 1 --val-seed 3' in err
+    assert 'Traceback' not in err
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [
+        (['--val-from-train', '3'], 'expected at least 1 and fewer than the 3 training videos of msrvtt'),
+        (['--val-from-train', '0'], 'expected at least 1 and fewer than the 3 training videos'),
+        (['--val-from-train', '1', '--splits', 'test'], '--splits leaves out train_7k, train_9k, val'),
+    ],
+)
+def test_val_from_train_refuses_bad_counts(msrvtt, tmp_path, capsys, args, message):
+    rc = main(['msrvtt', '--annotations', str(msrvtt['ann']), '--videos', str(msrvtt['videos']), '--out',
+               str(tmp_path / 'out'), '--no-progress', *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and 'Traceback' not in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_val_from_train_refused_where_an_official_val_split_exists(tmp_path, capsys):
+    (tmp_path / 'val_list.txt').write_text('a\n')
+    (tmp_path / 'test_list.txt').write_text('b\n')
+    (tmp_path / 'raw-captions.pkl').write_bytes(pickle.dumps({'a': [['a', 'cat']], 'b': [['a', 'dog']]}))
+    rc = main(['msvd', '--annotations', str(tmp_path), '--videos', str(tmp_path), '--out', str(tmp_path / 'out'),
+               '--val-from-train', '1'])
+    err = capsys.readouterr().err
+    assert rc == 2 and "msvd has an official validation split ('val')" in err and 'OUT/val' in err

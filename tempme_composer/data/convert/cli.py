@@ -24,6 +24,13 @@ from tempme_composer.data.annotations import (
     read_vatex,
 )
 from tempme_composer.data.convert.cache import WORK_DIR_NAME, atomic_write
+from tempme_composer.data.convert.holdout import (
+    DEFAULT_VAL_SEED,
+    HELD_OUT_SPLIT,
+    REPORT_KEY,
+    check_previous_holdout,
+    hold_out_validation,
+)
 from tempme_composer.data.convert.pipeline import convert_records
 from tempme_composer.data.convert.report import merge_report, print_summary, split_record
 from tempme_composer.data.convert.settings import DEFAULT_JPEG_QUALITY, ConvertSettings
@@ -115,6 +122,19 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument(f'--{flag.replace("_", "-")}', dest=flag, help=f'(default name: {default_name})')
         p.add_argument('--splits', help='comma-separated subset of the splits to convert')
         p.add_argument(
+            '--val-from-train',
+            type=int,
+            metavar='N',
+            help='move N training videos (all their captions) into a val/ split, for benchmarks without an '
+            'official validation split; the ids are listed in the conversion report',
+        )
+        p.add_argument(
+            '--val-seed',
+            type=int,
+            default=DEFAULT_VAL_SEED,
+            help=f'which videos --val-from-train holds out (default {DEFAULT_VAL_SEED})',
+        )
+        p.add_argument(
             '--fps',
             type=float,
             default=1.0,
@@ -205,6 +225,15 @@ def _resolve_files(args: argparse.Namespace) -> dict[str, str | None]:
     return files
 
 
+def _previous_report(path: Path) -> dict:
+    """The conversion report already in the output folder ({} when there is none or it is unreadable)."""
+    try:
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``tempme-convert DATASET --videos DIR --out DIR [annotation files] [options]``; returns the exit code
     (0 ok, 1 too many failed videos, 2 bad arguments or files)."""
@@ -229,6 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_rotation=not args.no_rotation,
         )
         splits = [s.strip() for s in args.splits.split(',') if s.strip()] if args.splits else None
+        holdout = None
+        if args.val_from_train is not None:
+            holdout = hold_out_validation(args.dataset, annotations, args.val_from_train, args.val_seed)
+            left_out = [s for s in [*holdout['from_splits'], HELD_OUT_SPLIT] if splits is not None and s not in splits]
+            if left_out:
+                raise ValueError(
+                    f'--val-from-train rewrites the training splits and val together; --splits leaves out '
+                    f'{", ".join(left_out)}'
+                )
+        previous_holdout = _previous_report(Path(args.out) / REPORT_FILE).get(REPORT_KEY)
+        check_previous_holdout(previous_holdout, holdout, splits or list(annotations), Path(args.out))
         start = time.perf_counter()
         summaries = convert_records(
             args.dataset,
@@ -278,6 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         'exit_code': status,
     }
     report = merge_report(out / REPORT_FILE, report)
+    if holdout is not None or previous_holdout is not None:  # kept by a later run that left train and val alone
+        report[REPORT_KEY] = holdout or previous_holdout
+    if holdout is not None:
+        print(
+            f'{HELD_OUT_SPLIT}: {holdout["count"]} videos held out of {", ".join(holdout["from_splits"])} '
+            f'(--val-seed {holdout["seed"]}); their ids are under "{REPORT_KEY}" in {out / REPORT_FILE}'
+        )
     atomic_write(out / REPORT_FILE, (json.dumps(report, indent=2) + '\n').encode())
     if status == 0 and not args.keep_work and not args.work_dir:  # an explicit --work-dir is the user's
         shutil.rmtree(out / WORK_DIR_NAME, ignore_errors=True)
