@@ -73,7 +73,9 @@ class SelectionReport(Callback):
         """The three labelled test numbers so far (None before the first test evaluation)."""
         if not self.test_history:
             return None
-        selected_at = (self.best.best_epoch, self.best.best_batch) if self.best.best_epoch is not None else None
+        selected_at = (
+            (self.best.best_epoch, self.best.best_batch) if self.best.best_epoch is not None else None
+        )
         return selection_summary(self.test_history, selected_at, self.metric_name)
 
     def eval_after_all(self, state: State, logger: Logger) -> None:

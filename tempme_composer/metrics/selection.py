@@ -20,7 +20,14 @@ from typing import Any
 
 from tempme_composer.metrics.summary import format_log_lines
 
-__all__ = ['SELECTED', 'LAST', 'BEST_ON_TEST', 'PROTOCOL_TITLES', 'selection_summary', 'format_selection_lines']
+__all__ = [
+    'SELECTED',
+    'LAST',
+    'BEST_ON_TEST',
+    'PROTOCOL_TITLES',
+    'selection_summary',
+    'format_selection_lines',
+]
 
 SELECTED = 'test_of_selected_on_val'
 LAST = 'test_of_last'
@@ -82,9 +89,7 @@ def selection_summary(
 def format_selection_lines(summary: dict[str, Any]) -> list[str]:
     """The three labelled results, each a title line (which checkpoint, its epoch and batch) and the research
     codebases' two result lines."""
-    lines = [
-        f'selection on val by {summary["metric"]}; test evaluated {summary["num_evaluations"]} time(s):'
-    ]
+    lines = [f'selection on val by {summary["metric"]}; test evaluated {summary["num_evaluations"]} time(s):']
     for key in (SELECTED, LAST, BEST_ON_TEST):
         record = summary[key]
         if record is None:

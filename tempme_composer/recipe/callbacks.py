@@ -91,7 +91,11 @@ CALLBACKS: Registry[RunContext] = Registry(
     {
         'retrieval_logger': Component.of_class(
             RetrievalLogger,
-            lambda ctx: {'results_dir': ctx.output_dir, 'gallery': ctx.gallery, 'gallery_label': ctx.eval_label},
+            lambda ctx: {
+                'results_dir': ctx.output_dir,
+                'gallery': ctx.gallery,
+                'gallery_label': ctx.eval_label,
+            },
             in_default_run=lambda ctx: True,
             required='it computes and reports the retrieval metrics of every evaluation',
         ),

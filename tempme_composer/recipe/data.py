@@ -59,7 +59,9 @@ def check_epoch_has_batches(cfg: TrainConfig, train_spec: DataSpec) -> None:
         )
 
 
-def build_evaluator(cfg: TrainConfig, eval_spec: DataSpec, metric: str, label: str | None = None) -> Evaluator:
+def build_evaluator(
+    cfg: TrainConfig, eval_spec: DataSpec, metric: str, label: str | None = None
+) -> Evaluator:
     """An evaluator; its label (the datatype for the test split) names the metrics: metrics/<label>/..."""
     return Evaluator(
         label=label or cfg.data.datatype,
@@ -89,7 +91,11 @@ def build_dataloaders(cfg: TrainConfig, clip: CLIP) -> tuple[DataSpec | None, Da
         demo = data.demo
         with dist.run_local_rank_zero_first():
             paths = generate_demo_dataset(
-                demo.root, num_train=demo.num_train, num_eval=demo.num_eval, seed=demo.seed, num_val=demo.num_val
+                demo.root,
+                num_train=demo.num_train,
+                num_eval=demo.num_eval,
+                seed=demo.seed,
+                num_val=demo.num_val,
             )
         train_src = train_src or DataSourceConfig(local=str(paths.train_dir))
         eval_src = eval_src or DataSourceConfig(local=str(paths.eval_dir))

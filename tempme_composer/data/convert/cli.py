@@ -261,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         holdout = None
         if args.val_from_train is not None:
             holdout = hold_out_validation(args.dataset, annotations, args.val_from_train, args.val_seed)
-            left_out = [s for s in [*holdout['from_splits'], HELD_OUT_SPLIT] if splits is not None and s not in splits]
+            left_out = [
+                s for s in [*holdout['from_splits'], HELD_OUT_SPLIT] if splits is not None and s not in splits
+            ]
             if left_out:
                 raise ValueError(
                     f'--val-from-train rewrites the training splits and val together; --splits leaves out '
@@ -318,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         'exit_code': status,
     }
     report = merge_report(out / REPORT_FILE, report)
-    if holdout is not None or previous_holdout is not None:  # kept by a later run that left train and val alone
+    if (
+        holdout is not None or previous_holdout is not None
+    ):  # kept by a later run that left train and val alone
         report[REPORT_KEY] = holdout or previous_holdout
     if holdout is not None:
         print(

@@ -53,7 +53,9 @@ def hold_out_validation(dataset: str, annotations: Annotations, count: int, seed
             f'convert it and point data.val at OUT/{OFFICIAL_VAL_SPLITS[dataset]} instead'
         )
     if HELD_OUT_SPLIT in annotations:
-        raise ValueError(f'--val-from-train: the {dataset} annotations already have a {HELD_OUT_SPLIT!r} split')
+        raise ValueError(
+            f'--val-from-train: the {dataset} annotations already have a {HELD_OUT_SPLIT!r} split'
+        )
     train_splits = sorted(s for s in annotations if s.startswith('train'))
     if not train_splits:
         raise ValueError(f'--val-from-train: no training split was read from the {dataset} annotations')
