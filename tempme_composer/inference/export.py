@@ -46,6 +46,7 @@ from tempme_composer.inference.exported import (
 from tempme_composer.inference.folders import describe_contents, is_inside
 from tempme_composer.inference.model_card import model_card
 from tempme_composer.inference.run_config import RunConfig, read_run_config
+from tempme_composer.inference.seeds import SeedRunError, read_seed_summary
 from tempme_composer.inference.terminal import printable
 from tempme_composer.model import UnifiedModel
 
@@ -120,7 +121,7 @@ def check_export_out(out_dir: Path, inputs: list[Path], force: bool) -> None:
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, full: bool = False,
                       config_path: str | os.PathLike | None = None,
                       clip_checkpoint: str | os.PathLike | None = None, trust: bool = False,
-                      force: bool = False) -> Path:
+                      force: bool = False, seed_spread: str | os.PathLike | None = None) -> Path:
     """Write ``out_dir/{model.safetensors, config.json, README.md}`` for a checkpoint; returns ``out_dir``.
 
     Args:
@@ -131,12 +132,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         clip_checkpoint: the base CLIP file (default: ``model.clip.checkpoint`` of the run's config).
         trust: load a checkpoint outside the allowlist (see `read_checkpoint_model_state`).
         force: replace an ``out_dir`` that is not an earlier export (see `check_export_out`).
+        seed_spread: a ``tempme-seeds --json`` file of this recipe's seed runs, recorded and shown in the card.
     """
     out_dir = Path(out_dir).absolute()
     from tempme_composer.remote import is_remote
 
     inputs = [Path(p) for p in (checkpoint, config_path, clip_checkpoint) if p is not None and not is_remote(str(p))]
     check_export_out(out_dir, inputs, force)
+    spread = None
+    if seed_spread is not None:
+        try:
+            spread = read_seed_summary(seed_spread)
+        except SeedRunError as e:
+            raise ExportError(f'--seed-spread: {e}') from None
     with tempfile.TemporaryDirectory(prefix='tempme-export-') as scratch:
         checkpoint = _local_copy(str(checkpoint), Path(scratch))
         best_file = checkpoint.parent / 'best.json'
@@ -151,7 +159,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                               'output_dir/config.yaml)')
         check_export_out(out_dir, [cfg_file, checkpoint], force)  # the config found beside the checkpoint too
         return _export(checkpoint, out_dir, full=full, cfg_file=cfg_file, best=best, clip_checkpoint=clip_checkpoint,
-                       trust=trust)
+                       trust=trust, seed_spread=spread)
 
 
 def _local_copy(checkpoint: str, scratch: Path) -> Path:
@@ -172,7 +180,8 @@ def _local_copy(checkpoint: str, scratch: Path) -> Path:
 
 
 def _export(checkpoint: Path, out_dir: Path, *, full: bool, cfg_file: Path, best: dict[str, Any] | None,
-            clip_checkpoint: str | os.PathLike | None, trust: bool) -> Path:
+            clip_checkpoint: str | os.PathLike | None, trust: bool,
+            seed_spread: dict[str, Any] | None = None) -> Path:
     from safetensors.torch import save_file
 
     cfg = _read_run_config(cfg_file)
@@ -228,7 +237,7 @@ def _export(checkpoint: Path, out_dir: Path, *, full: bool, cfg_file: Path, best
         'gmac_per_video': _gmac_per_video(fresh, prep),
         'training': {'checkpoint': checkpoint.name, 'best': {k: v for k, v in (best or {}).items() if k != 'config'},
                      'datatype': cfg.data.datatype, 'eval_data': _eval_source(cfg),
-                     'config': cfg.raw},
+                     'config': cfg.raw, **({'seed_spread': seed_spread} if seed_spread else {})},
         'exported': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + '\n')
@@ -360,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--full', action='store_true', help='write every tensor (no base CLIP file needed to load)')
     parser.add_argument('--config', help="the run's config.yaml (default: found next to the checkpoint)")
     parser.add_argument('--clip-checkpoint', help='the base CLIP file (default: model.clip.checkpoint of the run)')
+    parser.add_argument('--seed-spread', metavar='FILE', help='the JSON of tempme-seeds --json over this recipe\'s '
+                        'seed runs: the model card shows the mean ± std of each protocol')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load a checkpoint that holds objects outside the recipe\'s allowlist (runs its pickle: '
                              'only for a file you made yourself)')
@@ -367,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         out = export_checkpoint(args.checkpoint, args.out, full=args.full, config_path=args.config,
-                                clip_checkpoint=args.clip_checkpoint, trust=args.trust_checkpoint, force=args.force)
+                                clip_checkpoint=args.clip_checkpoint, trust=args.trust_checkpoint, force=args.force,
+                                seed_spread=args.seed_spread)
     except ExportError as e:
         print(f'error: {printable(e)}', file=sys.stderr)
         return 1

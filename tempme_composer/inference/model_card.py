@@ -58,6 +58,26 @@ def _selection_results(selection: dict[str, Any], dataset: str, split: str, tie_
     return lines
 
 
+def _seed_spread_lines(spread: dict[str, Any]) -> list[str]:
+    """The text→video recalls of the same recipe over several seeds (``tempme-seeds --json``)."""
+    seeds = ', '.join(str(r.get('seed')) for r in spread.get('runs', []))
+    lines = [
+        '',
+        f'Over {len(spread.get("runs", []))} runs of this recipe with seeds {seeds} (`tempme-seeds`), text→video '
+        'mean ± sample standard deviation (min–max):',
+        '',
+        '| protocol | R@1 | R@5 | R@10 |',
+        '|---|---|---|---|',
+    ]
+    for title, metrics in spread['protocols'].items():
+        cells = [
+            f'{m["mean"]:.1f} ± {m["std"]:.1f} ({m["min"]:.1f}–{m["max"]:.1f})'
+            for m in (metrics[f't2v_{k}'] for k in ('R@1', 'R@5', 'R@10'))
+        ]
+        lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def model_card(cfg: dict[str, Any]) -> str:
     """Markdown with YAML front matter (open_clip's card layout: details, usage, results)."""
     model, base, prep = cfg['model'], cfg['base_clip'], cfg['preprocessing']
@@ -143,6 +163,9 @@ def model_card(cfg: dict[str, Any]) -> str:
                       *format_log_lines(results, prefix='dsl_'), '```']
     else:
         lines.append('No evaluation record (`best.json`) was found next to the checkpoint.')
+    spread = training.get('seed_spread')
+    if isinstance(spread, dict) and spread.get('protocols'):
+        lines += _seed_spread_lines(spread)
     lines += [
         '',
         '## Training config',

@@ -26,6 +26,7 @@ __all__ = [
     'read_seed_run',
     'differing_keys',
     'seed_summary',
+    'read_seed_summary',
     'format_table',
     'main',
 ]
@@ -159,6 +160,28 @@ def seed_summary(folders: Sequence[str | Path]) -> dict[str, Any]:
         for title in runs[0]['protocols']
     }
     return {'runs': [{'folder': r['folder'], 'seed': r['seed']} for r in runs], 'protocols': protocols}
+
+
+def read_seed_summary(path: str | Path) -> dict[str, Any]:
+    """A ``tempme-seeds --json`` file, checked (the model card includes it with ``tempme-export --seed-spread``).
+
+    Raises:
+        SeedRunError: a missing, oversized or malformed file, naming what is wrong.
+    """
+    path = Path(path)
+    data = _read(path, 'tempme-seeds --json output')
+    protocols = data.get('protocols') if isinstance(data, dict) else None
+    if not isinstance(protocols, dict) or not protocols or not isinstance(data.get('runs'), list):
+        raise SeedRunError(f'{path}: expected the JSON of tempme-seeds --json ("runs" and "protocols")')
+    fields = ('mean', 'std', 'min', 'max', 'n')
+    for title, metrics in protocols.items():
+        for name in METRICS:
+            entry = metrics.get(name) if isinstance(metrics, dict) else None
+            if not isinstance(entry, dict) or any(not isinstance(entry.get(f), (int, float)) for f in fields):
+                raise SeedRunError(
+                    f'{path}: protocols.{title}.{name}: expected {", ".join(fields)} as numbers'
+                )
+    return data
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
 from tempme_composer.errors import ConfigError
 from tempme_composer.inference.export import export_checkpoint
+from tempme_composer.inference.exported import ExportError
 from tempme_composer.inference.seeds import PUBLISHED_TITLE, read_seed_run, seed_summary
 from tempme_composer.inference.seeds import main as seeds_main
 from tempme_composer.metrics.selection import BEST_ON_TEST, LAST, PROTOCOL_TITLES, SELECTED, selection_summary
@@ -118,12 +119,28 @@ def test_the_selected_test_numbers_are_those_of_best_pt_evaluated_again(val_runs
     assert results == chosen['results']
 
 
-def test_model_card_leads_with_the_val_selected_test_numbers(val_runs, tmp_path):
+def test_model_card_leads_with_the_val_selected_test_numbers(val_runs, tmp_path, capsys):
+    folders = [str(val_runs['runs'][s]) for s in SEEDS]
+    assert seeds_main([*folders, '--json']) == 0
+    (tmp_path / 'seeds.json').write_text(capsys.readouterr().out)
     run = val_runs['runs'][1]
-    card = (export_checkpoint(run / 'checkpoints' / 'best.pt', tmp_path / 'export') / 'README.md').read_text()
+    export = export_checkpoint(
+        run / 'checkpoints' / 'best.pt', tmp_path / 'export', seed_spread=tmp_path / 'seeds.json'
+    )
+    card = (export / 'README.md').read_text()
     assert 'selected as the best text→video R@1 on a held-out **validation** split' in card
     for key in (SELECTED, LAST, BEST_ON_TEST):
         assert f'| {PROTOCOL_TITLES[key]} |' in card, key
+    honest = seed_summary(folders)['protocols'][PROTOCOL_TITLES[SELECTED]]['t2v_R@1']
+    assert 'Over 2 runs of this recipe with seeds 1, 2' in card
+    assert f'{honest["mean"]:.1f} ± {honest["std"]:.1f} ({honest["min"]:.1f}–{honest["max"]:.1f})' in card
+    (tmp_path / 'bad.json').write_text('{"runs": []}')
+    with pytest.raises(
+        ExportError, match=r'--seed-spread: .*bad.json: expected the JSON of tempme-seeds --json'
+    ):
+        export_checkpoint(
+            run / 'checkpoints' / 'best.pt', tmp_path / 'export2', seed_spread=tmp_path / 'bad.json'
+        )
 
 
 def test_seed_summary_is_the_spread_of_each_run(val_runs, capsys):
