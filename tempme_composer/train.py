@@ -91,6 +91,11 @@ def train(cfg: TrainConfig) -> Trainer:
         )
     # best.pt is chosen on the test split (the published-comparison mode) or on the validation split
     selection_label = VAL_LABEL if cfg.evaluation.select_on == 'val' else cfg.data.datatype
+    if cfg.data.val is not None and cfg.evaluation.select_on == 'test':
+        log.warning(
+            'data.val is set but not evaluated: evaluation.select_on is test (the published-comparison '
+            'mode); set evaluation.select_on=val to choose best.pt on it'
+        )
     checkpoints = plan_checkpoints(cfg, model, output_dir, eval_label=selection_label, metric=PRIMARY_METRIC)
     # After the checkpoint check: a refused restart keeps the run's config.yaml.
     if dist.get_global_rank() == 0:
