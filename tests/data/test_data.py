@@ -240,6 +240,24 @@ def test_demo_dataset_is_deterministic_and_idempotent(tmp_path, demo):
     assert (foreign / 'keep.txt').read_text() == 'mine'
 
 
+def test_demo_validation_split_adds_videos_and_leaves_train_and_eval_unchanged(tmp_path, demo):
+    """num_val adds further videos from their own random stream: the train and eval shards stay byte-identical."""
+    with_val = generate_demo_dataset(tmp_path / 'v', num_train=12, num_eval=8, seed=5, num_val=3)
+    for split in ('train', 'eval'):
+        for ref in sorted(getattr(demo, f'{split}_dir').iterdir()):
+            assert (getattr(with_val, f'{split}_dir') / ref.name).read_bytes() == ref.read_bytes(), ref.name
+    assert with_val.val_dir == with_val.mds_dir / 'val' and with_val.num_val == 3
+    val = StreamingDataset(local=str(with_val.val_dir), batch_size=1)
+    assert [val[i]['video_id'] for i in range(val.size)] == [f'demo_val_{i:05d}' for i in range(3)]
+    evaluation = StreamingDataset(local=str(demo.eval_dir), batch_size=1)
+    assert all(val[i]['captions'] for i in range(val.size))
+    assert {val[i]['frames'] for i in range(val.size)}.isdisjoint(evaluation[i]['frames'] for i in range(evaluation.size))
+    # the dataset without a validation split is reused by a run that needs none
+    assert generate_demo_dataset(tmp_path / 'v', num_train=12, num_eval=8, seed=5).reused
+    with pytest.raises(ValueError, match='num_val must be >= 0'):
+        generate_demo_dataset(tmp_path / 'w', num_train=12, num_eval=8, seed=5, num_val=-1)
+
+
 def test_demo_eval_set_has_distinct_classes_and_varied_captions(demo):
     ds = StreamingDataset(local=str(demo.eval_dir), batch_size=1)
     first_captions = [ds[i]['captions'][0] for i in range(ds.size)]
