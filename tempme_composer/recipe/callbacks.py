@@ -2,9 +2,9 @@
 
 Default run (no section): ``retrieval_logger``, ``train_log_line``, ``frame_padding_notice``,
 ``retrieval_analysis`` (evaluation.save_ranks/save_similarity), ``log_config_to_trackers`` (MLflow or W&B);
-training adds ``best_checkpoint``, ``selection_report`` (evaluation.select_on: val), ``checkpoint_saver`` (save_folder), ``finite_loss_guard``,
-``log_exported_model`` (loggers.mlflow.log_model), ``parameter_report``, ``training_scalars``, ``lr_monitor``,
-``speed_monitor`` (window n_display) and ``memory_monitor`` (GPU). The others are added by name.
+training adds ``best_checkpoint``, ``selection_report`` (evaluation.select_on: val), ``checkpoint_saver``
+(save_folder), ``finite_loss_guard``, ``log_exported_model`` (loggers.mlflow.log_model), ``parameter_report``,
+``training_scalars``, ``lr_monitor``, ``speed_monitor`` (window n_display) and ``memory_monitor`` (GPU). The others are added by name.
 """
 
 from __future__ import annotations
