@@ -1,7 +1,9 @@
 """Symmetric InfoNCE over the global batch (CLIP/CLIP4Clip contrastive loss).
 
 Embeddings from every rank are all-gathered with autograd-aware collectives, so each caption is contrasted
-with every video of the global batch. Every rank computes the same global loss; the gather's backward sums
+with every video of the global batch. The gather is torch's functional collective
+``all_gather_tensor_autograd`` where torch has it, else the older ``torch.distributed.nn.functional.all_gather``;
+both give the same rows and the same gradient (see docs/reference/composer.md, "The loss's gather"). Every rank computes the same global loss; the gather's backward sums
 the gradient of each rank's slice over ranks (a factor world_size), which DDP's gradient averaging divides
 out again, so 2 ranks × batch b give exactly the gradient of 1 rank × batch 2b.
 
@@ -16,7 +18,11 @@ import logging
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+
+try:  # the functional collectives (torch >= 2.3); without them, the older autograd-aware all_gather
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+except ImportError:  # pragma: no cover - a torch without the functional collectives
+    all_gather_tensor_autograd = None
 
 __all__ = ['gather_with_grad', 'gather_no_grad', 'infonce_of_gathered', 'symmetric_infonce']
 
@@ -33,7 +39,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks in rank order; gradients flow back to each rank's own slice."""
     if _world() == 1:
         return x
-    return torch.cat(all_gather_with_grad(x.contiguous()), dim=0)
+    if all_gather_tensor_autograd is not None:
+        # [world * b, ...] in rank order; its backward reduce-scatters (sums) the gradient over ranks.
+        return all_gather_tensor_autograd(x.contiguous(), 0, torch_dist.group.WORLD)
+    from torch.distributed.nn.functional import all_gather  # deprecated where the functional form exists
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
