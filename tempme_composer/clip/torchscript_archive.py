@@ -6,7 +6,7 @@ TorchScript's Python subset) and ``constants.pkl``. ``torch.jit.load`` compiles 
 pickle with every global it names; torch offers no kept API that returns only the tensors (``torch.load``
 hands such a file to ``torch.jit.load``, and refuses it with ``weights_only=True``). So this module reads it
 like Python's pickle documentation, "Restricting Globals", recommends: an ``Unpickler`` whose ``find_class``
-answers only an allowlist (see docs/using-models.md, "CLIP weights from a TorchScript archive"):
+answers only an allowlist (docs/configuration.md, "Reading a TorchScript archive"):
 
 - ``torch._utils._rebuild_tensor_v2``, replaced by a checked rebuild from the archive's own storages;
 - ``torch.<Type>Storage`` for the plain dtypes (``HalfStorage``, ``FloatStorage``, ...), as dtype markers;
