@@ -128,7 +128,9 @@ class _Archive:
             self.fail(f'expected one <name>/data.pkl in the zip, found {len(roots)}')
         self.prefix = roots[0]
         byteorder = (
-            self.read_member('byteorder').decode('ascii', 'replace') if self.has('byteorder') else 'little'
+            self.read_member('byteorder').decode('ascii', 'replace').strip()
+            if self.has('byteorder')
+            else 'little'
         )
         if byteorder != sys.byteorder:
             self.fail(f'its tensors are stored {byteorder}-endian, this machine is {sys.byteorder}-endian')
