@@ -32,9 +32,12 @@ def save_openai_state_dict(model: CLIP, path: str | os.PathLike, *, nested: bool
 
 
 def save_openai_torchscript(
-    model: CLIP, path: str | os.PathLike, *, dtype: torch.dtype | None = None
+    model: CLIP, path: str | os.PathLike, *, dtype: torch.dtype | None = None, traced: bool = False
 ) -> None:
-    """Write a TorchScript archive whose ``state_dict()`` is like OpenAI's (optionally cast, e.g. fp16)."""
+    """Write a TorchScript archive whose ``state_dict()`` is like OpenAI's (optionally cast, e.g. fp16).
+
+    ``traced=True`` makes it with ``torch.jit.trace``, as OpenAI made theirs; otherwise ``torch.jit.script``.
+    """
     sd = {
         k: (v.to(dtype) if dtype is not None else v).detach().clone()
         for k, v in ours_to_openai(model.state_dict()).items()
@@ -45,7 +48,13 @@ def save_openai_torchscript(
         'context_length': config.context_length,
         'vocab_size': config.vocab_size,
     }
-    torch.jit.save(torch.jit.script(_OpenAIHolder(sd, extras)), str(path))
+    holder = _OpenAIHolder(sd, extras)
+    if traced:
+        example = torch.zeros(1, dtype=next(iter(sd.values())).dtype)
+        module = torch.jit.trace(holder, example, check_trace=False)
+    else:
+        module = torch.jit.script(holder)
+    torch.jit.save(module, str(path))
 
 
 class _OpenAIHolder(nn.Module):

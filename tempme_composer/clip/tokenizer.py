@@ -77,7 +77,9 @@ def _open_clip_tokenizer_module() -> ModuleType:
         return sys.modules[name]
     package = importlib.util.find_spec('open_clip')  # locates the package without importing it
     if package is None or not package.submodule_search_locations:
-        raise ImportError("the CLIP tokenizer needs open_clip_torch: pip install -e . (it is a core dependency)")
+        raise ImportError(
+            'the CLIP tokenizer needs open_clip_torch: pip install -e . (it is a core dependency)'
+        )
     location = next(iter(package.submodule_search_locations))
     spec = importlib.util.spec_from_file_location(name, f'{location}/tokenizer.py')
     module = importlib.util.module_from_spec(spec)

@@ -18,13 +18,17 @@ import dataclasses
 import logging
 import math
 import os
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from tempme_composer.clip.config import CLIPConfig
+from tempme_composer.clip.torchscript_archive import (
+    TorchScriptArchiveError,
+    is_torchscript_archive,
+    read_torchscript_state_dict,
+)
 from tempme_composer.clip.towers import CLIP
 
 __all__ = [
@@ -76,10 +80,12 @@ def read_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f'CLIP checkpoint not found: {path}' + (' (it is a directory)' if path.is_dir() else '')
         )
     try:
-        if _is_torchscript_archive(path):
-            sd = torch.jit.load(str(path), map_location='cpu').state_dict()
+        if is_torchscript_archive(path):
+            sd = read_torchscript_state_dict(path)  # tensors only: no TorchScript, no code from the file
         else:
             sd = torch.load(path, map_location='cpu', weights_only=True)
+    except TorchScriptArchiveError as err:  # already one line naming the file and what is wrong
+        raise CLIPCheckpointError(str(err)) from err
     except Exception as err:  # a file-format boundary: any parser failure means "not a checkpoint"
         raise CLIPCheckpointError(
             f'cannot read CLIP checkpoint {path}: expected {_EXPECTED_FORMAT} ({type(err).__name__}: {err})'
@@ -218,14 +224,6 @@ def load_clip(path: str | os.PathLike, *, expected: CLIPConfig | None = None) ->
     model = CLIP(config)
     _load_strict(model, openai_to_ours(sd), path)
     return model
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    """TorchScript archives are zips with a ``code/`` folder; ``torch.save`` zips have none."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any('/code/' in name or name.endswith('constants.pkl') for name in zf.namelist())
 
 
 def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:

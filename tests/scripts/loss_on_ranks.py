@@ -1,7 +1,8 @@
 """Compute the training loss and DDP-averaged gradients of a tiny model on this rank's slice of a batch.
 
 Run with ``composer -n N tests/scripts/loss_on_ranks.py OUT.pt GLOBAL_BATCH``; rank 0 writes
-``{'loss': float, 'grads': {name: tensor}}`` to OUT.pt. With N=1 it is the single-process reference.
+``{'loss': float, 'grads': {name: tensor}, 'our_warnings': [str]}`` to OUT.pt (the warnings our code issued on
+that rank, attributed as in tests/test_warnings.py). With N=1 it is the single-process reference.
 """
 
 import sys
@@ -15,10 +16,21 @@ from tempme_composer.composer_wrapper import RetrievalModel
 from tempme_composer.model import UnifiedModel
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
 from batches import random_train_batch  # noqa: E402
+from warnings_on_our_path import recording_warnings  # noqa: E402
 
 
 def main(out: str, global_batch: int) -> None:
+    with recording_warnings() as records:
+        loss, grads = loss_and_grads(global_batch)
+    if dist.get_global_rank() == 0:
+        our_warnings = [f'{r["file"]}:{r["line"]}: {r["message"]}' for r in records if r['ours']]
+        torch.save({'loss': loss, 'grads': grads, 'our_warnings': our_warnings}, out)
+    dist.barrier()
+
+
+def loss_and_grads(global_batch: int) -> tuple[float, dict[str, torch.Tensor]]:
     dist.initialize_dist(get_device('cpu'))
     rank, world = dist.get_global_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -29,10 +41,7 @@ def main(out: str, global_batch: int) -> None:
     wrapped = DistributedDataParallel(model) if world > 1 else model
     loss = model.loss(wrapped(local), local)
     loss.backward()
-    if rank == 0:
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        torch.save({'loss': float(loss), 'grads': grads}, out)
-    dist.barrier()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 if __name__ == '__main__':
