@@ -3,36 +3,35 @@
 CLIP's text tower masks attention causally and reads the EOT token (Radford et al., "Learning Transferable
 Visual Models From Natural Language Supervision", 2021, §2.4), so the positions after a batch's longest query
 never reach an embedding. Trimming to exactly that length still moves the last bits (about 1e-7): the CPU
-attention kernel sums each query row over the keys in SIMD vectors with a scalar tail, and another key length
-moves the tail. Trimmed to a whole number of vectors, the masked keys only add exact zeros in the same order, so
-the embeddings equal the untrimmed forward's bit for bit (docs/serving.md#padding-trim; tested over every query
-length and many batch compositions). Only where that was shown: fp32 on a CPU whose vector width torch reports,
-and the plain text tower (STOP's prompts change the sequence the tower reads).
+attention sums each query row over the keys in vector-wide steps, and another key length changes how the
+steps and their tail fall. Cut to a multiple of `TRIM_MULTIPLE` tokens, the masked keys only add exact zeros in
+the same order, and the embeddings equal the untrimmed forward's bit for bit under both of torch's x86 CPU
+dispatches (docs/serving.md#padding-trim, tested over every query length and many batch compositions). Only
+where that was shown: fp32 on those dispatches, and the plain text tower (STOP's prompts change the sequence
+the tower reads).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ['simd_floats', 'trim_block', 'trimmed_ids']
+__all__ = ['TESTED_DISPATCHES', 'TRIM_MULTIPLE', 'trim_block', 'trimmed_ids']
 
-#: Vector register width in bits of torch's CPU kernel builds (``torch.backends.cpu.get_cpu_capability()``).
-_VECTOR_BITS = {'AVX512': 512, 'AVX2': 256, 'SVE256': 256}
+#: torch's CPU kernel dispatches (``torch.backends.cpu.get_cpu_capability()``) the trim was shown exact under.
+TESTED_DISPATCHES = frozenset({'AVX2', 'AVX512'})
+#: Token lengths are cut to a multiple of this: the smallest found exact under both dispatches (8, one AVX2
+#: vector of fp32, is not: docs/serving.md#padding-trim).
+TRIM_MULTIPLE = 16
 
 
-def simd_floats(capability: str | None = None) -> int | None:
-    """fp32 lanes per vector of the CPU kernels torch runs here (None: a build whose width is not known)."""
-    bits = _VECTOR_BITS.get(capability or torch.backends.cpu.get_cpu_capability())
-    if bits is None:
+def trim_block(
+    device: torch.device, dtype: torch.dtype, prompted: bool, dispatch: str | None = None
+) -> int | None:
+    """The multiple a batch's length may be cut to, or None where the cut is not shown exact."""
+    dispatch = dispatch or torch.backends.cpu.get_cpu_capability()
+    if device.type != 'cpu' or dtype != torch.float32 or prompted or dispatch not in TESTED_DISPATCHES:
         return None
-    return bits // torch.finfo(torch.float32).bits
-
-
-def trim_block(device: torch.device, dtype: torch.dtype, prompted: bool) -> int | None:
-    """The length a batch may be trimmed to a multiple of, or None where trimming is not proven exact."""
-    if device.type != 'cpu' or dtype != torch.float32 or prompted:
-        return None
-    return simd_floats()
+    return TRIM_MULTIPLE
 
 
 def trimmed_ids(ids: torch.Tensor, block: int | None) -> torch.Tensor:

@@ -4,6 +4,11 @@ batch composition (docs/serving.md#padding-trim)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +16,13 @@ import torch
 
 from tempme_composer.clip import CLIP, CLIP_PRESETS
 from tempme_composer.clip.tokenizer import EOT_ID, SOT_ID
-from tempme_composer.inference.text_padding import simd_floats, trim_block, trimmed_ids
+from tempme_composer.inference.text_padding import TESTED_DISPATCHES, TRIM_MULTIPLE, trim_block, trimmed_ids
 
-BLOCK = simd_floats()
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BLOCK = trim_block(torch.device('cpu'), torch.float32, prompted=False)
 needs_width = pytest.mark.skipif(
-    BLOCK is None, reason='torch reports no CPU vector width here: nothing is trimmed'
+    BLOCK is None, reason='a torch CPU dispatch the trim was not shown exact under'
 )
 
 
@@ -42,36 +49,69 @@ def test_trimmed_ids_cut_to_a_multiple_of_the_block_through_the_longest_eot():
 
 
 def test_trim_only_where_it_was_shown_exact():
-    assert trim_block(torch.device('cpu'), torch.float32, prompted=False) == BLOCK
-    assert trim_block(torch.device('cpu'), torch.float32, prompted=True) is None
-    assert trim_block(torch.device('cpu'), torch.bfloat16, prompted=False) is None
-    assert trim_block(torch.device('cuda'), torch.float32, prompted=False) is None
-    assert simd_floats('AVX512') == 16 and simd_floats('AVX2') == 8 and simd_floats('DEFAULT') is None
+    cpu = torch.device('cpu')
+    assert BLOCK in (TRIM_MULTIPLE, None)
+    for dispatch in TESTED_DISPATCHES:
+        assert trim_block(cpu, torch.float32, prompted=False, dispatch=dispatch) == TRIM_MULTIPLE
+        assert trim_block(cpu, torch.float32, prompted=True, dispatch=dispatch) is None
+        assert trim_block(cpu, torch.bfloat16, prompted=False, dispatch=dispatch) is None
+        assert trim_block(torch.device('cuda'), torch.float32, prompted=False, dispatch=dispatch) is None
+    assert trim_block(cpu, torch.float32, prompted=False, dispatch='DEFAULT') is None
 
 
-@needs_width
 @torch.inference_mode()
-def test_trimmed_forward_equals_untrimmed_bit_for_bit_for_every_length():
-    """A text tower with ViT-B/32's head size and CLIP's full context: for every longest length of a batch,
-    in batches of 1 to 32 queries of random shorter lengths, the trimmed embeddings are the untrimmed ones."""
-    config = dataclasses.replace(CLIP_PRESETS['tiny'], context_length=CLIP_PRESETS['ViT-B/32'].context_length)
-    assert config.transformer_width // config.transformer_heads == (
-        CLIP_PRESETS['ViT-B/32'].transformer_width // CLIP_PRESETS['ViT-B/32'].transformer_heads
+def sweep(block: int) -> list[str]:
+    """A text tower with ViT-B/32's head size and CLIP's full context, and for every longest length of a batch,
+    a batch of 1 to 32 queries of random shorter lengths: the batches whose trimmed embeddings differ."""
+    vit = CLIP_PRESETS['ViT-B/32']
+    config = dataclasses.replace(CLIP_PRESETS['tiny'], context_length=vit.context_length)
+    assert (
+        config.transformer_width // config.transformer_heads == vit.transformer_width // vit.transformer_heads
     )
     torch.manual_seed(0)
     tower = CLIP(config).text.eval()
     rng = np.random.default_rng(0)
     context = config.context_length
-    checked = 0
+    differ = []
     for longest in range(2, context + 1):
         size = int(rng.integers(1, 33))
         lengths = [longest, *rng.integers(2, longest + 1, size - 1).tolist()]
         ids = _ids(rng.permutation(lengths).tolist(), context, rng)
-        cut = trimmed_ids(ids, BLOCK)
-        assert cut.shape[1] == min(context, -(-longest // BLOCK) * BLOCK)
-        assert torch.equal(tower(cut), tower(ids)), f'longest {longest}, batch {size}'
-        checked += size
-    assert checked > context
+        cut = trimmed_ids(ids, block)
+        assert cut.shape[1] == min(context, -(-longest // block) * block)
+        if not torch.equal(tower(cut), tower(ids)):
+            differ.append(f'longest {longest}, batch {size}')
+    return differ
+
+
+@needs_width
+def test_trimmed_forward_equals_untrimmed_bit_for_bit_for_every_length():
+    assert sweep(BLOCK) == []
+
+
+@pytest.mark.parametrize('dispatch', sorted(TESTED_DISPATCHES))
+def test_every_tested_dispatch_is_exact(dispatch):
+    """The sweep again in a process that torch runs on that dispatch (``ATEN_CPU_CAPABILITY``), where this CPU
+    has it."""
+    code = (
+        'import sys, json, torch; sys.path.insert(0, sys.argv[1]); import test_text_padding as t; '
+        'print(json.dumps([torch.backends.cpu.get_cpu_capability(), t.sweep(t.TRIM_MULTIPLE)]))'
+    )
+    env = {
+        **os.environ,
+        'ATEN_CPU_CAPABILITY': dispatch.lower(),
+        'PYTHONPATH': os.pathsep.join(
+            filter(None, [str(REPO), str(REPO / 'tests'), os.environ.get('PYTHONPATH')])
+        ),
+    }
+    run = subprocess.run(
+        [sys.executable, '-c', code, str(HERE)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got, differ = json.loads(run.stdout.strip().splitlines()[-1])
+    if got != dispatch:
+        pytest.skip(f'this CPU runs torch on {got}, not {dispatch}')
+    assert differ == []
 
 
 @needs_width
