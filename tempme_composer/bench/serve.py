@@ -3,6 +3,7 @@ N concurrent HTTP clients, with micro-batching on (``--max-batch 64``) and off (
 
     python -m tempme_composer.bench serve [--sizes 10000,100000,1000000] [--clients 1,8,32] [--duration 8]
         [--work DIR] [--json FILE] [--quick]
+    python -m tempme_composer.bench serve --encoder [--encoder-batches 1,8,16,32] [--work DIR]
 
 Per index size one server with batching and one without are started; at each client count, that many clients
 send ``GET /search?q=…&k=10`` back to back (every query a different sentence) for ``--duration`` seconds to the
@@ -20,6 +21,10 @@ rows distinct names beside it (the load only calls ``/search``, which reads no v
 ``--approximate``; their HNSW graph is built before the server starts (``--no-graph-build``: not measured
 unless cached). Model, indexes and graphs are cached under ``--work`` so a rerun does not rebuild them. The
 machine's 1-minute load average is printed per cell: on a shared machine it says what else ran meanwhile.
+
+``--encoder`` starts no server: it times the text encoder in this process per batch size, at the full padded
+length and trimmed as the service trims it (docs/serving.md#padding-trim) — the ceiling of the queries/s a
+server can answer, against which the table's queries/s show what HTTP, JSON and the batcher cost.
 """
 
 from __future__ import annotations
@@ -44,7 +49,16 @@ import numpy as np
 
 from tempme_composer.bench.common import fmt, machine_description, markdown_table, write_json
 
-__all__ = ['ServerProcess', 'build_index', 'build_model', 'drive', 'main', 'query_texts', 'server_command']
+__all__ = [
+    'ServerProcess',
+    'build_index',
+    'build_model',
+    'drive',
+    'encoder_timings',
+    'main',
+    'query_texts',
+    'server_command',
+]
 
 #: What the server prints once it listens (the contract of ``tempme-serve``; docs/serving.md).
 READY = re.compile(r'^serving (?P<index>.+) on (?P<url>http://[^\s:]+:\d+)\s*$')
@@ -432,6 +446,73 @@ def drive(
     return asyncio.run(_drive(url, clients, duration, queries, k, timeout, token))
 
 
+# --------------------------------------------------------------------------- the encoder alone
+
+
+def encoder_timings(model_dir: Path, batches: list[int], repeats: int = 5) -> list[dict[str, Any]]:
+    """The text encoder in this process, per batch size: the median forward over ``repeats`` (after one warm-up)
+    at the full padded length and cut as `text_padding` cuts it, on the benchmark's queries. Its queries/s is the
+    ceiling of a server that batches that many; what a server answers below it is the server's own cost."""
+    import torch
+
+    from tempme_composer.inference.exported import load_exported
+    from tempme_composer.inference.preprocess import tokenize_queries
+    from tempme_composer.inference.text_padding import trim_block, trimmed_ids
+
+    model = load_exported(model_dir)
+    ids, _ = tokenize_queries(query_texts(max(batches)), model.preprocessing)
+    dtype = next(model.model.parameters()).dtype
+    block = trim_block(model.device, dtype, prompted=model.model.stop is not None)
+
+    def median_s(batch: torch.Tensor) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            model.model.encode_text(batch)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times[1:]))
+
+    rows = []
+    with torch.inference_mode():
+        for b in batches:
+            full = ids[:b]
+            cut = trimmed_ids(full, block)
+            padded, trimmed = median_s(full), median_s(cut)
+            rows.append(
+                {
+                    'batch': b,
+                    'tokens': int(full.shape[1]),
+                    'trimmed_tokens': int(cut.shape[1]),
+                    'padded_ms': padded * 1e3,
+                    'trimmed_ms': trimmed * 1e3,
+                    'trimmed_ms_per_query': trimmed * 1e3 / b,
+                    'queries_per_s_ceiling': b / trimmed,
+                    'torch_threads': torch.get_num_threads(),
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def format_encoder_table(rows: list[dict[str, Any]]) -> str:
+    head = ['batch', 'tokens', 'forward ms', 'trimmed to', 'trimmed ms', 'ms per query', 'queries/s ceiling']
+    return markdown_table(
+        head,
+        [
+            [
+                r['batch'],
+                r['tokens'],
+                fmt(r['padded_ms'], '.0f'),
+                r['trimmed_tokens'],
+                fmt(r['trimmed_ms'], '.0f'),
+                fmt(r['trimmed_ms_per_query'], '.1f'),
+                fmt(r['queries_per_s_ceiling'], '.1f'),
+            ]
+            for r in rows
+        ],
+    )
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -659,6 +740,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument('--json', help='also write the cells as JSON')
     parser.add_argument(
+        '--encoder',
+        action='store_true',
+        help='instead of the servers: time the text encoder in this process per batch of --encoder-batches, '
+        'padded and trimmed (the ceiling a server can reach)',
+    )
+    parser.add_argument('--encoder-batches', default='1,8,16,32', help='batch sizes for --encoder')
+    parser.add_argument(
         '--quick', action='store_true', help='10k rows, 1 and 8 clients, 3 s per cell (the test)'
     )
     args = parser.parse_args(argv)
@@ -677,6 +765,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         t = time.perf_counter()
         model_dir = build_model(work / f'model-{re.sub(r"[^A-Za-z0-9]+", "-", args.preset)}', args.preset)
         print(f'model {model_dir} ready in {time.perf_counter() - t:.0f} s', file=sys.stderr, flush=True)
+        if args.encoder:
+            batches = _ints(args.encoder_batches)
+            if not batches or min(batches) < 1:
+                parser.error(f'--encoder-batches {args.encoder_batches}: expected batch sizes of at least 1')
+            encoder = encoder_timings(model_dir, batches)
+            print(machine_description('cpu'))
+            print(f'{args.preset} random-init text encoder, in process, {time.strftime("%Y-%m-%d %H:%M")}')
+            print(format_encoder_table(encoder))
+            if args.json:
+                write_json(args.json, encoder)
+            return encoder
         approximate_ok = '--approximate' in server_flags() if max(sizes) >= args.approximate_from else False
         results = run_cells(
             work,

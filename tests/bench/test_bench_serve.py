@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from tempme_composer.inference.text_padding import trim_block
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,3 +95,49 @@ def test_bench_serve_refuses_unbounded_loads(argv, message, capsys):
         main(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    trim_block(torch.device('cpu'), torch.float32, prompted=False) is None,
+    reason='a torch CPU dispatch the trim was not shown exact under: nothing is trimmed',
+)
+def test_bench_serve_encoder_times_the_text_encoder_padded_and_trimmed(tmp_path):
+    out = tmp_path / 'encoder.json'
+    env = {
+        **os.environ,
+        'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])),
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'tempme_composer.bench',
+            'serve',
+            '--encoder',
+            '--encoder-batches',
+            '1,4',
+            '--preset',
+            'tiny',
+            '--work',
+            str(tmp_path / 'work'),
+            '--json',
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r['batch'] for r in rows] == [1, 4]
+    for r in rows:
+        # the benchmark's captions are far shorter than the 32 tokens they are padded to
+        assert r['tokens'] == 32 and 0 < r['trimmed_tokens'] < r['tokens']
+        assert r['padded_ms'] > 0 and r['trimmed_ms'] > 0
+        assert r['queries_per_s_ceiling'] == pytest.approx(r['batch'] * 1e3 / r['trimmed_ms'])
+    table = [line for line in run.stdout.splitlines() if line.startswith('|')]
+    assert table[0].startswith('| batch | tokens | forward ms | trimmed to | trimmed ms')
+    assert len(table) == 2 + len(rows)
+    assert not list((tmp_path / 'work').glob('index-*'))  # no index and no server for the encoder alone
