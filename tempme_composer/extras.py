@@ -66,7 +66,8 @@ def reports_missing_extras(command: str) -> Callable[[Main], Main]:
                 return 2
             except ModuleNotFoundError as e:
                 module = _top_level(e)
-                if module not in EXTRA_OF_MODULE:
+                # Only a package that is absent altogether: a missing module inside an installed one is a bug.
+                if module not in EXTRA_OF_MODULE or importlib.util.find_spec(module) is not None:
                     raise
                 print(f'{command}: {missing_extra_line(module, f"importing {e.name!r}")}', file=sys.stderr)
                 return 2
