@@ -86,6 +86,19 @@ def test_readme_keeps_the_ci_install_and_test_commands():
     assert re.search(r'^    composer recipes/train\.py yamls/demo\.yaml$', readme, re.MULTILINE)
 
 
+def test_ci_runs_the_readmes_other_two_installs():
+    """The current-torch and inference-only installs the README gives are the ones `.ci/run` tests."""
+    readme = README.read_text(encoding='utf-8')
+    ci = (REPO / '.ci' / 'run').read_text(encoding='utf-8')
+    current = "uv pip install -e '.[dev]' --override installs/current-torch-overrides.txt"
+    assert re.search(rf'^    {re.escape(current)}$', readme, re.MULTILINE), f'README.md lacks `{current}`'
+    assert re.search(rf'^{re.escape(current)}$', ci, re.MULTILINE), f'.ci/run lacks `{current}`'
+    assert re.search(r'^    pip install -e \.$', readme, re.MULTILINE), 'README.md lacks `pip install -e .`'
+    assert re.search(r'^uv pip install -e \. pytest$', ci, re.MULTILINE), (
+        '.ci/run lacks the inference-only install'
+    )
+
+
 @pytest.mark.parametrize('page', _pages(), ids=_page_id)
 def test_relative_links_resolve_to_files_and_headings(page: Path):
     broken = []

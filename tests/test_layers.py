@@ -24,9 +24,10 @@ ROOT = Path(tempme_composer.__file__).parent
 LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (
         1,
-        'foundation: errors, typed-config checks, object-store URLs, checkpoint safe-loading',
+        'foundation: errors, install extras, typed-config checks, object-store URLs, checkpoint safe-loading',
         (
             'tempme_composer.errors',
+            'tempme_composer.extras',
             'tempme_composer.schema',
             'tempme_composer.remote',
             'tempme_composer.checkpointing.safe_load',

@@ -29,6 +29,7 @@ from tempme_composer.clip import CLIP, CLIP_PRESETS, CLIPCheckpointError, load_c
 from tempme_composer.clip.preprocess import CLIP_MEAN, CLIP_STD
 from tempme_composer.data.format import META_FILE
 from tempme_composer.errors import ConfigError, UnsafeCheckpointError
+from tempme_composer.extras import reports_missing_extras
 from tempme_composer.inference.exported import (
     CARD_FILE,
     CONFIG_FILE,
@@ -359,6 +360,7 @@ def _gmac_per_video(model: UnifiedModel, prep: Preprocessing) -> float | None:
     return round(counter.get_total_flops() / 2e9, 3)
 
 
+@reports_missing_extras('tempme-export')
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='tempme-export', description=__doc__.split('\n')[0])
     parser.add_argument('checkpoint', help='best.pt or any Composer checkpoint written by the recipe')

@@ -62,6 +62,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from tempme_composer.data.frame_layout import StoredFrames
 from tempme_composer.data.video import VideoDecodeError
 from tempme_composer.data.video_files import VIDEO_EXTENSIONS, video_file_stats
+from tempme_composer.extras import reports_missing_extras, require_extra
 from tempme_composer.inference.exported import ExportedModel, ExportError, Preprocessing, load_exported
 from tempme_composer.inference.folders import describe_contents, is_inside
 from tempme_composer.inference.moments import (
@@ -951,6 +952,7 @@ def print_report(report: IndexReport, out: str) -> None:
 _EXPORT_WINDOW = object()
 
 
+@reports_missing_extras('tempme-index')
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='tempme-index', description=__doc__.split('\n')[0])
     parser.add_argument('--model', required=True, help='folder written by tempme-export')
@@ -986,6 +988,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    if args.mds:
+        require_extra('streaming', 'reading an MDS split (--mds)')
     window = None if args.window is _EXPORT_WINDOW else args.window
     segments = args.segments or ('windows' if args.window is not None or args.stride is not None else None)
     moments = {'segments': segments, 'window': window, 'stride': args.stride}

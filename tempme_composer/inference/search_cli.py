@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tempme_composer.extras import reports_missing_extras
 from tempme_composer.inference.exported import ExportError
 from tempme_composer.inference.preprocess import QueryError
 from tempme_composer.inference.store import IndexFolderError
@@ -91,6 +92,7 @@ def write_page(path: str | Path, page: str, force: bool) -> None:
     os.replace(tmp, path)
 
 
+@reports_missing_extras('tempme-search')
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='tempme-search', description='search a tempme-index folder by text, '
                                      'by an image or video, or by an indexed moment')

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 
+from tempme_composer.extras import reports_missing_extras
 from tempme_composer.inference.terminal import printable
 from tempme_composer.serve.security import check_bind
 
@@ -79,6 +80,7 @@ class _Server:
         return Server(config)
 
 
+@reports_missing_extras('tempme-serve')
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)

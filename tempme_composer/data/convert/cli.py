@@ -36,6 +36,7 @@ from tempme_composer.data.convert.report import merge_report, print_summary, spl
 from tempme_composer.data.convert.settings import DEFAULT_JPEG_QUALITY, ConvertSettings
 from tempme_composer.data.convert.upload import upload_conversion
 from tempme_composer.data.format import REPORT_FILE
+from tempme_composer.extras import reports_missing_extras, require_extra
 from tempme_composer.remote import is_remote
 
 __all__ = ['main', 'read_annotations']
@@ -234,6 +235,7 @@ def _previous_report(path: Path) -> dict:
     return previous if isinstance(previous, dict) else {}
 
 
+@reports_missing_extras('tempme-convert')
 def main(argv: Sequence[str] | None = None) -> int:
     """``tempme-convert DATASET --videos DIR --out DIR [annotation files] [options]``; returns the exit code
     (0 ok, 1 too many failed videos, 2 bad arguments or files)."""
@@ -243,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    require_extra('streaming', 'writing MDS shards')  # before any video is decoded
     remote = args.out if is_remote(args.out) else None
     if remote is not None:  # convert locally, upload at the end (shards before their index.json)
         args.out = args.staging or tempfile.mkdtemp(prefix='tempme-convert-')
