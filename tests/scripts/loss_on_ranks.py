@@ -1,7 +1,8 @@
 """Compute the training loss and DDP-averaged gradients of a tiny model on this rank's slice of a batch.
 
 Run with ``composer -n N tests/scripts/loss_on_ranks.py OUT.pt GLOBAL_BATCH``; rank 0 writes
-``{'loss': float, 'grads': {name: tensor}}`` to OUT.pt. With N=1 it is the single-process reference.
+``{'loss': float, 'grads': {name: tensor}}`` to OUT.pt. ``loss_and_grads(GLOBAL_BATCH)`` called in-process
+(1 rank) is the single-process reference.
 """
 
 import sys
@@ -18,8 +19,11 @@ sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]
 from batches import random_train_batch  # noqa: E402
 
 
-def main(out: str, global_batch: int) -> None:
-    dist.initialize_dist(get_device('cpu'))
+def loss_and_grads(global_batch: int) -> dict:
+    """This rank's loss and (DDP-averaged under several ranks) gradients on its slice of the global batch.
+
+    In a process without a process group (pytest's) it is the single-rank reference: no DDP wrapper, the
+    whole batch, as under ``composer -n 1``."""
     rank, world = dist.get_global_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = RetrievalModel(UnifiedModel(CLIP(CLIP_PRESETS['tiny'])))
@@ -29,9 +33,15 @@ def main(out: str, global_batch: int) -> None:
     wrapped = DistributedDataParallel(model) if world > 1 else model
     loss = model.loss(wrapped(local), local)
     loss.backward()
-    if rank == 0:
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        torch.save({'loss': float(loss), 'grads': grads}, out)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {'loss': float(loss), 'grads': grads}
+
+
+def main(out: str, global_batch: int) -> None:
+    dist.initialize_dist(get_device('cpu'))
+    result = loss_and_grads(global_batch)
+    if dist.get_global_rank() == 0:
+        torch.save(result, out)
     dist.barrier()
 
 
