@@ -13,6 +13,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+import wandb_first  # noqa: F401  (before the heavy libraries: see its docstring)
 from demo_fixtures import ddp_demo_run, demo_data, demo_run  # noqa: F401  (one demo dataset and runs per session)
 from export_fixtures import tiny_export  # noqa: F401  (one tiny export per session)
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (a real S3 endpoint on loopback)
