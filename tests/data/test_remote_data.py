@@ -7,13 +7,12 @@ remote shard is one error naming the object; two splits sharing one cache folder
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
 import torch
+from demo_fixtures import DdpDemoRun, ddp_demo, finish, launch_demo, resolved_config
 from process_helpers import kill_when_latest_is
 from video_fixtures import PALETTE, write_video
 
@@ -80,36 +79,29 @@ def test_remote_data_trains_exactly_like_local_data(demo_data, tmp_path, s3_buck
     assert shards and shards == sorted(p.name for p in (root / 'mds' / 'train').glob('shard.*.mds'))
 
 
-def _launch(tmp_path: Path, run: str, root: Path, remote: str | None, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2',
-           '--stdout', str(tmp_path / f'{run}.{{rank}}.out'), '--stderr', str(tmp_path / f'{run}.{{rank}}.err'),
-           str(REPO / 'recipes' / 'train.py'), str(DEMO),
-           *args(tmp_path, run, root, remote, 'epochs=2', 'save_interval=2ba', 'autoresume=true')]
-    env = {**os.environ, 'PYTHONPATH': str(REPO)}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def _finish(proc: subprocess.Popen, tmp_path: Path, run: str) -> None:
-    out, _ = proc.communicate(timeout=400)
-    logs = out + ''.join(p.read_text() for p in sorted(tmp_path.glob(f'{run}.*')))
-    assert proc.returncode == 0, logs[-4000:]
-
-
 @pytest.mark.e2e
 @pytest.mark.multiprocess
-def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(demo_data, tmp_path, s3_bucket):
+def test_two_ranks_on_remote_data_killed_and_autoresumed_match_local_data(
+    ddp_demo_run: DdpDemoRun, demo_data, tmp_path, s3_bucket
+):
     root, remote = uploaded(demo_data, s3_bucket)
-    # One run after another: concurrent streaming jobs race for /dev/shm names
-    # (docs/reference/composer.md#streaming item 2).
-    _finish(_launch(tmp_path, 'local', root, None), tmp_path, 'local')
-    killed = _launch(tmp_path, 'remote', root, remote, start_new_session=True)
+    # The local run is the session's uninterrupted `composer -n 2` demo run on this data; the remote run is
+    # the same command line with both splits read from the store. One run after another: concurrent streaming
+    # jobs race for /dev/shm names (docs/reference/composer.md#streaming item 2).
+    cache = tmp_path / 'cache-remote'
+    overrides = ddp_demo(tmp_path / 'remote', root, f'data.train={{remote: {remote}/train, local: {cache}/train}}',
+                         f'data.eval={{remote: {remote}/eval, local: {cache}/eval}}')
+    killed = launch_demo(tmp_path / 'logs-killed', 2, overrides, start_new_session=True)
     latest = tmp_path / 'remote' / 'checkpoints' / 'latest-rank0.pt'
     kill_when_latest_is(killed, latest, 'ep1-ba4-rank0.pt', timeout=300)  # mid-epoch 2, after epoch 1's eval
-    _finish(_launch(tmp_path, 'remote', root, remote), tmp_path, 'remote')  # same command: autoresumes
+    finish(launch_demo(tmp_path / 'logs-resumed', 2, overrides), tmp_path / 'logs-resumed')  # autoresumes
+    paths = ('output_dir', 'data.train', 'data.eval')  # where the data comes from, and where the run goes
+    assert resolved_config(ddp_demo_run.run, *paths) == resolved_config(tmp_path / 'remote', *paths)
 
-    final = {run: weights(tmp_path / run / 'checkpoints' / 'latest-rank0.pt') for run in ('local', 'remote')}
+    runs = {'local': ddp_demo_run.run, 'remote': tmp_path / 'remote'}
+    final = {run: weights(folder / 'checkpoints' / 'latest-rank0.pt') for run, folder in runs.items()}
     assert_same_weights(final['local'], final['remote'])
-    best = {run: json.loads((tmp_path / run / 'checkpoints' / 'best.json').read_text()) for run in final}
+    best = {run: json.loads((folder / 'checkpoints' / 'best.json').read_text()) for run, folder in runs.items()}
     for key in ('value', 'epoch', 'batch', 'results'):  # the 2-rank metrics of remote = local data
         assert best['remote'][key] == best['local'][key], key
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from tempme_composer.model.loss import symmetric_infonce
 
 SCRIPT = Path(__file__).parents[1] / 'scripts' / 'loss_on_ranks.py'
+sys.path.insert(0, str(SCRIPT.parent))
+from loss_on_ranks import loss_and_grads  # noqa: E402
 
 
 def test_symmetric_infonce_matches_the_definition():
@@ -32,6 +34,7 @@ def test_perfect_alignment_gives_low_loss_and_swaps_give_high_loss():
 
 
 def _run(nproc: int, out: Path, global_batch: int) -> dict:
+    """``loss_and_grads`` under ``composer -n nproc``: rank 0's result."""
     env = {**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[2])}
     cmd = [
         sys.executable,
@@ -50,7 +53,7 @@ def _run(nproc: int, out: Path, global_batch: int) -> dict:
 
 @pytest.mark.multiprocess
 def test_two_ranks_match_one_rank_with_the_global_batch(tmp_path):
-    single = _run(1, tmp_path / 'one.pt', 6)
+    single = loss_and_grads(6)  # one rank, in this process: the whole batch, no DDP wrapper
     double = _run(2, tmp_path / 'two.pt', 6)
     assert double['loss'] == pytest.approx(single['loss'], rel=1e-5)
     assert single['grads'].keys() == double['grads'].keys() and len(single['grads']) > 10

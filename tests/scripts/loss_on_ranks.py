@@ -2,7 +2,8 @@
 
 Run with ``composer -n N tests/scripts/loss_on_ranks.py OUT.pt GLOBAL_BATCH``; rank 0 writes
 ``{'loss': float, 'grads': {name: tensor}, 'our_warnings': [str]}`` to OUT.pt (the warnings our code issued on
-that rank, attributed as in tests/test_warnings.py). With N=1 it is the single-process reference.
+that rank, attributed as in tests/test_warnings.py). ``loss_and_grads(GLOBAL_BATCH)`` called in-process (1 rank)
+is the single-process reference.
 """
 
 import sys
@@ -21,17 +22,19 @@ from batches import random_train_batch  # noqa: E402
 from warnings_on_our_path import recording_warnings  # noqa: E402
 
 
-def main(out: str, global_batch: int) -> None:
+def loss_and_grads(global_batch: int) -> dict:
+    """This rank's loss and (DDP-averaged under several ranks) gradients on its slice of the global batch, and
+    the warnings our code issued on the way.
+
+    In a process without a process group (pytest's) it is the single-rank reference: no DDP wrapper, the
+    whole batch, as under ``composer -n 1``."""
     with recording_warnings() as records:
-        loss, grads = loss_and_grads(global_batch)
-    if dist.get_global_rank() == 0:
-        our_warnings = [f'{r["file"]}:{r["line"]}: {r["message"]}' for r in records if r['ours']]
-        torch.save({'loss': loss, 'grads': grads, 'our_warnings': our_warnings}, out)
-    dist.barrier()
+        loss, grads = _loss_and_grads(global_batch)
+    our_warnings = [f'{r["file"]}:{r["line"]}: {r["message"]}' for r in records if r['ours']]
+    return {'loss': loss, 'grads': grads, 'our_warnings': our_warnings}
 
 
-def loss_and_grads(global_batch: int) -> tuple[float, dict[str, torch.Tensor]]:
-    dist.initialize_dist(get_device('cpu'))
+def _loss_and_grads(global_batch: int) -> tuple[float, dict[str, torch.Tensor]]:
     rank, world = dist.get_global_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = RetrievalModel(UnifiedModel(CLIP(CLIP_PRESETS['tiny'])))
@@ -42,6 +45,14 @@ def loss_and_grads(global_batch: int) -> tuple[float, dict[str, torch.Tensor]]:
     loss = model.loss(wrapped(local), local)
     loss.backward()
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def main(out: str, global_batch: int) -> None:
+    dist.initialize_dist(get_device('cpu'))
+    result = loss_and_grads(global_batch)
+    if dist.get_global_rank() == 0:
+        torch.save(result, out)
+    dist.barrier()
 
 
 if __name__ == '__main__':

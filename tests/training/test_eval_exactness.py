@@ -56,6 +56,13 @@ def evaluate(root: Path, name: str, checkpoint: Path, nproc: int, batch_size_val
     return json.loads((root / name / 'eval-demo.json').read_text())['results']
 
 
+@pytest.fixture(scope='module')
+def latest_on_one_rank(trained) -> dict:
+    """The final checkpoint evaluated in-process with eval batch 6 (module-shared: the reference of the
+    rank/batch-size comparison and the raw numbers the analysis outputs must leave alone)."""
+    return evaluate(trained, 'n1-b6', trained / 'train' / 'checkpoints' / 'latest-rank0.pt', 1, 6)
+
+
 @pytest.mark.e2e
 def test_best_checkpoint_holds_the_best_weights_and_record(trained):
     best_record = json.loads((trained / 'train' / 'checkpoints' / 'best.json').read_text())
@@ -81,9 +88,9 @@ def test_best_state_survives_autoresume(trained, tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.multiprocess
-def test_metrics_identical_for_1_2_3_ranks_and_eval_batch_sizes(trained):
+def test_metrics_identical_for_1_2_3_ranks_and_eval_batch_sizes(trained, latest_on_one_rank):
     latest = trained / 'train' / 'checkpoints' / 'latest-rank0.pt'
-    reference = evaluate(trained, 'n1-b6', latest, 1, 6)
+    reference = latest_on_one_rank
     assert reference['num_videos'] == NUM_EVAL
     assert evaluate(trained, 'n1-b12', latest, 1, 12) == reference
     assert evaluate(trained, 'n1-b1', latest, 1, 1) == reference
@@ -92,11 +99,11 @@ def test_metrics_identical_for_1_2_3_ranks_and_eval_batch_sizes(trained):
 
 
 @pytest.mark.e2e
-def test_analysis_outputs_and_dsl_on_request(trained):
+def test_analysis_outputs_and_dsl_on_request(trained, latest_on_one_rank):
     import numpy as np
 
     latest = trained / 'train' / 'checkpoints' / 'latest-rank0.pt'
-    raw = evaluate(trained, 'plain', latest, 1, 6)
+    raw = latest_on_one_rank
     args = overrides(trained, 'analysis', 'do_train=false', 'do_eval=true', f'resume={latest}',
                      'evaluation.save_ranks=true', 'evaluation.save_similarity=true', 'evaluation.dsl=true')
     train(load_config(DEMO, args)).close()

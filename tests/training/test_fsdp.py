@@ -52,8 +52,20 @@ def _first_loss(model) -> float:
     return float(model.eval().loss(model(batch), batch))
 
 
-def fsdp_worker(out: Path, variant: str) -> None:
-    """One rank (run under torchrun): wrap as Composer does, two training steps, an eval forward, save."""
+def fsdp_worker(out: Path, variants: list[str]) -> None:
+    """One rank (run under torchrun): for each variant in turn, wrap as Composer does, two training steps, an
+    eval forward, save to ``out``/``fsdp-{variant}.pt``. Each variant builds its model from seed 0 and keeps
+    nothing of the one before, so one launch serves the tests of both (one set of process starts)."""
+    import torch.distributed as dist
+
+    dist.init_process_group('gloo')
+    for variant in variants:
+        _train_one_variant(out / f'fsdp-{variant}.pt', variant, dist.get_rank())
+    dist.destroy_process_group()
+
+
+def _train_one_variant(out: Path, variant: str, rank: int) -> None:
+    """One variant on this rank: what the test of that variant reads from ``out``."""
     import functools
 
     import torch.distributed as dist
@@ -61,8 +73,6 @@ def fsdp_worker(out: Path, variant: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
-    dist.init_process_group('gloo')
-    rank = dist.get_rank()
     wrap = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: getattr(m, '_fsdp_wrap', False))
     kwargs = dict(device_id=torch.device('cpu'), use_orig_params=True, auto_wrap_policy=wrap,
                   sharding_strategy=ShardingStrategy.FULL_SHARD)
@@ -98,7 +108,7 @@ def fsdp_worker(out: Path, variant: str) -> None:
     if rank == 0:
         torch.save({'state': {'model': state}, 'units': units, 'losses': losses, 'held': int(held),
                     'scale': scale, 'eval_shapes': [tuple(evaluated[k].shape) for k in ('text', 'video')]}, out)
-    dist.destroy_process_group()
+    dist.barrier()  # rank 0 has saved before either rank goes on
 
 
 def _free_port() -> int:
@@ -107,13 +117,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize('variant', ['baseline', 'unified'])
-def test_fsdp_on_two_ranks_trains_evaluates_and_its_checkpoint_loads_without_fsdp(tmp_path, variant):
-    out = tmp_path / 'fsdp.pt'
+VARIANTS = ('baseline', 'unified')
+
+
+@pytest.fixture(scope='module')
+def fsdp_runs(tmp_path_factory) -> Path:
+    """One two-rank torchrun of ``fsdp_worker`` over every variant: the folder of its ``fsdp-{variant}.pt``."""
+    out = tmp_path_factory.mktemp('fsdp')
     run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                          '--master_port', str(_free_port()), __file__, str(out), variant],
+                          '--master_port', str(_free_port()), __file__, str(out), *VARIANTS],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return out
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_fsdp_on_two_ranks_trains_evaluates_and_its_checkpoint_loads_without_fsdp(fsdp_runs, variant):
+    out = fsdp_runs / f'fsdp-{variant}.pt'
     saved = torch.load(out, weights_only=False)
     plain = _model(variant)
     blocks = len(plain.model.clip.visual.transformer.resblocks) + len(plain.model.clip.text.transformer.resblocks)
@@ -175,4 +195,4 @@ def test_logged_logit_scale_falls_back_to_the_forward_output_when_this_rank_hold
 
 
 if __name__ == '__main__':  # a torchrun rank of the two-rank test above
-    fsdp_worker(Path(sys.argv[1]), sys.argv[2])
+    fsdp_worker(Path(sys.argv[1]), sys.argv[2:])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from demo_fixtures import DEMO, REPO, DemoRun
+from demo_fixtures import DEMO, REPO, DdpDemoRun, DemoRun, resolved_config
 
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
@@ -58,18 +58,12 @@ def test_cli_prints_result_lines_and_config_errors_are_one_line(demo_run: DemoRu
 
 @pytest.mark.e2e
 @pytest.mark.multiprocess
-def test_ddp_two_ranks_on_cpu(demo_run: DemoRun, tmp_path):
-    env = {**os.environ, 'PYTHONPATH': str(REPO)}
-    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--stdout', str(tmp_path / 'rank{rank}.out'),
-           '--stderr', str(tmp_path / 'rank{rank}.err'), str(REPO / 'recipes' / 'train.py'), str(DEMO)]
-    proc = subprocess.run(cmd + demo_run.overrides(tmp_path / 'run', 'epochs=1'), capture_output=True, text=True,
-                          env=env, timeout=600)
+def test_ddp_two_ranks_on_cpu(ddp_demo_run: DdpDemoRun):
+    # The session's `composer -n 2` demo run (2 epochs): it exited 0, or the fixture failed with its logs.
     # The launcher pipes local rank 0 to its own stdout and the other ranks to the --stdout/--stderr files.
-    logs = proc.stdout + proc.stderr + ''.join(p.read_text() for p in sorted(tmp_path.glob('rank*.*')))
-    assert proc.returncode == 0, logs[-4000:]
-    assert 'Text-to-Video:' in proc.stdout
-    assert 'Text-to-Video:' not in (tmp_path / 'rank1.out').read_text()  # result lines come from rank 0 only
-    assert (tmp_path / 'run' / 'checkpoints' / 'latest-rank0.pt').exists()
+    assert 'Text-to-Video:' in ddp_demo_run.stdout
+    assert 'Text-to-Video:' not in (ddp_demo_run.logs / 'rank1.out').read_text()  # result lines: rank 0 only
+    assert (ddp_demo_run.run / 'checkpoints' / 'latest-rank0.pt').exists()
 
 
 @pytest.mark.e2e
@@ -89,23 +83,21 @@ def _logged_losses(text: str) -> list[float]:
 
 @pytest.mark.e2e
 @pytest.mark.multiprocess
-def test_two_ranks_train_like_one_rank_with_the_same_global_batch(demo_run: DemoRun, tmp_path):
+def test_two_ranks_train_like_one_rank_with_the_same_global_batch(demo_run: DemoRun, ddp_demo_run: DdpDemoRun):
     """Streaming's elastic determinism + the all-gathered loss: 2 ranks x 4 == 1 rank x 8, step by step."""
     # Later steps see the weights the earlier ones produced, so equal losses mean equal training.
     # One rank: the session's demo run, trained in-process with the same overrides (2 epochs, n_display=1).
     one_losses = _logged_losses('\n'.join(demo_run.step_lines))
-    env = {**os.environ, 'PYTHONPATH': str(REPO)}
-    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--stdout', str(tmp_path / 'r{rank}.out'),
-           '--stderr', str(tmp_path / 'r{rank}.err'), str(REPO / 'recipes' / 'train.py'), str(DEMO)]
-    proc = subprocess.run(cmd + demo_run.overrides(tmp_path / 'two', 'epochs=2'),
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    two_losses = _logged_losses(proc.stdout)
+    # Two ranks: the session's `composer -n 2` run of the same overrides; it adds only a run name, checkpoints
+    # every 2 batches and autoresume (into an empty folder), none of which changes what is trained.
+    resumable = ('output_dir', 'run_name', 'save_interval', 'autoresume')
+    assert resolved_config(ddp_demo_run.run, *resumable) == resolved_config(demo_run.run, *resumable)
+    two_losses = _logged_losses(ddp_demo_run.stdout)
     assert len(one_losses) == len(two_losses) == 2 * 24 // 8  # every step of both epochs
     assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-5)
     # Weights agree far inside what training moved them (6 Adam steps of lr 1e-3): Adam's normalisation
     # amplifies float-noise gradients (e.g. of the key bias, whose true gradient is zero) to ~1e-5.
     weights = [torch.load(run / 'checkpoints' / 'latest-rank0.pt', weights_only=False)['state']['model']
-               for run in (demo_run.run, tmp_path / 'two')]
+               for run in (demo_run.run, ddp_demo_run.run)]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=0, atol=2e-4, msg=name)
