@@ -88,6 +88,7 @@ from tempme_composer.inference.store import (
     PendingBatch,
 )
 from tempme_composer.inference.terminal import printable
+from tempme_composer.model import UnifiedModel
 
 __all__ = ['IndexReport', 'index_videos', 'index_videos_distributed', 'index_mds_split', 'World', 'launched_world',
            'main']
@@ -193,11 +194,14 @@ def encode_videos(model: ExportedModel, inputs: Sequence[VideoInput], bf16: bool
 
 def encode_texts(model: ExportedModel, ids: torch.Tensor, bf16: bool = False, batch_size: int = 256) -> np.ndarray:
     """``[Q, D]`` float32 unit vectors for token ids ``[Q, L]``, each batch's padding cut where that is exact
-    (`text_padding`: the same bits as the untrimmed forward, at a fraction of its cost for short queries)."""
+    (`text_padding`: the same bits as the untrimmed forward, at a fraction of its cost for short queries). The cut
+    is shown exact for the CLIP text tower of a ``UnifiedModel`` only: any other text encoder gets its ids whole."""
     from tempme_composer.inference.text_padding import trim_block, trimmed_ids
 
-    dtype = next(model.model.parameters()).dtype
-    block = None if bf16 else trim_block(model.device, dtype, prompted=model.model.stop is not None)
+    block = None
+    if not bf16 and isinstance(model.model, UnifiedModel):
+        dtype = next(model.model.parameters()).dtype
+        block = trim_block(model.device, dtype, prompted=model.model.stop is not None)
     out = []
     with torch.inference_mode(), _autocast(model, bf16):
         for s in range(0, len(ids), batch_size):
