@@ -59,7 +59,7 @@ class DemoRun:
         return small_demo(output_dir, self.data, *extra)
 
 
-class _Lines(logging.Handler):
+class RecordedLines(logging.Handler):
     """Keeps the message of every record (the stdout lines without their time and rank prefix)."""
 
     def __init__(self) -> None:
@@ -91,7 +91,7 @@ def demo_run(tmp_path_factory, demo_data: Path) -> Iterator[DemoRun]:
     from tempme_composer.train import train
 
     root = tmp_path_factory.mktemp('demo_run')
-    lines = _Lines()
+    lines = RecordedLines()
     # train() replaces the handlers of the package logger, not those of the callback's own logger.
     step_log = logging.getLogger('tempme_composer.callbacks.train_log_line')
     step_log.addHandler(lines)

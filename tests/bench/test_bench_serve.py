@@ -18,33 +18,28 @@ from tempme_composer.inference.text_padding import trim_block
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_serve_quick_drives_the_real_server(tmp_path):
-    out = tmp_path / 'cells.json'
+def _run_bench(tmp_path: Path, *args: str, out: Path) -> subprocess.CompletedProcess:
+    """``python -m tempme_composer.bench serve ARGS --preset tiny`` in a subprocess on this checkout, bounded
+    in time; its ``--work`` in ``tmp_path`` and its JSON to ``out``. The tiny preset: building and loading a
+    ViT-B/32 export would take most of the time a test may take."""
     env = {
         **os.environ,
         'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])),
     }
-    # the tiny preset: building and loading a ViT-B/32 export would take most of the time the test may take
-    run = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'tempme_composer.bench',
-            'serve',
-            '--quick',
-            '--preset',
-            'tiny',
-            '--work',
-            str(tmp_path / 'work'),
-            '--json',
-            str(out),
-        ],
+    argv = ['-m', 'tempme_composer.bench', 'serve', *args, '--preset', 'tiny', '--work', str(tmp_path / 'work')]
+    return subprocess.run(
+        [sys.executable, *argv, '--json', str(out)],
         capture_output=True,
         text=True,
         timeout=55,
         cwd=tmp_path,
         env=env,
     )
+
+
+def test_bench_serve_quick_drives_the_real_server(tmp_path):
+    out = tmp_path / 'cells.json'
+    run = _run_bench(tmp_path, '--quick', out=out)
     assert run.returncode == 0, run.stderr[-3000:]
     assert 'Traceback' not in run.stderr, run.stderr[-3000:]
 
@@ -103,32 +98,7 @@ def test_bench_serve_refuses_unbounded_loads(argv, message, capsys):
 )
 def test_bench_serve_encoder_times_the_text_encoder_padded_and_trimmed(tmp_path):
     out = tmp_path / 'encoder.json'
-    env = {
-        **os.environ,
-        'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])),
-    }
-    run = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'tempme_composer.bench',
-            'serve',
-            '--encoder',
-            '--encoder-batches',
-            '1,4',
-            '--preset',
-            'tiny',
-            '--work',
-            str(tmp_path / 'work'),
-            '--json',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=55,
-        cwd=tmp_path,
-        env=env,
-    )
+    run = _run_bench(tmp_path, '--encoder', '--encoder-batches', '1,4', out=out)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r['batch'] for r in rows] == [1, 4]

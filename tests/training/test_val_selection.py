@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from demo_fixtures import REPO, DemoRun
+from demo_fixtures import REPO, DemoRun, RecordedLines
 
 from tempme_composer.callbacks import RetrievalLogger
 from tempme_composer.config import load_config
@@ -46,20 +46,11 @@ def _overrides(output_dir: Path, data_root: Path, *extra: str) -> list[str]:
     ]
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope='module')
 def val_runs(tmp_path_factory) -> dict:
     """Two runs selected on val (seeds 1 and 2) on one generated dataset; the last evaluation of each."""
     root = tmp_path_factory.mktemp('val_runs')
-    runs, last, lines = {}, {}, _Lines()
+    runs, last, lines = {}, {}, RecordedLines()
     report_log = logging.getLogger('tempme_composer.checkpointing.selection_report')
     report_log.addHandler(lines)
     try:
