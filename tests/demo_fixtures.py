@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from folder_guard import check_unchanged, snapshot
+from process_helpers import composer_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'yamls' / 'demo.yaml'
@@ -124,20 +124,7 @@ def launch_demo(logs: Path, nproc: int, overrides: list[str], **popen) -> subpro
     """``composer -n nproc recipes/train.py yamls/demo.yaml overrides``, its stdout (local rank 0) piped; every
     rank's output also goes to ``logs/rank{rank}.out`` and ``.err``."""
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        '-m',
-        'composer.cli.launcher',
-        '-n',
-        str(nproc),
-        '--stdout',
-        str(logs / 'rank{rank}.out'),
-        '--stderr',
-        str(logs / 'rank{rank}.err'),
-        str(REPO / 'recipes' / 'train.py'),
-        str(DEMO),
-        *overrides,
-    ]
+    cmd = composer_launcher(nproc, str(REPO / 'recipes' / 'train.py'), str(DEMO), *overrides, logs=logs)
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     return subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen

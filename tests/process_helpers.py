@@ -1,14 +1,23 @@
-"""Kill a launched training run at a chosen checkpoint (SIGKILL to the launcher and every rank)."""
+"""Launch scripts under Composer's launcher, and kill a launched training run at a chosen checkpoint (SIGKILL to
+the launcher and every rank)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+
+def composer_launcher(nproc: int, *args: str, logs: Path | None = None) -> list[str]:
+    """``composer -n nproc ARGS`` as a command list, run with this interpreter (the venv under test); with
+    ``logs``, every rank's stdout and stderr also go to ``logs/rank{rank}.out`` and ``.err``."""
+    per_rank = ['--stdout', str(logs / 'rank{rank}.out'), '--stderr', str(logs / 'rank{rank}.err')] if logs else []
+    return [sys.executable, '-m', 'composer.cli.launcher', '-n', str(nproc), *per_rank, *args]
 
 
 def kill_when_latest_is(proc: subprocess.Popen, latest: Path, checkpoint: str, timeout: float) -> None:

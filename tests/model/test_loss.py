@@ -14,6 +14,7 @@ from tempme_composer.model.loss import symmetric_infonce
 SCRIPT = Path(__file__).parents[1] / 'scripts' / 'loss_on_ranks.py'
 sys.path.insert(0, str(SCRIPT.parent))
 from loss_on_ranks import loss_and_grads  # noqa: E402
+from process_helpers import composer_launcher  # noqa: E402
 
 
 def test_symmetric_infonce_matches_the_definition():
@@ -36,16 +37,7 @@ def test_perfect_alignment_gives_low_loss_and_swaps_give_high_loss():
 def _run(nproc: int, out: Path, global_batch: int) -> dict:
     """``loss_and_grads`` under ``composer -n nproc``: rank 0's result."""
     env = {**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[2])}
-    cmd = [
-        sys.executable,
-        '-m',
-        'composer.cli.launcher',
-        '-n',
-        str(nproc),
-        str(SCRIPT),
-        str(out),
-        str(global_batch),
-    ]
+    cmd = composer_launcher(nproc, str(SCRIPT), str(out), str(global_batch))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(out)
